@@ -1,0 +1,43 @@
+# sfstream developer commands. `make demo` and `make test` are the two set-up commands.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help install test lint typecheck pytest emulator bench clean
+
+help:
+	@echo "make demo      run the connector end to end against the bundled emulator"
+	@echo "make test      lint, type-check and run the test suite"
+	@echo "make emulator  start the Salesforce emulator on port 8787"
+	@echo "make bench     run the benchmarks under bench/"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "sfstream needs Python 3.11 or newer; set PYTHON=python3.11")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --no-warn-script-location -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict src
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+emulator: $(STAMP)
+	$(BIN)/sfstream emulator --port 8787
+
+bench: $(STAMP)
+	$(BIN)/python bench/emulator_throughput.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build dist

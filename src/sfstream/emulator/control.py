@@ -1,0 +1,266 @@
+"""The control API: drive the emulator from tests, benchmarks and scripts.
+
+It lives under `/_emulator/v1/`, a path Salesforce never uses, and needs no token: the
+emulator is a local development tool. Every endpoint takes and returns JSON; mistakes get
+HTTP 400 with `{"error": "..."}`. The same operations exist on the `Emulator` object.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sfstream.emulator.faults import ChaosSettings, Fault
+from sfstream.emulator.org import FieldDef
+
+if TYPE_CHECKING:
+    from sfstream.emulator.server import Emulator
+
+PREFIX: Final = "/_emulator/v1"
+
+
+class _Generate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    target: str
+    count: int = Field(ge=1, le=5_000_000)
+    payload_bytes: int = Field(default=1024, ge=0, le=1_000_000)
+
+
+class _Gap(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    entity: str
+    change_type: str
+    record_ids: list[str] = Field(default_factory=list)
+
+
+class _Alter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    add: list[FieldDef] = Field(default_factory=list)
+    remove: list[str] = Field(default_factory=list)
+    retype: dict[str, str] = Field(default_factory=dict)
+
+
+class _Advance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seconds: float = Field(gt=0)
+
+
+class _Revoke(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str = Field(default="access", pattern="^(access|refresh)$")
+
+
+class _Allocation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str = Field(default="events", pattern="^(events|streaming)$")
+    maximum: int | None = Field(default=None, ge=0)
+    exhaust: bool = False
+
+
+class _Selection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    entity: str
+    selected: bool
+
+
+def _ok(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _bad(message: str, status: int = 400) -> web.Response:
+    return _ok({"error": message}, status)
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+async def _model(request: web.Request, model: type[_M]) -> _M | web.Response:
+    raw = await request.read()
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        return _bad(problems)
+
+
+class ControlApi:
+    """Routes under `/_emulator/v1`."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+
+    def routes(self) -> list[web.RouteDef]:
+        p = PREFIX
+        return [
+            web.get(f"{p}/status", self.status),
+            web.post(f"{p}/clock/advance", self.advance),
+            web.get(f"{p}/channels", self.channels),
+            web.get(f"{p}/events", self.events),
+            web.post(f"{p}/events/generate", self.generate),
+            web.post(f"{p}/events/gap", self.gap),
+            web.get(f"{p}/faults", self.list_faults),
+            web.post(f"{p}/faults", self.add_fault),
+            web.delete(f"{p}/faults", self.clear_faults),
+            web.post(f"{p}/chaos", self.start_chaos),
+            web.delete(f"{p}/chaos", self.stop_chaos),
+            web.post(f"{p}/tokens/revoke", self.revoke),
+            web.post(f"{p}/tokens/restore", self.restore),
+            web.post(f"{p}/clients/expire", self.expire),
+            web.post(f"{p}/restart", self.restart),
+            web.post(f"{p}/allocation", self.allocation),
+            web.post(f"{p}/schema/{{entity}}", self.alter),
+            web.post(f"{p}/cdc", self.select),
+            web.post(f"{p}/records/{{id}}/undelete", self.undelete),
+        ]
+
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        return _ok(self.emulator.status())
+
+    async def advance(self, request: web.Request) -> web.StreamResponse:
+        body = await _model(request, _Advance)
+        if isinstance(body, web.Response):
+            return body
+        return _ok({"now": self.emulator.advance(body.seconds)})
+
+    async def channels(self, request: web.Request) -> web.StreamResponse:
+        return _ok(self.emulator.channel_summary())
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        channel = request.query.get("channel", "")
+        try:
+            after = int(request.query.get("after", "-2"))
+            limit = int(request.query.get("limit", "10000"))
+        except ValueError:
+            return _bad("after and limit must be integers")
+        try:
+            messages = self.emulator.published(channel, after=after, limit=limit)
+        except KeyError:
+            return _bad(f"unknown channel {channel!r}", 404)
+        return _ok(messages)
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        body = await _model(request, _Generate)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            replay_ids = self.emulator.generate(body.target, body.count, body.payload_bytes)
+        except (KeyError, ValueError) as exc:
+            return _bad(str(exc).strip("'\""))
+        return _ok(
+            {
+                "count": len(replay_ids),
+                "first_replay_id": replay_ids[0],
+                "last_replay_id": replay_ids[-1],
+            }
+        )
+
+    async def gap(self, request: web.Request) -> web.StreamResponse:
+        body = await _model(request, _Gap)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            replay_id = self.emulator.emit_gap(body.entity, body.change_type, body.record_ids)
+        except ValueError as exc:
+            return _bad(str(exc))
+        return _ok({"replay_id": replay_id})
+
+    async def list_faults(self, request: web.Request) -> web.StreamResponse:
+        faults = self.emulator.faults
+        return _ok(
+            {
+                "queued": [f.model_dump(mode="json") for f in faults.queue],
+                "chaos": faults.chaos.model_dump() if faults.chaos else None,
+                "injected": faults.injected,
+            }
+        )
+
+    async def add_fault(self, request: web.Request) -> web.StreamResponse:
+        body = await _model(request, Fault)
+        if isinstance(body, web.Response):
+            return body
+        self.emulator.faults.add(body)
+        return _ok({"queued": len(self.emulator.faults.queue)}, 201)
+
+    async def clear_faults(self, request: web.Request) -> web.StreamResponse:
+        self.emulator.faults.clear()
+        return _ok({"queued": 0})
+
+    async def start_chaos(self, request: web.Request) -> web.StreamResponse:
+        body = await _model(request, ChaosSettings)
+        if isinstance(body, web.Response):
+            return body
+        self.emulator.faults.start_chaos(body)
+        return _ok({"chaos": body.model_dump()})
+
+    async def stop_chaos(self, request: web.Request) -> web.StreamResponse:
+        self.emulator.faults.chaos = None
+        return _ok({"chaos": None})
+
+    async def revoke(self, request: web.Request) -> web.StreamResponse:
+        body = await _model(request, _Revoke)
+        if isinstance(body, web.Response):
+            return body
+        if body.kind == "refresh":
+            return _ok({"revoked": self.emulator.revoke_refresh_tokens()})
+        return _ok({"revoked": self.emulator.revoke_access_tokens()})
+
+    async def restore(self, request: web.Request) -> web.StreamResponse:
+        self.emulator.tokens.restore_refresh_token()
+        return _ok({"restored": True})
+
+    async def expire(self, request: web.Request) -> web.StreamResponse:
+        return _ok({"expired": self.emulator.expire_clients()})
+
+    async def restart(self, request: web.Request) -> web.StreamResponse:
+        return _ok({"expired": self.emulator.restart()})
+
+    async def allocation(self, request: web.Request) -> web.StreamResponse:
+        body = await _model(request, _Allocation)
+        if isinstance(body, web.Response):
+            return body
+        allocations = self.emulator.runtime.allocations
+        target = (
+            allocations.event_deliveries
+            if body.kind == "events"
+            else allocations.streaming_deliveries
+        )
+        if body.exhaust:
+            target.maximum = target.used
+        else:
+            target.maximum = body.maximum
+        return _ok({"kind": body.kind, "maximum": target.maximum, "used": target.used})
+
+    async def alter(self, request: web.Request) -> web.StreamResponse:
+        body = await _model(request, _Alter)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            schema_id = self.emulator.alter_fields(
+                request.match_info["entity"], body.add, body.remove, body.retype
+            )
+        except (KeyError, ValueError) as exc:
+            return _bad(str(exc).strip("'\""))
+        return _ok({"schema_id": schema_id})
+
+    async def select(self, request: web.Request) -> web.StreamResponse:
+        body = await _model(request, _Selection)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            self.emulator.select_change_events(body.entity, body.selected)
+        except ValueError as exc:
+            return _bad(str(exc))
+        return _ok({"change_events": self.emulator.runtime.spec.change_events})
+
+    async def undelete(self, request: web.Request) -> web.StreamResponse:
+        try:
+            self.emulator.undelete_record(request.match_info["id"])
+        except KeyError as exc:
+            return _bad(str(exc).strip("'\""), 404)
+        return _ok({"undeleted": request.match_info["id"]})

@@ -1,0 +1,244 @@
+"""OAuth 2.0 as Salesforce's token endpoint speaks it.
+
+`POST /services/oauth2/token` takes a form-encoded body with `grant_type` `refresh_token`,
+`password` or `client_credentials`. The client secret may be in the body or in HTTP Basic
+auth. Success is the JSON Salesforce returns (no `expires_in`: an access token lives as long
+as the org's session timeout, here a setting). Failures are HTTP 400 with
+`{"error", "error_description"}` using Salesforce's codes and texts.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sfstream.emulator.clock import Clock
+
+SCOPE: Final = "refresh_token api id"
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthSettings:
+    """The connected app and user the emulator accepts."""
+
+    client_id: str
+    client_secret: str
+    refresh_token: str
+    username: str
+    password: str
+    access_token_ttl_s: float = 7200.0
+    rotate_refresh_tokens: bool = False
+    require_client_secret: bool = True
+
+
+@dataclass(slots=True)
+class AccessToken:
+    value: str
+    issued_at: float
+    expires_at: float
+    client_id: str
+    revoked: bool = False
+
+    def valid(self, now: float) -> bool:
+        return not self.revoked and now < self.expires_at
+
+
+class OAuthError(Exception):
+    """A token request Salesforce refuses."""
+
+    def __init__(self, error: str, description: str, status: int = 400) -> None:
+        super().__init__(f"{error}: {description}")
+        self.error = error
+        self.description = description
+        self.status = status
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.error, "error_description": self.description}
+
+
+def _unsupported() -> OAuthError:
+    return OAuthError("unsupported_grant_type", "grant type not supported")
+
+
+class TokenService:
+    """Issues, checks and revokes tokens.
+
+    Args:
+        settings: the accepted client and user credentials.
+        clock: emulated time (token expiry).
+        org_id, user_id: who the tokens belong to.
+        base_url: returns the emulator's public URL, for `instance_url` and `id`.
+    """
+
+    def __init__(
+        self,
+        settings: OAuthSettings,
+        clock: Clock,
+        org_id: str,
+        user_id: str,
+        base_url: Callable[[], str],
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.org_id = org_id
+        self.user_id = user_id
+        self._base_url = base_url
+        self.refresh_tokens: dict[str, bool] = {settings.refresh_token: True}
+        """Refresh token -> still valid."""
+        self.access_tokens: dict[str, AccessToken] = {}
+        self.grants_issued = 0
+
+    # -- token endpoint ---------------------------------------------------------------------
+
+    def grant(self, form: Mapping[str, str], authorization: str | None) -> dict[str, Any]:
+        """Handle one token request; returns the success JSON.
+
+        Raises:
+            OAuthError: for every refusal, with Salesforce's error code and description.
+        """
+        grant_type = form.get("grant_type", "")
+        if grant_type not in ("refresh_token", "password", "client_credentials"):
+            raise _unsupported()
+        client_id, client_secret = self._client_credentials(form, authorization)
+        self._check_client(client_id, client_secret, grant_type)
+        issue_refresh: str | None = None
+        if grant_type == "refresh_token":
+            token = form.get("refresh_token", "")
+            if not self.refresh_tokens.get(token, False):
+                raise OAuthError("invalid_grant", "expired access/refresh token")
+            if self.settings.rotate_refresh_tokens:
+                self.refresh_tokens[token] = False
+                issue_refresh = self.new_refresh_token()
+        elif grant_type == "password":
+            if (
+                form.get("username") != self.settings.username
+                or form.get("password") != self.settings.password
+            ):
+                raise OAuthError("invalid_grant", "authentication failure")
+            issue_refresh = None
+        return self._issue(client_id, issue_refresh)
+
+    def _client_credentials(
+        self, form: Mapping[str, str], authorization: str | None
+    ) -> tuple[str, str | None]:
+        client_id = form.get("client_id")
+        client_secret = form.get("client_secret")
+        if authorization and authorization.lower().startswith("basic "):
+            try:
+                decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError) as exc:
+                raise OAuthError("invalid_client", "invalid client credentials") from exc
+            basic_id, _, basic_secret = decoded.partition(":")
+            client_id = client_id or basic_id
+            client_secret = client_secret or basic_secret
+        if not client_id:
+            raise OAuthError("invalid_client_id", "client identifier invalid")
+        return client_id, client_secret
+
+    def _check_client(self, client_id: str, secret: str | None, grant_type: str) -> None:
+        if client_id != self.settings.client_id:
+            raise OAuthError("invalid_client_id", "client identifier invalid")
+        needs_secret = self.settings.require_client_secret or grant_type == "client_credentials"
+        if secret is None and not needs_secret:
+            return
+        if secret is None or not hmac.compare_digest(secret, self.settings.client_secret):
+            raise OAuthError("invalid_client", "invalid client credentials")
+
+    def _issue(self, client_id: str, refresh_token: str | None) -> dict[str, Any]:
+        now = self.clock.now()
+        value = f"{self.org_id[:15]}!AQ{secrets.token_urlsafe(72)}"
+        self.access_tokens[value] = AccessToken(
+            value, now, now + self.settings.access_token_ttl_s, client_id
+        )
+        self.grants_issued += 1
+        base = self._base_url()
+        identity = f"{base}/id/{self.org_id}/{self.user_id}"
+        issued_at = str(int(now * 1000))
+        signature = base64.b64encode(
+            hmac.new(
+                self.settings.client_secret.encode(),
+                (identity + issued_at).encode(),
+                hashlib.sha256,
+            ).digest()
+        ).decode()
+        body: dict[str, Any] = {
+            "access_token": value,
+            "signature": signature,
+            "scope": SCOPE,
+            "instance_url": base,
+            "id": identity,
+            "token_type": "Bearer",
+            "issued_at": issued_at,
+        }
+        if refresh_token is not None:
+            body["refresh_token"] = refresh_token
+        return body
+
+    # -- checks and revocation --------------------------------------------------------------
+
+    def new_refresh_token(self) -> str:
+        token = f"5Aep{secrets.token_urlsafe(64)}"
+        self.refresh_tokens[token] = True
+        return token
+
+    def check(self, authorization: str | None) -> AccessToken | None:
+        """The live access token named by an `Authorization` header, or None.
+
+        Accepts `Bearer <token>`, `OAuth <token>` and a bare token, as Salesforce does.
+        """
+        token = bearer_token(authorization)
+        if token is None:
+            return None
+        found = self.access_tokens.get(token)
+        if found is None or not found.valid(self.clock.now()):
+            return None
+        return found
+
+    def revoke(self, token: str) -> bool:
+        """Revoke one access or refresh token (`/services/oauth2/revoke`)."""
+        if token in self.access_tokens:
+            self.access_tokens[token].revoked = True
+            return True
+        if token in self.refresh_tokens:
+            self.refresh_tokens[token] = False
+            for access in self.access_tokens.values():
+                access.revoked = True
+            return True
+        return False
+
+    def revoke_access_tokens(self) -> int:
+        """Revoke every access token; refresh tokens stay valid. Returns how many."""
+        count = 0
+        for access in self.access_tokens.values():
+            if not access.revoked:
+                access.revoked = True
+                count += 1
+        return count
+
+    def revoke_refresh_tokens(self) -> int:
+        """Revoke every refresh token (and so every session). Returns how many."""
+        count = sum(1 for valid in self.refresh_tokens.values() if valid)
+        for token in self.refresh_tokens:
+            self.refresh_tokens[token] = False
+        self.revoke_access_tokens()
+        return count
+
+    def restore_refresh_token(self) -> None:
+        """Make the configured refresh token valid again."""
+        self.refresh_tokens[self.settings.refresh_token] = True
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token in an `Authorization` header (`Bearer x`, `OAuth x` or a bare `x`)."""
+    if not authorization:
+        return None
+    scheme, _, rest = authorization.strip().partition(" ")
+    if rest and scheme.lower() in ("bearer", "oauth"):
+        return rest.strip() or None
+    return authorization.strip() if not rest else None
