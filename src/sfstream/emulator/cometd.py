@@ -86,12 +86,14 @@ class ClientSession:
 class _Outcome:
     """How a request ends: a normal JSON body, or an injected network fault."""
 
-    __slots__ = ("fault", "parts", "status")
+    __slots__ = ("browser_cookie", "fault", "parts", "status")
 
     def __init__(self) -> None:
         self.parts: list[bytes] = [b"["]
         self.status = 200
         self.fault: Fault | None = None
+        self.browser_cookie: str | None = None
+        """A new `BAYEUX_BROWSER` value to set on the response."""
 
     def add(self, message: Message) -> None:
         self.parts.append(orjson.dumps(message))
@@ -243,8 +245,8 @@ class CometdServer:
             content_type="application/json",
             charset="UTF-8",
         )
-        browser_id = request.get("set_browser_cookie")
-        if isinstance(browser_id, str):
+        browser_id = outcome.browser_cookie
+        if browser_id is not None:
             secure = request.secure
             response.set_cookie(BROWSER_COOKIE, browser_id, path="/", secure=secure, httponly=True)
             # Salesforce's load balancer pins a client to one app server with this cookie.
@@ -290,7 +292,7 @@ class CometdServer:
                         browser=browser,
                         authorization=authorization,
                         fault=fault,
-                        request=request,
+                        outcome=outcome,
                     )
                 )
             elif not isinstance(channel, str):
@@ -342,7 +344,7 @@ class CometdServer:
         browser: str | None,
         authorization: str,
         fault: Fault | None,
-        request: web.Request,
+        outcome: _Outcome,
     ) -> Message:
         self.stats["handshakes"] += 1
         ext = {"replay": True, "payload.format": True}
@@ -381,7 +383,7 @@ class CometdServer:
         )
         self.sessions[session.client_id] = session
         if browser is None:
-            request["set_browser_cookie"] = browser_id
+            outcome.browser_cookie = browser_id
         reply = {
             "ext": ext,
             "minimumVersion": "1.0",
