@@ -1,0 +1,220 @@
+"""OAuth 2.0 against Salesforce's token endpoint.
+
+The exchange is written once, as a generator (`token_flow`) that yields the request to send
+and receives the response, like httpx's `Auth.auth_flow`: it is tested without a network and
+driven over aiohttp by `TokenProvider`. The provider caches the access token and refreshes it
+only when told the token is stale; concurrent callers share one refresh.
+
+Secrets stay in `SecretStr` until the moment they go into the request body; no `repr`,
+message or log line carries them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+from pydantic import SecretStr
+
+from sfstream.errors import AuthenticationError, ConfigError, ProtocolError, TransportError
+
+GrantType = Literal["refresh_token", "password", "client_credentials"]
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthCredentials:
+    """What the token endpoint needs for one grant type.
+
+    Attributes:
+        login_url: `https://login.salesforce.com`, `https://test.salesforce.com` or the org's
+            My Domain URL (required for client_credentials).
+    """
+
+    login_url: str
+    client_id: str
+    client_secret: SecretStr | None = None
+    grant_type: GrantType = "refresh_token"
+    refresh_token: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+
+    def __post_init__(self) -> None:
+        if not self.login_url.startswith(("https://", "http://")):
+            raise ConfigError(f"login URL {self.login_url!r} must start with https://")
+        if self.grant_type == "refresh_token" and self.refresh_token is None:
+            raise ConfigError("the refresh_token grant needs a refresh token")
+        if self.grant_type == "password" and (self.username is None or self.password is None):
+            raise ConfigError("the password grant needs a username and a password")
+        if self.grant_type == "client_credentials" and self.client_secret is None:
+            raise ConfigError("the client_credentials grant needs the client secret")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRequest:
+    """A POST to the token endpoint; `repr` hides the form values."""
+
+    url: str
+    form: dict[str, str] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenResponse:
+    status: int
+    body: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    """A Salesforce session: the token and the instance it is valid for."""
+
+    value: SecretStr
+    instance_url: str
+    token_type: str = "Bearer"  # noqa: S105 - a scheme name, not a secret
+    issued_at_ms: int | None = None
+    identity_url: str | None = None
+
+    def authorization(self) -> str:
+        """The `Authorization` header value."""
+        return f"{self.token_type or 'Bearer'} {self.value.get_secret_value()}"
+
+
+_REAUTHORIZE = (
+    "Re-authorize the connected app (or ask an admin to unblock it) and store the new "
+    "refresh token in the secrets store."
+)
+
+
+def _refused(error: str, description: str, creds: OAuthCredentials) -> AuthenticationError:
+    if error == "invalid_grant" and creds.grant_type == "refresh_token":
+        return AuthenticationError(
+            f"Salesforce refused the refresh token ({error}: {description}). {_REAUTHORIZE}"
+        )
+    if error == "invalid_grant":
+        return AuthenticationError(
+            f"Salesforce refused the {creds.grant_type} grant ({error}: {description}); check "
+            "the username, password and the user's status."
+        )
+    if error in ("invalid_client", "invalid_client_id"):
+        return AuthenticationError(
+            f"Salesforce refused the connected app ({error}: {description}); check the "
+            "consumer key and secret."
+        )
+    return AuthenticationError(f"Salesforce refused the token request ({error}: {description})")
+
+
+def token_flow(creds: OAuthCredentials) -> Generator[TokenRequest, TokenResponse, AccessToken]:
+    """One token exchange: yields the request, receives the response, returns the token.
+
+    Raises:
+        AuthenticationError: the credentials are refused (terminal).
+        TransportError: 5xx or 429 (retryable).
+        ProtocolError: the endpoint answered something that is not a token response.
+    """
+    form: dict[str, str] = {"grant_type": creds.grant_type, "client_id": creds.client_id}
+    if creds.client_secret is not None:
+        form["client_secret"] = creds.client_secret.get_secret_value()
+    if creds.grant_type == "refresh_token" and creds.refresh_token is not None:
+        form["refresh_token"] = creds.refresh_token.get_secret_value()
+    if creds.grant_type == "password" and creds.username and creds.password is not None:
+        form["username"] = creds.username
+        form["password"] = creds.password.get_secret_value()
+    url = creds.login_url.rstrip("/") + "/services/oauth2/token"
+    response = yield TokenRequest(url, form)
+    return parse_token_response(response, creds)
+
+
+def parse_token_response(response: TokenResponse, creds: OAuthCredentials) -> AccessToken:
+    """Turn a token endpoint response into an `AccessToken` or a classified error."""
+    status = response.status
+    if status >= 500 or status == 429:
+        raise TransportError(f"the token endpoint answered HTTP {status}; will retry")
+    try:
+        body: Any = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        raise ProtocolError(f"the token endpoint answered HTTP {status} without a JSON object")
+    if status != 200:
+        error = str(body.get("error", f"http_{status}"))
+        description = str(body.get("error_description", ""))
+        raise _refused(error, description, creds)
+    token = body.get("access_token")
+    instance_url = body.get("instance_url")
+    if not isinstance(token, str) or not isinstance(instance_url, str):
+        raise ProtocolError("the token response lacks access_token or instance_url")
+    issued = body.get("issued_at")
+    return AccessToken(
+        value=SecretStr(token),
+        instance_url=instance_url.rstrip("/"),
+        token_type=str(body.get("token_type") or "Bearer"),
+        issued_at_ms=int(issued) if isinstance(issued, str) and issued.isdigit() else None,
+        identity_url=body.get("id") if isinstance(body.get("id"), str) else None,
+    )
+
+
+class TokenProvider:
+    """Caches the access token and refreshes it when a caller reports it stale.
+
+    Args:
+        credentials: the grant to use.
+        http: the aiohttp session to send token requests with.
+        timeout_s: per token request.
+    """
+
+    def __init__(
+        self, credentials: OAuthCredentials, http: aiohttp.ClientSession, timeout_s: float = 30.0
+    ) -> None:
+        self.credentials = credentials
+        self._http = http
+        self._timeout_s = timeout_s
+        self._token: AccessToken | None = None
+        self._lock = asyncio.Lock()
+        self.refreshes = 0
+        """Token requests sent (the first one included)."""
+
+    async def token(self) -> AccessToken:
+        """The cached token, fetching one if there is none yet."""
+        token = self._token
+        if token is not None:
+            return token
+        return await self.refresh(None)
+
+    async def refresh(self, stale: AccessToken | None) -> AccessToken:
+        """A new token, unless the cached one already differs from `stale`.
+
+        Concurrent callers that report the same stale token share one request.
+        """
+        async with self._lock:
+            current = self._token
+            if current is not None and current is not stale:
+                return current
+            self._token = await self._run(token_flow(self.credentials))
+            return self._token
+
+    async def _run(self, flow: Generator[TokenRequest, TokenResponse, AccessToken]) -> AccessToken:
+        request = next(flow)
+        self.refreshes += 1
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                async with self._http.post(request.url, data=request.form) as http_response:
+                    response = TokenResponse(http_response.status, await http_response.read())
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise TransportError(
+                f"token request to {request.url} failed: {type(exc).__name__}"
+            ) from exc
+        try:
+            flow.send(response)
+        except StopIteration as done:
+            token: AccessToken = done.value
+            return token
+        raise ProtocolError("the token flow asked for a second request")
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenProvider(login_url={self.credentials.login_url!r}, "
+            f"grant_type={self.credentials.grant_type!r})"
+        )

@@ -1,0 +1,60 @@
+"""The Bayeux protocol as Salesforce speaks it, without I/O.
+
+`Session` is a state machine: given parsed server messages and the time, it returns the
+messages to send, the events to deliver and the next deadline. `sfstream.client` drives it
+over HTTP.
+"""
+
+from sfstream.bayeux.backoff import Backoff
+from sfstream.bayeux.messages import Advice, Event, MetaChannel, Reply, parse
+from sfstream.bayeux.session import (
+    EARLIEST,
+    LATEST,
+    Counters,
+    Gap,
+    Handshaken,
+    Notice,
+    Phase,
+    Reauthenticate,
+    Recovering,
+    ReplayPolicy,
+    Request,
+    RequestKind,
+    Session,
+    SessionFailed,
+    Step,
+    Subscribed,
+    Subscription,
+    SubscriptionLost,
+    SubState,
+    Unsubscribed,
+)
+
+__all__ = [
+    "EARLIEST",
+    "LATEST",
+    "Advice",
+    "Backoff",
+    "Counters",
+    "Event",
+    "Gap",
+    "Handshaken",
+    "MetaChannel",
+    "Notice",
+    "Phase",
+    "Reauthenticate",
+    "Recovering",
+    "ReplayPolicy",
+    "Reply",
+    "Request",
+    "RequestKind",
+    "Session",
+    "SessionFailed",
+    "Step",
+    "SubState",
+    "Subscribed",
+    "Subscription",
+    "SubscriptionLost",
+    "Unsubscribed",
+    "parse",
+]

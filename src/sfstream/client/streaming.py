@@ -1,0 +1,539 @@
+"""`StreamingClient`: the Bayeux session driven over aiohttp long-polling.
+
+This is the only code that does CometD I/O. It posts what the session asks for, feeds the
+answers back, keeps the next `/meta/connect` going out as soon as the previous one returns,
+and hands events to the consumer through a queue. The recovery rules live in the session
+(`sfstream.bayeux.session`); this module adds the network: timeouts, the token, cookies,
+proxies, TCP keepalive, and backpressure.
+
+    async with StreamingClient(credentials) as client:
+        await client.subscribe("/data/AccountChangeEvent", replay_from=-2)
+        async for item in client:
+            ...  # Event, Gap or SubscriptionLost
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Self
+
+import aiohttp
+import orjson
+import structlog
+
+from sfstream.auth import AccessToken, OAuthCredentials, TokenProvider
+from sfstream.bayeux import (
+    LATEST,
+    Event,
+    Gap,
+    Handshaken,
+    Reauthenticate,
+    Recovering,
+    ReplayPolicy,
+    Request,
+    RequestKind,
+    Session,
+    SessionFailed,
+    Step,
+    Subscribed,
+    SubscriptionLost,
+    parse,
+)
+from sfstream.bayeux.messages import Reply
+from sfstream.errors import (
+    AuthenticationError,
+    ProtocolError,
+    ServerBusyError,
+    SfStreamError,
+    TerminalError,
+    TransportError,
+)
+
+log = structlog.get_logger("sfstream.client")
+
+StreamItem = Event | Gap | SubscriptionLost
+"""What iterating a client yields: events, and notices about subscriptions."""
+
+_CLOSE_TIMEOUT_S: Final = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """Network and flow-control settings.
+
+    Attributes:
+        api_version: the CometD version in the URL (`/cometd/62.0`).
+        max_pending_events: events waiting for the consumer before the client stops polling
+            (a consumer stalled past the 40 s reconnect window costs a re-handshake and a
+            resubscribe from the last received replayId, never an event).
+        network_margin_s: added to the advised poll timeout to get a connect's read timeout.
+        request_timeout_s: read timeout of handshakes, subscribes and token requests.
+        proxy: an HTTP(S) proxy URL; when None, `HTTPS_PROXY` and friends are honoured.
+        tcp_keepalive_s: idle seconds before TCP keepalive probes (below NAT idle timeouts).
+        ssl: TLS verification: True (system CAs), or an `ssl.SSLContext` for a private CA.
+    """
+
+    api_version: str = "62.0"
+    max_pending_events: int = 10_000
+    network_margin_s: float = 15.0
+    request_timeout_s: float = 30.0
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+    proxy: str | None = None
+    tcp_keepalive_s: int = 60
+    ssl: ssl.SSLContext | bool = True
+
+
+@dataclass(slots=True)
+class ClientStats:
+    """Counters for metrics and tests."""
+
+    requests: int = 0
+    transport_errors: int = 0
+    watchdog_timeouts: int = 0
+    backpressure_waits: int = 0
+    events: int = 0
+    duplicates: int = 0
+    handshakes: int = 0
+    rehandshakes: int = 0
+    reconnects: int = 0
+    reauthentications: int = 0
+    token_requests: int = 0
+    queue_depth: int = 0
+
+
+class _Failed:
+    __slots__ = ("error",)
+
+    def __init__(self, error: SfStreamError) -> None:
+        self.error = error
+
+
+class _Closed:
+    __slots__ = ()
+
+
+_Outcome = tuple[list[Reply], list[Event]] | SfStreamError
+
+
+class _Waits:
+    """The wake-up and drained events as awaitable tasks, re-armed after they fire."""
+
+    def __init__(self, wake: asyncio.Event, drained: asyncio.Event) -> None:
+        self._wake_event = wake
+        self._drained_event = drained
+        self._wake: asyncio.Task[bool] | None = None
+        self._drained: asyncio.Task[bool] | None = None
+
+    def wake(self) -> asyncio.Task[bool]:
+        if self._wake is None:
+            self._wake = asyncio.create_task(self._wake_event.wait())
+        return self._wake
+
+    def drained(self) -> asyncio.Task[bool]:
+        if self._drained is None:
+            self._drained_event.clear()
+            self._drained = asyncio.create_task(self._drained_event.wait())
+        return self._drained
+
+    def consume(self, done: set[asyncio.Future[Any]]) -> None:
+        if self._wake is not None and self._wake in done:
+            self._wake_event.clear()
+            self._wake = None
+        if self._drained is not None and self._drained in done:
+            self._drained = None
+
+    def cancel(self) -> None:
+        for task in (self._wake, self._drained):
+            if task is not None:
+                task.cancel()
+
+
+def _keepalive_socket_factory(idle_s: int) -> Callable[[Any], socket.socket]:
+    def factory(addr_info: Any) -> socket.socket:
+        family, type_, proto, _, _ = addr_info
+        sock = socket.socket(family=family, type=type_, proto=proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", idle_s),
+            ("TCP_KEEPINTVL", max(idle_s // 4, 5)),
+            ("TCP_KEEPCNT", 4),
+        ):
+            option = getattr(socket, name, None)
+            if option is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, option, value)
+        return sock
+
+    return factory
+
+
+class StreamingClient:
+    """A resilient Salesforce Streaming API client.
+
+    Args:
+        credentials: how to get an access token.
+        settings: network and flow control.
+        rng: backoff jitter source (seed it in tests).
+        clock: monotonic seconds (injected in tests).
+    """
+
+    def __init__(
+        self,
+        credentials: OAuthCredentials,
+        settings: ClientSettings | None = None,
+        *,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.credentials = credentials
+        self.settings = settings or ClientSettings()
+        s = self.settings
+        self.session = Session(
+            rng=rng,
+            backoff_base_s=s.backoff_base_s,
+            backoff_cap_s=s.backoff_cap_s,
+            network_margin_s=s.network_margin_s,
+            request_timeout_s=s.request_timeout_s,
+        )
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - jitter
+        self.stats = ClientStats()
+        self._queue: asyncio.Queue[StreamItem | _Failed | _Closed] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._http: aiohttp.ClientSession | None = None
+        self._tokens: TokenProvider | None = None
+        self._driver: asyncio.Task[None] | None = None
+        self._subscribe_waiters: dict[str, asyncio.Future[int]] = {}
+        self._last_token: AccessToken | None = None
+        self._error: SfStreamError | None = None
+        self._closed = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Authenticate and start the session (the handshake runs in the background)."""
+        s = self.settings
+        connector = aiohttp.TCPConnector(
+            ssl=s.ssl,
+            socket_factory=_keepalive_socket_factory(s.tcp_keepalive_s),
+            limit=8,
+        )
+        self._http = aiohttp.ClientSession(
+            connector=connector,
+            # Salesforce sets BAYEUX_BROWSER on the handshake and requires it back; `unsafe`
+            # keeps cookies from servers addressed by IP (local emulators, proxies).
+            cookie_jar=aiohttp.CookieJar(unsafe=True),
+            trust_env=s.proxy is None,
+            json_serialize=lambda obj: orjson.dumps(obj).decode(),
+        )
+        self._tokens = TokenProvider(self.credentials, self._http, s.request_timeout_s)
+        try:
+            await self._tokens.token()
+        except BaseException:
+            await self._http.close()
+            raise
+        self.stats.token_requests = self._tokens.refreshes
+        self._driver = asyncio.create_task(self._drive(), name="sfstream-streaming-client")
+
+    async def close(self) -> None:
+        """Disconnect (best effort, bounded) and release the connection."""
+        if self._closed:
+            return
+        self._closed = True
+        self.session.close()
+        self._wake.set()
+        if self._driver is not None:
+            try:
+                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                    await asyncio.shield(self._driver)
+            except (TimeoutError, asyncio.CancelledError):
+                self._driver.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._driver
+        if self._http is not None:
+            await self._http.close()
+        self._queue.put_nowait(_Closed())
+
+    # -- subscriptions ----------------------------------------------------------------------
+
+    async def subscribe(
+        self,
+        channel: str,
+        replay_from: int = LATEST,
+        on_invalid_replay: ReplayPolicy = ReplayPolicy.FAIL,
+        *,
+        wait: bool = True,
+    ) -> int:
+        """Subscribe to `channel` from `replay_from` (-1 new, -2 all retained, or an id).
+
+        Returns the replay value the server accepted (after any fallback).
+
+        Raises:
+            SubscriptionError: the server refused the subscription (channel, replayId and
+                server text attached).
+            ValueError: already subscribed, or a bad replay value.
+        """
+        if self._error is not None:
+            raise self._error
+        self.session.subscribe(channel, replay_from, ReplayPolicy(on_invalid_replay))
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._subscribe_waiters[channel] = future
+        self._wake.set()
+        if not wait:
+            return replay_from
+        return await future
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop receiving `channel`."""
+        self.session.unsubscribe(channel)
+        self._wake.set()
+
+    # -- consuming --------------------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[StreamItem]:
+        return self
+
+    async def __anext__(self) -> StreamItem:
+        item = await self._queue.get()
+        depth = self._queue.qsize()
+        self.stats.queue_depth = depth
+        if depth < self.settings.max_pending_events // 2:
+            self._drained.set()
+        if isinstance(item, _Failed):
+            self._queue.put_nowait(item)  # keep raising for later readers
+            raise item.error
+        if isinstance(item, _Closed):
+            self._queue.put_nowait(item)
+            raise StopAsyncIteration
+        return item
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    # -- the driver -------------------------------------------------------------------------
+
+    async def _drive(self) -> None:
+        pending: dict[asyncio.Future[_Outcome], Request] = {}
+        waits = _Waits(self._wake, self._drained)
+        try:
+            while not self.session.finished:
+                connect_allowed = self._queue.qsize() < self.settings.max_pending_events
+                self._launch(pending, connect_allowed)
+                if self.session.finished or (self.session.closing and not pending):
+                    break
+                done = await self._wait(pending, waits, connect_allowed)
+                for future in done:
+                    request = pending.pop(future, None)
+                    if request is not None:
+                        await self._handle(self._feed(request, future.result()))
+        except asyncio.CancelledError:
+            raise
+        except SfStreamError as exc:
+            self._fail(exc)
+        except Exception as exc:
+            self._fail(TerminalError(f"streaming client crashed: {exc!r}"))
+            log.exception("client_crashed")
+        finally:
+            waits.cancel()
+            for future in pending:
+                future.cancel()
+            for future in pending:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await future
+
+    def _launch(
+        self, pending: dict[asyncio.Future[_Outcome], Request], connect_allowed: bool
+    ) -> None:
+        for request in self.session.poll(self._clock(), connect=connect_allowed):
+            self.stats.requests += 1
+            pending[asyncio.ensure_future(self._send(request))] = request
+
+    async def _wait(
+        self, pending: dict[asyncio.Future[_Outcome], Request], waits: _Waits, connect_allowed: bool
+    ) -> set[asyncio.Future[Any]]:
+        """Until a request completes, a command arrives, the consumer drains, or a deadline."""
+        now = self._clock()
+        waiters: set[asyncio.Future[Any]] = set(pending)
+        waiters.add(waits.wake())
+        if not connect_allowed and self.session.wants_connect():
+            self._note_backpressure()
+            waiters.add(waits.drained())
+        deadline = self.session.next_deadline(now, connect=connect_allowed)
+        timeout = None if deadline is None else max(0.0, deadline - now)
+        done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        waits.consume(done)
+        return done
+
+    def _feed(self, request: Request, outcome: _Outcome) -> Step:
+        now = self._clock()
+        if isinstance(outcome, SfStreamError):
+            self.stats.transport_errors += 1
+            return self.session.fail(request, now, outcome)
+        replies, events = outcome
+        return self.session.receive(request, now, replies, events)
+
+    def _note_backpressure(self) -> None:
+        self.stats.backpressure_waits += 1
+        if self.stats.backpressure_waits == 1 or self.stats.backpressure_waits % 100 == 0:
+            log.warning(
+                "backpressure",
+                queue_depth=self._queue.qsize(),
+                max_pending_events=self.settings.max_pending_events,
+                waits=self.stats.backpressure_waits,
+            )
+
+    async def _handle(self, step: Step) -> None:
+        queue = self._queue
+        for event in step.events:
+            queue.put_nowait(event)
+        counters = self.session.counters
+        self.stats.events = counters.events
+        self.stats.duplicates = counters.duplicates
+        for notice in step.notices:
+            if isinstance(notice, Subscribed):
+                log.info("subscribed", channel=notice.channel, replay_id=notice.replay_from)
+                waiter = self._subscribe_waiters.pop(notice.channel, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(notice.replay_from)
+            elif isinstance(notice, Gap):
+                log.warning(
+                    "replay_gap",
+                    channel=notice.channel,
+                    replay_id=notice.replay_id,
+                    fallback=notice.fallback,
+                    error=notice.error.server_text,
+                )
+                queue.put_nowait(notice)
+            elif isinstance(notice, SubscriptionLost):
+                log.error(
+                    "subscription_lost",
+                    channel=notice.channel,
+                    replay_id=notice.error.replay_id,
+                    error=notice.error.server_text or str(notice.error),
+                )
+                waiter = self._subscribe_waiters.pop(notice.channel, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_exception(notice.error)
+                else:
+                    queue.put_nowait(notice)
+            elif isinstance(notice, Recovering):
+                self.stats.reconnects += 1
+                log.warning(
+                    "reconnecting",
+                    error=notice.error.server_text or str(notice.error),
+                    recovery=notice.recovery.value,
+                    delay_s=round(notice.delay_s, 3),
+                )
+            elif isinstance(notice, Handshaken):
+                self.stats.handshakes = counters.handshakes
+                self.stats.rehandshakes = counters.rehandshakes
+                log.info(
+                    "handshake", client_id=notice.client_id, rehandshakes=counters.rehandshakes
+                )
+            elif isinstance(notice, Reauthenticate):
+                await self._reauthenticate(notice)
+            elif isinstance(notice, SessionFailed):
+                self._fail(notice.error)
+
+    async def _reauthenticate(self, notice: Reauthenticate) -> None:
+        assert self._tokens is not None
+        self.stats.reauthentications += 1
+        log.warning("reauthenticating", error=notice.error.server_text or str(notice.error))
+        delay = self.settings.backoff_base_s
+        while True:
+            try:
+                await self._tokens.refresh(self._last_token)
+                break
+            except AuthenticationError:
+                raise
+            except TransportError as exc:
+                log.warning("token_refresh_failed", error=str(exc), retry_in_s=round(delay, 2))
+                await asyncio.sleep(self._rng.uniform(0, delay))
+                delay = min(delay * 2, self.settings.backoff_cap_s)
+        self.stats.token_requests = self._tokens.refreshes
+        self.session.authenticated(self._clock())
+
+    def _fail(self, error: SfStreamError) -> None:
+        if self._error is None:
+            self._error = error
+            log.error("session_failed", error=str(error), retryable=error.retryable)
+        for waiter in self._subscribe_waiters.values():
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._subscribe_waiters.clear()
+        self._queue.put_nowait(_Failed(error))
+
+    async def _send(self, request: Request) -> _Outcome:
+        """POST one request; a failure comes back as a value, never raised."""
+        assert self._http is not None
+        assert self._tokens is not None
+        try:
+            token = await self._tokens.token()
+        except SfStreamError as error:
+            return error
+        self.stats.token_requests = self._tokens.refreshes
+        url = f"{token.instance_url}/cometd/{self.settings.api_version}"
+        headers = {"Authorization": token.authorization(), "Content-Type": "application/json"}
+        try:
+            async with asyncio.timeout(request.timeout_s):
+                async with self._http.post(
+                    url,
+                    data=orjson.dumps(request.messages),
+                    headers=headers,
+                    proxy=self.settings.proxy,
+                ) as response:
+                    status = response.status
+                    raw = await response.read()
+        except TimeoutError:
+            if request.kind is RequestKind.CONNECT:
+                self.stats.watchdog_timeouts += 1
+            return TransportError(
+                f"no answer to /meta/{request.kind.value} within {request.timeout_s:.0f} s"
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            return TransportError(f"/meta/{request.kind.value} failed: {type(exc).__name__}: {exc}")
+        self._last_token = token
+        return _decode(status, raw)
+
+
+def _decode(status: int, raw: bytes) -> tuple[list[Reply], list[Event]] | SfStreamError:
+    if status == 503:
+        return ServerBusyError("HTTP 503: Salesforce is too busy")
+    if status >= 500 or status == 429:
+        return TransportError(f"HTTP {status} from the CometD endpoint")
+    try:
+        decoded = orjson.loads(raw)
+        return parse(decoded)
+    except (orjson.JSONDecodeError, ProtocolError) as exc:
+        text = raw[:200].decode("utf-8", "replace")
+        if status == 200:
+            # A truncated or garbled body (a cut connection, a proxy page): retry.
+            return TransportError(f"unreadable CometD response: {exc}")
+        if 400 <= status < 500:
+            return TerminalError(
+                f"the CometD endpoint refused the request: HTTP {status}: {text}", server_text=text
+            )
+        return TransportError(f"HTTP {status} from the CometD endpoint: {text}")

@@ -1,0 +1,200 @@
+"""One exception tree; every class says whether to retry and how to recover.
+
+```
+SfStreamError                     retryable?  recovery
+├── ConfigError                   no          NONE            caller mistake: bad config,
+│   └── SecretError               no          NONE            missing or unreadable secret
+├── RetryableError                yes
+│   ├── TransportError            yes         RECONNECT       network failure, timeout, 5xx
+│   │   └── ServerBusyError       yes         RECONNECT       503 / "Server is too busy"
+│   ├── UnknownClientError        yes         REHANDSHAKE     403::Unknown client
+│   ├── ClientLimitError          yes         REHANDSHAKE     concurrent client limit
+│   └── AuthExpiredError          yes         REAUTHENTICATE  401::Authentication invalid
+└── TerminalError                 no
+    ├── AuthenticationError       no          NONE            invalid_grant, bad client
+    ├── SubscriptionError         no          NONE            a subscription was refused
+    │   ├── InvalidReplayIdError  no          NONE            400 replayId invalid
+    │   ├── ChannelNotFoundError  no          NONE            channel does not exist
+    │   └── PermissionDeniedError no          NONE            403 restricted / no access
+    ├── AllocationExceededError   no          NONE            daily event limit spent
+    └── ProtocolError             no          NONE            a reply we cannot understand
+```
+
+`classify()` maps a Bayeux error string (`"403::Unknown client"`) to its class through one
+table; an unknown code gets a safe default (4xx terminal, anything else retryable). Errors
+carry the channel and replayId they concern, when known, and the server's text.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import ClassVar, Final
+
+
+class Recovery(StrEnum):
+    """What the client does about an error."""
+
+    NONE = "none"
+    RECONNECT = "reconnect"
+    REHANDSHAKE = "rehandshake"
+    REAUTHENTICATE = "reauthenticate"
+
+
+class SfStreamError(Exception):
+    """Root of every sfstream error.
+
+    Attributes:
+        retryable: whether trying again can succeed without anyone changing anything.
+        recovery: what the client does to recover.
+        channel: the channel concerned, if any.
+        replay_id: the replayId concerned, if any.
+        server_text: the server's error string, verbatim, if it came from the server.
+    """
+
+    retryable: ClassVar[bool] = False
+    recovery: ClassVar[Recovery] = Recovery.NONE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        channel: str | None = None,
+        replay_id: int | None = None,
+        server_text: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.channel = channel
+        self.replay_id = replay_id
+        self.server_text = server_text
+
+    def __str__(self) -> str:
+        context = []
+        if self.channel is not None:
+            context.append(f"channel={self.channel}")
+        if self.replay_id is not None:
+            context.append(f"replay_id={self.replay_id}")
+        base = super().__str__()
+        return f"{base} ({', '.join(context)})" if context else base
+
+
+class ConfigError(SfStreamError):
+    """A mistake in configuration or arguments: fix the input and run again."""
+
+
+class SecretError(ConfigError):
+    """A secret is missing, unreadable, or stored unsafely."""
+
+
+class RetryableError(SfStreamError):
+    """Transient: the client recovers by itself."""
+
+    retryable = True
+    recovery = Recovery.RECONNECT
+
+
+class TransportError(RetryableError):
+    """The request failed on the network, timed out, or got a 5xx/429."""
+
+
+class ServerBusyError(TransportError):
+    """Salesforce asked us to come back later (503 "Server is too busy")."""
+
+
+class UnknownClientError(RetryableError):
+    """The server forgot our clientId (`403::Unknown client`): handshake again."""
+
+    recovery = Recovery.REHANDSHAKE
+
+
+class ClientLimitError(RetryableError):
+    """Too many concurrent streaming clients in the org; retry the handshake later."""
+
+    recovery = Recovery.REHANDSHAKE
+
+
+class AuthExpiredError(RetryableError):
+    """The access token is no longer valid (`401::Authentication invalid`): refresh it."""
+
+    recovery = Recovery.REAUTHENTICATE
+
+
+class TerminalError(SfStreamError):
+    """Retrying will not help; someone has to change something."""
+
+
+class AuthenticationError(TerminalError):
+    """The credentials are refused (for example `invalid_grant`): re-authorize the app."""
+
+
+class SubscriptionError(TerminalError):
+    """The server refused a subscription."""
+
+
+class InvalidReplayIdError(SubscriptionError):
+    """The replayId is unknown or outside the retention window."""
+
+
+class ChannelNotFoundError(SubscriptionError):
+    """The channel does not exist in this org."""
+
+
+class PermissionDeniedError(SubscriptionError):
+    """The integration user may not subscribe to this channel."""
+
+
+class AllocationExceededError(TerminalError):
+    """The org's daily event delivery allocation is spent."""
+
+
+class ProtocolError(TerminalError):
+    """The server sent something that is not valid Bayeux."""
+
+
+_CODE: Final = re.compile(r"^\s*(\d{3})\s*:")
+# Exact or leading texts of Salesforce's Streaming API errors, most specific first.
+_TABLE: Final[tuple[tuple[str, type[SfStreamError]], ...]] = (
+    ("401::Authentication invalid", AuthExpiredError),
+    ("401::Request requires authentication", AuthExpiredError),
+    ("403::Unknown client", UnknownClientError),
+    ("402::Unknown client", UnknownClientError),
+    ("403::Organization concurrent user limit exceeded", ClientLimitError),
+    ("403::Organization total events daily limit exceeded", AllocationExceededError),
+    ("400::The replayId", InvalidReplayIdError),
+    ("400::The channel you requested to subscribe to does not exist", ChannelNotFoundError),
+    ("404::Unknown channel", ChannelNotFoundError),
+    ("400::Channel name not specified", ChannelNotFoundError),
+    ("400::Channel subscriptions must start with a leading '/'", ChannelNotFoundError),
+    ("400::Query fields", ChannelNotFoundError),
+    ("403::Restricted channel", PermissionDeniedError),
+    ("403::User not", PermissionDeniedError),
+    ("403::Subscriber does not have access", PermissionDeniedError),
+    ("403::No access on channel", PermissionDeniedError),
+    ("403::Cannot create channel", PermissionDeniedError),
+    ("403:denied_by_security_policy", PermissionDeniedError),
+    ("403::Subscription limit exceeded for this topic", PermissionDeniedError),
+    ("503::", ServerBusyError),
+)
+
+
+def error_code(text: str) -> int | None:
+    """The numeric code of a Bayeux error string (`"403::Unknown client"` -> 403)."""
+    match = _CODE.match(text)
+    return int(match.group(1)) if match else None
+
+
+def classify(
+    text: str, *, channel: str | None = None, replay_id: int | None = None
+) -> SfStreamError:
+    """The error a Bayeux error string stands for.
+
+    Unknown texts get a safe default: a 4xx code is terminal (retrying the same request
+    gives the same answer), anything else is retryable.
+    """
+    for prefix, error_class in _TABLE:
+        if text.startswith(prefix):
+            return error_class(text, channel=channel, replay_id=replay_id, server_text=text)
+    code = error_code(text)
+    if code is not None and 400 <= code < 500:
+        return TerminalError(text, channel=channel, replay_id=replay_id, server_text=text)
+    return TransportError(text, channel=channel, replay_id=replay_id, server_text=text)

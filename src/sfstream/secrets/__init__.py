@@ -1,0 +1,10 @@
+"""Where secrets come from: a small port with environment and file backends.
+
+`SecretsStore.get(name)` returns a `SecretStr`, whose `repr` and `str` never show the value:
+only `get_secret_value()` does, at the one place that sends it to Salesforce. AWS Secrets
+Manager implements the same port (`sfstream.secrets.aws`).
+"""
+
+from sfstream.secrets.stores import EnvSecretsStore, FileSecretsStore, SecretsStore
+
+__all__ = ["EnvSecretsStore", "FileSecretsStore", "SecretsStore"]
