@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+FAYE := tests/interop/faye
+FAYE_STAMP := $(FAYE)/node_modules/.installed
 
 .PHONY: help install test lint typecheck pytest emulator bench clean
 
@@ -19,6 +21,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-warn-script-location -e '.[dev]'
 	@touch $(STAMP)
 
+# Faye, the independent Bayeux server of tests/interop/test_faye.py, comes from npm.
+$(FAYE_STAMP): $(FAYE)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm (Node.js 18+) is needed for the interop tests"; exit 1; }
+	cd $(FAYE) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 install: $(STAMP)
 
 lint: $(STAMP)
@@ -28,7 +36,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(FAYE_STAMP)
 	$(BIN)/pytest
 
 test: lint typecheck pytest

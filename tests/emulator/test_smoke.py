@@ -1,5 +1,5 @@
-from tests.emulator.conftest import Bayeux
 from sfstream.emulator import Emulator
+from tests.emulator.conftest import Bayeux
 
 
 async def test_create_record_reaches_subscriber(emu: Emulator, bayeux: Bayeux) -> None:

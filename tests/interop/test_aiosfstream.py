@@ -110,8 +110,9 @@ async def test_platform_events_carry_event_uuid(sfstream_emulator: Emulator) -> 
     channel = "/event/Order_Placed__e"
     async with Client(_authenticator(emu), replay=ReplayOption.NEW_EVENTS) as client:
         await client.subscribe(channel)
-        uuids = [emu.publish_event("Order_Placed__e", {"Order_Number__c": f"O-{i}"})[1]
-                 for i in range(4)]
+        uuids = [
+            emu.publish_event("Order_Placed__e", {"Order_Number__c": f"O-{i}"})[1] for i in range(4)
+        ]
         received = await _receive(client, 4)
 
     assert [m["data"]["payload"]["Order_Number__c"] for m in received] == [

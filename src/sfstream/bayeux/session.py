@@ -107,6 +107,8 @@ class Subscription:
     state: SubState = SubState.PENDING
     last_replay_id: int | None = None
     """The last replayId delivered on this channel; resubscribes start here."""
+    sent_replay: int | None = None
+    """The replay value of the subscribe in flight."""
 
     @property
     def resume_from(self) -> int:
@@ -376,6 +378,7 @@ class Session:
             if subscription.state is not SubState.PENDING:
                 continue
             subscription.state = SubState.SENT
+            subscription.sent_replay = subscription.resume_from
             channel = subscription.channel
             replay_key = channel.partition("?")[0]
             message = {
@@ -568,9 +571,16 @@ class Session:
         if reply.successful:
             if subscription is not None and subscription.state is SubState.SENT:
                 subscription.state = SubState.ACTIVE
-                step.notices.append(Subscribed(channel, subscription.resume_from))
+                sent = subscription.sent_replay
+                step.notices.append(
+                    Subscribed(channel, sent if sent is not None else subscription.resume_from)
+                )
             return
-        replay = subscription.resume_from if subscription is not None else None
+        replay = None
+        if subscription is not None:
+            replay = subscription.sent_replay
+            if replay is None:
+                replay = subscription.resume_from
         error = classify(reply.error or "subscribe failed", channel=channel, replay_id=replay)
         if isinstance(error, InvalidReplayIdError) and subscription is not None:
             self._invalid_replay(subscription, error, step)
@@ -595,15 +605,12 @@ class Session:
     def _invalid_replay(
         self, subscription: Subscription, error: InvalidReplayIdError, step: Step
     ) -> None:
-        if subscription.policy is ReplayPolicy.FAIL or subscription.resume_from in (
-            LATEST,
-            EARLIEST,
-        ):
+        refused = error.replay_id if error.replay_id is not None else subscription.resume_from
+        if subscription.policy is ReplayPolicy.FAIL or refused in (LATEST, EARLIEST):
             subscription.state = SubState.FAILED
             step.notices.append(SubscriptionLost(subscription.channel, error))
             return
         fallback = EARLIEST if subscription.policy is ReplayPolicy.EARLIEST else LATEST
-        refused = subscription.resume_from
         subscription.start = fallback
         subscription.last_replay_id = None  # the stream restarts: accept any id again
         subscription.state = SubState.PENDING
