@@ -9,11 +9,16 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from sfstream import __version__
+
+if TYPE_CHECKING:
+    from sfstream.auth import OAuthCredentials
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -43,7 +48,7 @@ def main() -> None:
 @click.option(
     "--org",
     "org_file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     default=None,
     help="Org definition (YAML); the bundled default org if omitted.",
 )
@@ -159,7 +164,12 @@ def emulator(
         )
         org = load_org(org_file)
     except (OrgError, ValidationError) as exc:
-        raise click.UsageError(str(exc)) from exc
+        # One line, no usage banner: YAML and pydantic messages span several lines.
+        message = " ".join(str(exc).split())
+        if org_file is not None and str(org_file) not in message:
+            message = f"{org_file}: {message}"
+        click.echo(f"sfstream emulator: {message}", err=True)
+        sys.exit(EXIT_USAGE)
     emu = Emulator(settings, org)
     try:
         asyncio.run(_serve(emu, access_log))
@@ -202,6 +212,215 @@ async def _serve(emu: object, access_log: bool) -> None:
         await emu.stop()
         click.echo("sfstream emulator stopped.", err=True)
 
+
+def _login_options(function: Callable[..., None]) -> Callable[..., None]:
+    """Options that say how to log in to Salesforce (secrets never come from flags)."""
+    options = [
+        click.option(
+            "--login-url",
+            envvar="SFSTREAM_LOGIN_URL",
+            default="https://login.salesforce.com",
+            show_default=True,
+            help="Token endpoint host: login, test, or your My Domain URL "
+            "[env SFSTREAM_LOGIN_URL].",
+        ),
+        click.option(
+            "--client-id",
+            envvar="SFSTREAM_CLIENT_ID",
+            default=None,
+            help="Connected app consumer key [env SFSTREAM_CLIENT_ID].",
+        ),
+        click.option(
+            "--grant",
+            type=click.Choice(["refresh_token", "password", "client_credentials"]),
+            default="refresh_token",
+            show_default=True,
+            help="OAuth grant type.",
+        ),
+        click.option(
+            "--username",
+            envvar="SFSTREAM_USERNAME",
+            default=None,
+            help="For the password grant [env SFSTREAM_USERNAME].",
+        ),
+        click.option(
+            "--secrets-file",
+            envvar="SFSTREAM_SECRETS_FILE",
+            default=None,
+            type=click.Path(path_type=Path),
+            help="File (mode 600) holding SFSTREAM_CLIENT_SECRET, "
+            "SFSTREAM_REFRESH_TOKEN, SFSTREAM_PASSWORD; without it they are read "
+            "from the environment.",
+        ),
+        click.option(
+            "--emulator",
+            "emulator_url",
+            default=None,
+            metavar="URL",
+            help="Log in to a bundled emulator at URL with its default credentials.",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _credentials(
+    *,
+    login_url: str,
+    client_id: str | None,
+    grant: str,
+    username: str | None,
+    secrets_file: Path | None,
+    emulator_url: str | None,
+) -> OAuthCredentials:
+    from pydantic import SecretStr
+
+    from sfstream.auth import OAuthCredentials
+    from sfstream.emulator.settings import (
+        DEFAULT_CLIENT_ID,
+        DEFAULT_CLIENT_SECRET,
+        DEFAULT_REFRESH_TOKEN,
+    )
+    from sfstream.errors import ConfigError
+    from sfstream.secrets import EnvSecretsStore, FileSecretsStore, SecretsStore
+
+    if emulator_url is not None:
+        return OAuthCredentials(
+            login_url=emulator_url,
+            client_id=client_id or DEFAULT_CLIENT_ID,
+            client_secret=SecretStr(DEFAULT_CLIENT_SECRET),
+            refresh_token=SecretStr(DEFAULT_REFRESH_TOKEN),
+        )
+    if not client_id:
+        raise click.UsageError("--client-id (or SFSTREAM_CLIENT_ID) is required")
+    store: SecretsStore = (
+        FileSecretsStore(secrets_file) if secrets_file is not None else EnvSecretsStore()
+    )
+
+    async def secret(name: str, required: bool) -> SecretStr | None:
+        try:
+            return await store.get(name)
+        except ConfigError:
+            if required:
+                raise
+            return None
+
+    async def resolve() -> OAuthCredentials:
+        return OAuthCredentials(
+            login_url=login_url,
+            client_id=client_id,
+            client_secret=await secret("SFSTREAM_CLIENT_SECRET", grant == "client_credentials"),
+            grant_type=grant,  # type: ignore[arg-type]
+            refresh_token=await secret("SFSTREAM_REFRESH_TOKEN", grant == "refresh_token"),
+            username=username,
+            password=await secret("SFSTREAM_PASSWORD", grant == "password"),
+        )
+
+    try:
+        return asyncio.run(resolve())
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@main.command()
+@click.option(
+    "--channel",
+    "channels",
+    multiple=True,
+    required=True,
+    help="Channel to follow, e.g. /data/AccountChangeEvent (repeatable).",
+)
+@click.option(
+    "--replay",
+    "replay_from",
+    default=-1,
+    show_default=True,
+    type=int,
+    help="-1: new events only; -2: every retained event first; N: after replayId N.",
+)
+@click.option(
+    "--on-invalid-replay",
+    type=click.Choice(["fail", "earliest", "latest"]),
+    default="fail",
+    show_default=True,
+    help="When Salesforce rejects the replayId as invalid or expired.",
+)
+@click.option(
+    "--max-messages",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Exit after printing this many events.",
+)
+@click.option("--api-version", default="62.0", show_default=True)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@_login_options
+def tail(
+    *,
+    channels: tuple[str, ...],
+    replay_from: int,
+    on_invalid_replay: str,
+    max_messages: int | None,
+    api_version: str,
+    log_level: str,
+    login_url: str,
+    client_id: str | None,
+    grant: str,
+    username: str | None,
+    secrets_file: Path | None,
+    emulator_url: str | None,
+) -> None:
+    """Print the events of one or more channels as JSON lines on stdout.
+
+    Logs go to stderr. Exit codes: 0 when stopped (Ctrl+C, --max-messages), 1 when
+    Salesforce refuses the login or every subscription, 2 for a usage error.
+    """
+    from sfstream.bayeux import ReplayPolicy
+    from sfstream.errors import ConfigError
+    from sfstream.observability import configure_logging
+    from sfstream.tail import TailRequest, run_tail
+
+    if replay_from < -2:
+        raise click.BadParameter("must be -1, -2 or a replayId", param_hint="--replay")
+    for channel in channels:
+        if not channel.startswith("/"):
+            raise click.BadParameter(f"{channel!r} must start with '/'", param_hint="--channel")
+    try:
+        credentials = _credentials(
+            login_url=login_url,
+            client_id=client_id,
+            grant=grant,
+            username=username,
+            secrets_file=secrets_file,
+            emulator_url=emulator_url,
+        )
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    secrets = [
+        s.get_secret_value()
+        for s in (credentials.client_secret, credentials.refresh_token, credentials.password)
+        if s is not None
+    ]
+    configure_logging(level=log_level, secrets=secrets)
+    request = TailRequest(
+        channels, replay_from, ReplayPolicy(on_invalid_replay), max_messages, api_version
+    )
+    sys.exit(run_tail(credentials, request))
+
+
+def _register() -> None:
+    from sfstream.commands import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -139,13 +139,15 @@ class Stream(_Log):
 class Channel(_Log):
     """A subscribable channel: its stream's events, or a filtered view of them."""
 
-    __slots__ = ("kind", "name", "stream", "suffix", "waiters")
+    __slots__ = ("carries_client_id", "kind", "name", "stream", "suffix", "waiters")
 
     def __init__(self, name: str, stream: Stream, kind: ChannelKind) -> None:
         super().__init__(stream.retention_s)
         self.name = name
         self.stream = stream
         self.kind = kind
+        self.carries_client_id = kind in (ChannelKind.PUSH_TOPIC, ChannelKind.GENERIC)
+        """PushTopic and generic messages name the receiving client; CDC and events do not."""
         self.suffix: bytes = b',"channel":"' + name.encode() + b'"}'
         """Closes a message whose `data` member was written just before."""
         self.waiters: set[asyncio.Event] = set()
@@ -173,10 +175,20 @@ class Batch:
     def __len__(self) -> int:
         return len(self.items)
 
-    def serialize_into(self, parts: list[bytes]) -> None:
-        """Append each event as a complete Bayeux message, comma-terminated."""
+    def serialize_into(self, parts: list[bytes], client_id: str | None = None) -> None:
+        """Append each event as a complete Bayeux message, comma-terminated.
+
+        With `client_id`, PushTopic and generic messages start with it, as Salesforce sends
+        them (`{"clientId": ..., "data": ..., "channel": ...}`).
+        """
+        plain = b'{"data":'
+        named = (
+            plain
+            if client_id is None
+            else b'{"clientId":"' + client_id.encode() + b'",' + plain[1:]
+        )
         for channel, event in self.items:
-            parts.append(b'{"data":')
+            parts.append(named if channel.carries_client_id else plain)
             parts.append(event.data)
             parts.append(channel.suffix)
             parts.append(b",")

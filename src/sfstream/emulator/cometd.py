@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import string
 from collections.abc import Iterable
@@ -28,7 +29,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from sfstream.emulator.bus import Cursor
+from sfstream.emulator.bus import ChannelKind, Cursor
 from sfstream.emulator.faults import Fault, FaultInjector, FaultKind
 from sfstream.emulator.oauth import AccessToken, TokenService
 from sfstream.emulator.runtime import OrgRuntime, SubscribeError
@@ -46,7 +47,7 @@ LONG_POLLING: Final = "long-polling"
 
 VERSION_MISSING: Final = "400::API version in the URI is mandatory. URI format: '/cometd/{v}'"
 VERSION_UNSUPPORTED: Final = (
-    "400::Unsupported API version. Only API versions '37.0' and later are supported. "
+    "400::Unsupported API version. Only API versions '{minimum}' and later are supported. "
     "URI format: '/cometd/{v}'"
 )
 UNKNOWN_CLIENT: Final = "403::Unknown client"
@@ -61,6 +62,7 @@ REPLAY_INVALID: Final = (
     "-2 to replay all events, or -1 to replay only new events."
 )
 _ID_ALPHABET: Final = string.ascii_lowercase + string.digits
+_VERSION_FORMAT: Final = re.compile(r"\d{1,3}(\.\d{1,2})?")
 
 
 def _random_id(length: int) -> str:
@@ -78,6 +80,8 @@ class ClientSession:
     subscriptions: dict[str, Cursor] = field(default_factory=dict)
     connected: bool = False
     waiter: asyncio.Event | None = None
+    holding: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set while a `/meta/connect` of this client is held (see `CometdServer.wait_held`)."""
     connect_generation: int = 0
     removed: bool = False
     delivered: int = 0
@@ -197,6 +201,16 @@ class CometdServer:
             self._remove(session)
         return len(sessions)
 
+    async def wait_held(self, client_id: str) -> None:
+        """Return once a `/meta/connect` of `client_id` is held waiting for events.
+
+        For tests that must act while a long poll is pending, without sleeping.
+
+        Raises:
+            KeyError: no such client.
+        """
+        await self.sessions[client_id].holding.wait()
+
     def subscriber_count(self, channel: str) -> int:
         return sum(1 for s in self.sessions.values() if channel in s.subscriptions)
 
@@ -209,7 +223,15 @@ class CometdServer:
         latest = self.runtime.api_version
         if version_error is not None:
             return _json_response(
-                [{"successful": False, "error": version_error.format(v=latest)}], status=400
+                [
+                    {
+                        "successful": False,
+                        "error": version_error.format(
+                            v=latest, minimum=f"{self.settings.min_cometd_version:.1f}"
+                        ),
+                    }
+                ],
+                status=400,
             )
         if request.content_length is not None and (
             request.content_length > self.settings.max_request_bytes
@@ -258,11 +280,9 @@ class CometdServer:
     def _check_version(self, version: str) -> str | None:
         if not version:
             return VERSION_MISSING
-        try:
-            number = float(version)
-        except ValueError:
+        if _VERSION_FORMAT.fullmatch(version) is None:
             return VERSION_UNSUPPORTED
-        if number < self.settings.min_cometd_version:
+        if float(version) < self.settings.min_cometd_version:
             return VERSION_UNSUPPORTED
         return None
 
@@ -500,15 +520,19 @@ class CometdServer:
                 )
             )
             return
+        session.connect_generation += 1
+        generation = session.connect_generation
         if session.waiter is not None:
-            session.connect_generation += 1  # a newer connect replaces the held one
-            self._release_waiter(session)
+            self._release_waiter(session)  # a newer connect replaces the held one
         first = not session.connected
         session.connected = True
+        if self._allocation_exhausted(session):
+            outcome.add(_error(message, DAILY_LIMIT, session.client_id))
+            session.last_seen = self.runtime.clock.now()
+            return
         hold_s = self._hold_seconds(message, first)
         cursors = list(session.subscriptions.values())
-        bus = self.runtime.bus
-        if hold_s > 0 and not bus.pending(cursors):
+        if hold_s > 0 and not self.runtime.bus.pending(cursors):
             await self._hold(session, hold_s)
         if session.removed:
             outcome.add(
@@ -522,10 +546,13 @@ class CometdServer:
         if transport is None or transport.is_closing():
             session.last_seen = self.runtime.clock.now()
             return
-        delivered = self._deliver(session, outcome)
-        if delivered is False:
-            outcome.add(_error(message, DAILY_LIMIT, session.client_id))
-            return
+        # A superseded connect answers empty: its events belong to the newer connect.
+        if session.connect_generation == generation:
+            delivered = self._deliver(session, outcome)
+            if delivered is False:
+                outcome.add(_error(message, DAILY_LIMIT, session.client_id))
+                session.last_seen = self.runtime.clock.now()
+                return
         reply: Message = {"clientId": session.client_id}
         if first:
             reply["advice"] = {
@@ -554,9 +581,9 @@ class CometdServer:
     async def _hold(self, session: ClientSession, hold_s: float) -> None:
         waiter = asyncio.Event()
         session.waiter = waiter
-        generation = session.connect_generation
         for cursor in session.subscriptions.values():
             cursor.channel.waiters.add(waiter)
+        session.holding.set()
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(hold_s):
@@ -564,8 +591,25 @@ class CometdServer:
         finally:
             for cursor in session.subscriptions.values():
                 cursor.channel.waiters.discard(waiter)
-            if session.waiter is waiter and session.connect_generation == generation:
+            if session.waiter is waiter:
                 session.waiter = None
+                session.holding.clear()
+
+    def _limited_kinds(self, session: ClientSession) -> set[ChannelKind]:
+        allocations = self.runtime.allocations
+        return {
+            cursor.channel.kind
+            for cursor in session.subscriptions.values()
+            if allocations.for_kind(cursor.channel.kind).maximum is not None
+        }
+
+    def _allocation_exhausted(self, session: ClientSession) -> bool:
+        """Whether a daily allocation that one of the client's channels counts against is spent."""
+        now = self.runtime.clock.now()
+        allocations = self.runtime.allocations
+        return any(
+            allocations.for_kind(kind).exhausted(now) for kind in self._limited_kinds(session)
+        )
 
     def _deliver(self, session: ClientSession, outcome: _Outcome) -> bool | None:
         """Move pending events into the response; False when the allocation is spent."""
@@ -574,20 +618,16 @@ class CometdServer:
             return None
         now = self.runtime.clock.now()
         allocations = self.runtime.allocations
-        limited = [c for c in cursors if allocations.for_kind(c.channel.kind).maximum is not None]
         max_events = self.settings.max_batch_events
-        if limited:
-            pending = self.runtime.bus.pending(limited)
-            remaining = min(
-                allocations.for_kind(c.channel.kind).remaining(now) or 0 for c in limited
-            )
-            if pending and remaining <= 0:
+        for kind in self._limited_kinds(session):
+            remaining = allocations.for_kind(kind).remaining(now) or 0
+            if remaining <= 0:
                 return False
-            max_events = max(1, min(max_events, remaining))
+            max_events = min(max_events, remaining)
         batch = self.runtime.bus.take(cursors, max_events, self.settings.max_batch_bytes)
         if not batch:
             return None
-        batch.serialize_into(outcome.parts)
+        batch.serialize_into(outcome.parts, session.client_id)
         for channel, _event in batch.items:
             allocations.for_kind(channel.kind).spend(1)
         session.delivered += len(batch)
@@ -663,4 +703,5 @@ async def _network_fault(
         return stream
     if transport is not None:
         transport.abort()
-    raise ConnectionResetError("response dropped by fault injection")
+    # aiohttp drops a response to a closed connection quietly; raising would log an error.
+    return response

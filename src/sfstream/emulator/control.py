@@ -80,7 +80,8 @@ _M = TypeVar("_M", bound=BaseModel)
 async def _model(request: web.Request, model: type[_M]) -> _M | web.Response:
     raw = await request.read()
     try:
-        return model.model_validate_json(raw or b"{}")
+        # Strict: in a JSON body, "yes" is not a boolean and "7" is not a number.
+        return model.model_validate_json(raw or b"{}", strict=True)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"

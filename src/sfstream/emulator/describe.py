@@ -130,7 +130,7 @@ def _global_entry(version: str, entity: _Entity) -> dict[str, Any]:
         "updateable": record,
         "urls": _urls(version, entity.name, record),
     }
-    if event:
+    if event or kind == "change_event":
         entry["urls"]["eventSchema"] = (
             f"/services/data/v{version}/sobjects/{entity.name}/eventSchema"
         )

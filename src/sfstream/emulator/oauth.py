@@ -44,6 +44,8 @@ class AccessToken:
     expires_at: float
     client_id: str
     revoked: bool = False
+    grant: str | None = None
+    """The refresh-token grant it was issued from (None for password and client credentials)."""
 
     def valid(self, now: float) -> bool:
         return not self.revoked and now < self.expires_at
@@ -91,6 +93,8 @@ class TokenService:
         self._base_url = base_url
         self.refresh_tokens: dict[str, bool] = {settings.refresh_token: True}
         """Refresh token -> still valid."""
+        self._grant_of: dict[str, str] = {settings.refresh_token: settings.refresh_token}
+        """Refresh token -> the grant (first refresh token of a rotation chain) it belongs to."""
         self.access_tokens: dict[str, AccessToken] = {}
         self.grants_issued = 0
 
@@ -108,13 +112,16 @@ class TokenService:
         client_id, client_secret = self._client_credentials(form, authorization)
         self._check_client(client_id, client_secret, grant_type)
         issue_refresh: str | None = None
+        grant: str | None = None
         if grant_type == "refresh_token":
             token = form.get("refresh_token", "")
             if not self.refresh_tokens.get(token, False):
                 raise OAuthError("invalid_grant", "expired access/refresh token")
+            grant = self._grant_of.setdefault(token, token)
             if self.settings.rotate_refresh_tokens:
                 self.refresh_tokens[token] = False
                 issue_refresh = self.new_refresh_token()
+                self._grant_of[issue_refresh] = grant
         elif grant_type == "password":
             if (
                 form.get("username") != self.settings.username
@@ -122,7 +129,7 @@ class TokenService:
             ):
                 raise OAuthError("invalid_grant", "authentication failure")
             issue_refresh = None
-        return self._issue(client_id, issue_refresh)
+        return self._issue(client_id, issue_refresh, grant)
 
     def _client_credentials(
         self, form: Mapping[str, str], authorization: str | None
@@ -150,11 +157,13 @@ class TokenService:
         if secret is None or not hmac.compare_digest(secret, self.settings.client_secret):
             raise OAuthError("invalid_client", "invalid client credentials")
 
-    def _issue(self, client_id: str, refresh_token: str | None) -> dict[str, Any]:
+    def _issue(
+        self, client_id: str, refresh_token: str | None, grant: str | None = None
+    ) -> dict[str, Any]:
         now = self.clock.now()
         value = f"{self.org_id[:15]}!AQ{secrets.token_urlsafe(72)}"
         self.access_tokens[value] = AccessToken(
-            value, now, now + self.settings.access_token_ttl_s, client_id
+            value, now, now + self.settings.access_token_ttl_s, client_id, grant=grant
         )
         self.grants_issued += 1
         base = self._base_url()
@@ -206,9 +215,16 @@ class TokenService:
             self.access_tokens[token].revoked = True
             return True
         if token in self.refresh_tokens:
+            # Revoking a refresh token ends its grant: every refresh token of the rotation
+            # chain and every access token issued from them. Other sessions stay valid.
+            grant = self._grant_of.get(token, token)
+            for other, other_grant in self._grant_of.items():
+                if other_grant == grant:
+                    self.refresh_tokens[other] = False
             self.refresh_tokens[token] = False
             for access in self.access_tokens.values():
-                access.revoked = True
+                if access.grant == grant:
+                    access.revoked = True
             return True
         return False
 

@@ -12,6 +12,8 @@ frozen values.
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from collections.abc import Iterator
 from importlib import resources
@@ -204,10 +206,22 @@ def _event_system_fields() -> list[FieldDef]:
     ]
 
 
+def _address_prefix(name: str) -> str:
+    """`BillingAddress` -> `Billing`; a standard address not named `...Address` keeps its name."""
+    return name[: -len("Address")] if name.endswith("Address") else name
+
+
 def _compound_components(field: FieldDef) -> list[FieldDef]:
     """The component fields Salesforce stores for a compound field."""
     if field.type == "address":
-        prefix = field.name[: -len("Address")] if field.name.endswith("Address") else field.name
+        if field.custom:
+            # A custom address field `Home__c` stores `Home__Street__s`, `Home__City__s`, ...
+            stem = field.name[:-3]
+            return [
+                _field(f"{stem}__{part}__s", kind, compound_field_name=field.name)
+                for part, kind in _ADDRESS_PARTS
+            ]
+        prefix = _address_prefix(field.name)
         return [
             _field(f"{prefix}{part}", kind, compound_field_name=field.name)
             for part, kind in _ADDRESS_PARTS
@@ -228,10 +242,9 @@ def _compound_components(field: FieldDef) -> list[FieldDef]:
 
 def component_key(compound: FieldDef, component: FieldDef) -> str:
     """The key of `component` inside its compound value (`BillingCity` -> `City`)."""
-    if compound.type == "address":
-        prefix = compound.name[: -len("Address")]
-        return component.name[len(prefix) :]
-    if compound.type == "location":
+    if compound.type == "address" and not compound.custom:
+        return component.name[len(_address_prefix(compound.name)) :]
+    if compound.type in ("address", "location"):
         name = component.name.removesuffix("__s")
         return name.rsplit("__", 1)[-1] if "__" in name else name[len(compound.name) :]
     return component.name
@@ -469,18 +482,87 @@ def complete(org: OrgSpec) -> OrgSpec:
             )
         prefixes[obj.key_prefix] = obj.name
         _complete_object(obj)
+    _no_duplicates("objects", [o.name.lower() for o in org.objects])
+    _no_duplicates("platform_events", [e.name.lower() for e in org.platform_events])
+    _no_duplicates("channels", [c.name for c in org.channels])
+    _no_duplicates("push_topics", [t.name for t in org.push_topics])
+    _no_duplicates("streaming_channels", [c.name for c in org.streaming_channels])
     for event in org.platform_events:
         _complete_event(event)
+    selected_names: list[str] = []
     for entity in org.change_events:
         selected = org.object(entity)
         if selected is None or not selected.supports_cdc:
             raise OrgError(f"change_events: {entity!r} is not an object with change events")
+        # Names are matched exactly later on (channel membership), so store the API name.
+        if selected.name not in selected_names:
+            selected_names.append(selected.name)
+    org.change_events = selected_names
     for channel in org.channels:
+        members: list[str] = []
         for member in channel.members:
-            known = org.object(member) if channel.channel_type == "data" else org.event(member)
+            known: ObjectDef | EventDef | None
+            if channel.channel_type == "data":
+                known = org.object(member)
+                if known is not None and not known.supports_cdc:
+                    raise OrgError(
+                        f"channel {channel.name}: {known.name} is not an object with change events"
+                    )
+            else:
+                known = org.event(member)
             if known is None:
                 raise OrgError(f"channel {channel.name}: unknown member {member!r}")
+            if known.name not in members:
+                members.append(known.name)
+        channel.members = members
+    for topic in org.push_topics:
+        _check_push_topic(org, topic)
     return org
+
+
+def _no_duplicates(section: str, names: list[str]) -> None:
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise OrgError(f"{section}: duplicate names {repeated}")
+
+
+def _check_push_topic(org: OrgSpec, topic: PushTopicDef) -> None:
+    """A PushTopic's query must parse and name an object and fields of this org."""
+    from sfstream.emulator.soql import SoqlError, parse
+
+    try:
+        query = parse(topic.query)
+    except SoqlError as exc:
+        raise OrgError(f"push topic {topic.name}: invalid query: {exc}") from exc
+    obj = org.object(query.entity)
+    if obj is None:
+        raise OrgError(f"push topic {topic.name}: unknown object {query.entity!r} in its query")
+    if query.count_only:
+        raise OrgError(f"push topic {topic.name}: a PushTopic query cannot use COUNT()")
+    unknown = [f for f in (*query.fields, *query.where_fields) if obj.field_ci(f) is None]
+    if unknown:
+        raise OrgError(f"push topic {topic.name}: no field(s) {unknown} on {obj.name}")
+    if "id" not in {f.lower() for f in query.fields}:
+        raise OrgError(f"push topic {topic.name}: the query must select Id")
+
+
+# libyaml's parser when PyYAML was built with it: the pure-Python one takes tens of
+# milliseconds for the default org, which every emulator start pays.
+_LOADER: Final[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader
+    except yaml.YAMLError as exc:
+        raise OrgError(f"{source} is not valid YAML: {exc}") from exc
+
+
+@functools.cache
+def _default_org_data() -> Any:
+    """The parsed bundled org; parsed once per process, copied for every load."""
+    text = resources.files("sfstream.emulator").joinpath("default_org.yaml").read_text()
+    return _parse_yaml(text, "default_org.yaml")
 
 
 def load_org(path: str | Path | None = None) -> OrgSpec:
@@ -489,19 +571,17 @@ def load_org(path: str | Path | None = None) -> OrgSpec:
     Raises:
         OrgError: the file is unreadable, is not valid YAML, or does not describe an org.
     """
-    try:
-        if path is None:
-            text = resources.files("sfstream.emulator").joinpath("default_org.yaml").read_text()
-            source = "default_org.yaml"
-        else:
+    if path is None:
+        source = "default_org.yaml"
+        raw = copy.deepcopy(_default_org_data())
+    else:
+        source = str(path)
+        try:
             text = Path(path).read_text(encoding="utf-8")
-            source = str(path)
-    except OSError as exc:
-        raise OrgError(f"cannot read org file {path}: {exc.strerror}") from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise OrgError(f"{source} is not valid YAML: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise OrgError(f"cannot read org file {path}: {reason}") from exc
+        raw = _parse_yaml(text, source)
     if not isinstance(raw, dict):
         raise OrgError(f"{source}: an org file is a mapping at the top level")
     try:

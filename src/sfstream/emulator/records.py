@@ -52,11 +52,21 @@ class RecordError(Exception):
 
     @classmethod
     def from_value(cls, exc: FieldValueError) -> RecordError:
-        return cls(400, exc.error_code, str(exc), [exc.field])
+        # A missing-fields error names several fields, comma-separated.
+        return cls(400, exc.error_code, str(exc), exc.field.split(","))
 
 
 def not_found() -> RecordError:
     return RecordError(404, "NOT_FOUND", "The requested resource does not exist")
+
+
+def _required_missing(fields: list[str]) -> RecordError:
+    return RecordError(
+        400,
+        "REQUIRED_FIELD_MISSING",
+        f"Required fields are missing: [{', '.join(fields)}]",
+        fields,
+    )
 
 
 @dataclass(slots=True)
@@ -109,17 +119,26 @@ class RecordStore:
         return Transaction(self, origin)
 
     def rest_record(
-        self, obj: ObjectDef, record: dict[str, Any], fields: list[str] | None = None
+        self,
+        obj: ObjectDef,
+        record: dict[str, Any],
+        fields: list[str] | None = None,
+        *,
+        version: str | None = None,
     ) -> dict[str, Any]:
-        """A record as the REST API returns it, with `attributes` first."""
-        version = self.runtime.api_version
+        """A record as the REST API returns it, with `attributes` first.
+
+        `fields` None means every field; `version` is the API version of the request (the
+        emulator's own when not given), which the `attributes.url` repeats.
+        """
+        shown_version = version or self.runtime.api_version
         result: dict[str, Any] = {
             "attributes": {
                 "type": obj.name,
-                "url": f"/services/data/v{version}/sobjects/{obj.name}/{record['Id']}",
+                "url": f"/services/data/v{shown_version}/sobjects/{obj.name}/{record['Id']}",
             }
         }
-        wanted = fields or [f.name for f in obj.fields]
+        wanted = [f.name for f in obj.fields] if fields is None else fields
         for name in wanted:
             field_def = obj.field_ci(name)
             if field_def is None:
@@ -156,6 +175,8 @@ class Transaction:
     def __init__(self, store: RecordStore, origin: str) -> None:
         self.store = store
         self.origin = origin
+        self.now = format_datetime(store.runtime.clock.now())
+        """The transaction's time: every record it writes carries the same audit dates."""
         self.changes: list[_Change] = []
         self._undo: list[tuple[str, str, dict[str, Any] | None, tuple[str, dict[str, Any]] | None]]
         self._undo = []
@@ -191,19 +212,34 @@ class Transaction:
                     [field_def.name],
                 )
             try:
-                checked[field_def.name] = coerce(field_def, value)
+                coerced = coerce(field_def, value)
             except FieldValueError as exc:
                 raise RecordError.from_value(exc) from exc
+            if coerced is None and field_def.type == "boolean" and not field_def.nillable:
+                coerced = False  # a checkbox set to null is unchecked
+            checked[field_def.name] = coerced
         return checked
+
+    @staticmethod
+    def _nulled_required(obj: ObjectDef, checked: dict[str, Any]) -> list[str]:
+        """Required fields that `checked` explicitly sets to null."""
+        return [
+            name
+            for name, value in checked.items()
+            if value is None
+            and (field_def := obj.field(name)) is not None
+            and not field_def.nillable
+            and not field_def.system
+        ]
 
     def create(self, obj: ObjectDef, values: dict[str, Any]) -> str:
         """Insert a record; returns its id."""
         runtime = self.store.runtime
         checked = self._checked_values(obj, values, creating=True)
-        now = format_datetime(runtime.clock.now())
+        now = self.now
         user = runtime.spec.user.id
         record: dict[str, Any] = {}
-        missing = []
+        missing = self._nulled_required(obj, checked)
         for field_def in obj.fields:
             if field_def.name in checked:
                 record[field_def.name] = checked[field_def.name]
@@ -221,12 +257,8 @@ class Transaction:
             else:
                 record[field_def.name] = None
         if missing:
-            raise RecordError(
-                400,
-                "REQUIRED_FIELD_MISSING",
-                f"Required fields are missing: [{', '.join(missing)}]",
-                missing,
-            )
+            missing = [f.name for f in obj.fields if f.name in missing]
+            raise _required_missing(missing)
         record_id = runtime.ids.new(obj.key_prefix)
         record.update(
             Id=record_id,
@@ -249,11 +281,14 @@ class Transaction:
         """Change fields of a live record."""
         record = self.store.get(obj, record_id)
         checked = self._checked_values(obj, values, creating=False)
+        missing = self._nulled_required(obj, checked)
+        if missing:
+            raise _required_missing(missing)
         before = dict(record)
         changed = [name for name, value in checked.items() if record.get(name) != value]
         if not changed:
             return
-        now = format_datetime(self.store.runtime.clock.now())
+        now = self.now
         self._undo.append((obj.name, record["Id"], before, None))
         record.update(checked)
         _derive_name(obj, record)
@@ -278,13 +313,13 @@ class Transaction:
     def undelete(self, record_id: str) -> ObjectDef:
         """Restore a record from the recycle bin."""
         if not is_valid_id(record_id):
-            raise not_found()
+            raise RecordError(400, "MALFORMED_ID", f"malformed id {record_id}")
         full = to18(record_id)
         entry = self.store.recycle_bin.get(full)
         if entry is None:
-            if any(full in records for records in self.store.records.values()):
-                raise RecordError(400, "UNDELETE_FAILED", "Entity is not in the recycle bin")
-            raise not_found()
+            # Salesforce gives the same answer for a live record and for one that is gone
+            # for good (purged from the recycle bin, or never there).
+            raise RecordError(400, "UNDELETE_FAILED", "Entity is not in the recycle bin")
         obj_name, record = entry
         obj = self.store.runtime.spec.object(obj_name)
         assert obj is not None
@@ -319,6 +354,10 @@ class Transaction:
         runtime = self.store.runtime
         events: list[ChangeEvent] = []
         for change in self.changes:
+            if not runtime.cdc_channels_for(change.obj.name):
+                # Entities not selected for Change Data Capture raise no change event, and
+                # take no place in the transaction's sequenceNumber order either.
+                continue
             event = ChangeEvent(
                 change.obj.name,
                 change.change_type,
@@ -355,9 +394,11 @@ class Transaction:
             state = change.before if change.change_type == "DELETE" else change.after
             if not flag or state is None:
                 continue
-            rest = {f.name: self.store._rest_field(change.obj, f, state) for f in change.obj.fields}
-            if not query.matches(rest):
+            # Conditions see stored values (datetimes in the `Z` form SOQL literals take), the
+            # notification shows REST values.
+            if not query.matches(state):
                 continue
+            rest = {f.name: self.store._rest_field(change.obj, f, state) for f in change.obj.fields}
             if change.change_type == "UPDATE" and not _topic_fields_changed(
                 topic.notify_for_fields, query, change.changed
             ):

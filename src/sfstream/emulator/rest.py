@@ -27,12 +27,12 @@ from sfstream.emulator.describe import (
     streaming_sobject_fields,
 )
 from sfstream.emulator.ids import is_valid_id, to18
-from sfstream.emulator.org import ObjectDef, PushTopicDef, StreamingChannelDef
+from sfstream.emulator.org import FieldDef, ObjectDef, PushTopicDef, StreamingChannelDef
 from sfstream.emulator.records import RecordError, RecordStore, Transaction
 from sfstream.emulator.runtime import OrgRuntime
 from sfstream.emulator.settings import API_VERSIONS
 from sfstream.emulator.soql import Query, SoqlError, parse, run
-from sfstream.emulator.values import FieldValueError
+from sfstream.emulator.values import FieldValueError, coerce
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_COMPOSITE_RECORDS: Final = 200
@@ -144,15 +144,17 @@ class RestApi:
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
+            # `text=`, not `body=`: aiohttp deprecates bodies on HTTP exceptions, and the
+            # deprecation warning turned every malformed body into a 500.
             raise web.HTTPBadRequest(
-                body=orjson.dumps(
+                text=orjson.dumps(
                     [
                         {
                             "message": f"Unexpected character in JSON body: {exc.msg}",
                             "errorCode": "JSON_PARSER_ERROR",
                         }
                     ]
-                ),
+                ).decode(),
                 content_type="application/json",
             ) from exc
 
@@ -265,7 +267,10 @@ class RestApi:
                     "Max": clients,
                     "Remaining": clients - live,
                 },
+                "DailyStandardVolumePlatformEvents": entry(10000, 0),
                 "HourlyPublishedPlatformEvents": entry(250000, published.used),
+                "HourlyPublishedStandardVolumePlatformEvents": entry(1000, 0),
+                "MonthlyPlatformEvents": entry(events.maximum, events.used),
                 "MonthlyPlatformEventsUsageEntitlement": entry(events.maximum, events.used),
                 "StreamingApiConcurrentClients": {"Max": clients, "Remaining": clients - live},
             }
@@ -303,58 +308,101 @@ class RestApi:
                 for c in self.runtime.spec.streaming_channels
             ]
         elif not tooling and (obj := self.runtime.spec.object(query.entity)) is not None:
-            return self._query_records(query, obj, include_deleted)
+            return self._query_records(query, obj, include_deleted, version)
         else:
             return _invalid_type(query.entity)
-        known = {key.lower() for row in rows[:1] for key in row} or _known_fields(entity)
-        for name in (*query.fields, *query.where_fields):
+        known = _known_fields(entity)
+        for name in _referenced_fields(query):
             if name.lower() not in known:
                 return _invalid_field(name, query.entity)
         return json_response(_query_result(query, rows))
 
-    def _query_records(self, query: Query, obj: ObjectDef, include_deleted: bool) -> web.Response:
-        for name in (*query.fields, *query.where_fields):
-            if "." not in name and obj.field_ci(name) is None:
-                return _invalid_field(name, obj.name)
+    def _query_records(
+        self, query: Query, obj: ObjectDef, include_deleted: bool, version: str
+    ) -> web.Response:
+        relations: dict[str, tuple[FieldDef, ObjectDef]] = {}
+        for name in _referenced_fields(query):
+            if "." not in name:
+                if obj.field_ci(name) is None:
+                    return _invalid_field(name, obj.name)
+                continue
+            relation, _, target_field = name.partition(".")
+            resolved = self._relationship(obj, relation)
+            if resolved is None:
+                return _bad_relationship(relation)
+            if "." in target_field or resolved[1].field_ci(target_field) is None:
+                return _invalid_field(target_field, resolved[1].name)
+            relations[relation.lower()] = resolved
         live = list(self.store.records[obj.name].values())
         if include_deleted:
             live += [r for o, r in self.store.recycle_bin.values() if o == obj.name]
-        rows = []
+        # Conditions and ordering see stored values (datetimes in the `Z` form SOQL literals
+        # take); the result shows REST values. A relationship path filters on the related
+        # record's value.
+        rows: list[dict[str, Any]] = []
         for record in live:
-            row = self.store.rest_record(obj, record, [f.name for f in obj.fields])
-            for name in query.fields:
-                if "." in name:
-                    row[name] = self._related(obj, record, name)
+            row: dict[str, Any] = {**record, _RECORD: record}
+            for path in _referenced_fields(query):
+                if "." in path:
+                    row[path] = self._related_value(record, path, relations)
             rows.append(row)
-        result = _query_result(query, rows)
+        matched = run(query, rows)
+        if query.count_only:
+            return json_response({"totalSize": len(matched), "done": True, "records": []})
         records = []
-        for row in result["records"]:
-            shaped: dict[str, Any] = {"attributes": row["attributes"]}
-            for name in query.fields:
-                field = obj.field_ci(name)
-                key = field.name if field is not None else name
-                if "." in name:
-                    relation = name.split(".", 1)[0]
-                    shaped.setdefault(relation, row.get(name))
+        plain = [n for n in query.fields if "." not in n]
+        for row in matched:
+            record = row[_RECORD]
+            shaped = self.store.rest_record(obj, record, plain, version=version)
+            for path in query.fields:
+                if "." not in path:
+                    continue
+                relation, _, target_field = path.partition(".")
+                reference, target_obj = relations[relation.lower()]
+                key = reference.relationship_name or relation
+                related = self._related_record(record, reference, target_obj)
+                if related is None:
+                    shaped.setdefault(key, None)
+                    continue
+                nested = self.store.rest_record(
+                    target_obj, related, [target_field], version=version
+                )
+                existing = shaped.get(key)
+                if isinstance(existing, dict):
+                    existing.update({k: v for k, v in nested.items() if k != "attributes"})
                 else:
-                    shaped[key] = row.get(key)
+                    shaped[key] = nested
             records.append(shaped)
-        result["records"] = records
-        return json_response(result)
+        return json_response({"totalSize": len(records), "done": True, "records": records})
 
-    def _related(self, obj: ObjectDef, record: dict[str, Any], path: str) -> Any:
-        relation, _, field_name = path.partition(".")
+    def _related_value(
+        self, record: dict[str, Any], path: str, relations: dict[str, tuple[FieldDef, ObjectDef]]
+    ) -> Any:
+        relation, _, target_field = path.partition(".")
+        reference, target_obj = relations[relation.lower()]
+        related = self._related_record(record, reference, target_obj)
+        field = target_obj.field_ci(target_field)
+        if related is None or field is None:
+            return None
+        return related.get(field.name)
+
+    def _relationship(self, obj: ObjectDef, relation: str) -> tuple[FieldDef, ObjectDef] | None:
+        """The reference field behind relationship `relation` and the object it points at."""
         for field in obj.fields:
             if field.relationship_name and field.relationship_name.lower() == relation.lower():
-                target_id = record.get(field.name)
-                if not target_id:
-                    return None
                 for target_name in field.reference_to:
                     target = self.runtime.spec.object(target_name)
-                    found = self.store.records.get(target_name, {}).get(target_id)
-                    if target is not None and found is not None:
-                        return self.store.rest_record(target, found, [field_name])
+                    if target is not None:
+                        return field, target
         return None
+
+    def _related_record(
+        self, record: dict[str, Any], field: FieldDef, target: ObjectDef
+    ) -> dict[str, Any] | None:
+        target_id = record.get(field.name)
+        if not target_id:
+            return None
+        return self.store.records.get(target.name, {}).get(target_id)
 
     def _push_topic_row(self, topic: PushTopicDef, version: str) -> dict[str, Any]:
         return {
@@ -412,7 +460,7 @@ class RestApi:
                     "Id": record_id,
                     "DeveloperName": developer,
                     "MasterLabel": developer,
-                    "FullName": f"{channel}_{selected}",
+                    "FullName": developer,
                     "EventChannel": channel,
                     "SelectedEntity": selected,
                     "EnrichedFields": [],
@@ -496,21 +544,10 @@ class RestApi:
         self, name: str, body: dict[str, Any], status: int
     ) -> web.Response:
         spec = self.runtime.spec
-        fields = {
-            f.name.lower(): f.name
-            for f in streaming_sobject_fields(
-                "PushTopic" if name.lower() == "pushtopic" else "StreamingChannel"
-            )
-        }
-        values: dict[str, Any] = {}
-        for key, value in body.items():
-            if key == "attributes":
-                continue
-            if key.lower() not in fields:
-                return rest_error(
-                    400, "INVALID_FIELD", f"No such column '{key}' on sobject of type {name}"
-                )
-            values[fields[key.lower()]] = value
+        checked = _streaming_values(name, body, creating=True)
+        if isinstance(checked, web.Response):
+            return checked
+        values = checked
         if name.lower() == "streamingchannel":
             channel_name = values.get("Name")
             if not isinstance(channel_name, str) or not channel_name.startswith("/u/"):
@@ -538,16 +575,21 @@ class RestApi:
         problem = self._check_topic_values(values)
         if problem is not None:
             return problem
+
+        def given(key: str, default: Any) -> Any:
+            value = values.get(key)
+            return default if value is None else value
+
         topic = PushTopicDef(
             name=values["Name"],
             query=values["Query"],
-            api_version=float(values.get("ApiVersion", self.runtime.api_version)),
-            is_active=values.get("IsActive", True),
-            notify_for_fields=values.get("NotifyForFields", "Referenced"),
-            notify_for_operation_create=values.get("NotifyForOperationCreate", True),
-            notify_for_operation_update=values.get("NotifyForOperationUpdate", True),
-            notify_for_operation_delete=values.get("NotifyForOperationDelete", True),
-            notify_for_operation_undelete=values.get("NotifyForOperationUndelete", True),
+            api_version=float(given("ApiVersion", self.runtime.api_version)),
+            is_active=given("IsActive", True),
+            notify_for_fields=given("NotifyForFields", "Referenced"),
+            notify_for_operation_create=given("NotifyForOperationCreate", True),
+            notify_for_operation_update=given("NotifyForOperationUpdate", True),
+            notify_for_operation_delete=given("NotifyForOperationDelete", True),
+            notify_for_operation_undelete=given("NotifyForOperationUndelete", True),
             description=values.get("Description"),
             id=self.runtime.ids.new("0IF"),
         )
@@ -565,17 +607,13 @@ class RestApi:
                 f"Required fields are missing: [{', '.join(missing)}]",
                 missing,
             )
-        if len(name) > 25:
-            return rest_error(
-                400,
-                "STRING_TOO_LONG",
-                f"Name: data value too large: {name} (max length=25)",
-                ["Name"],
-            )
         if self.runtime.spec.push_topic(name) is not None:
             return rest_error(
                 400, "DUPLICATE_VALUE", f"duplicate value found: Name duplicates {name}", ["Name"]
             )
+        return self._check_topic_query(text)
+
+    def _check_topic_query(self, text: str) -> web.Response | None:
         try:
             query = parse(text)
         except SoqlError as exc:
@@ -633,7 +671,9 @@ class RestApi:
             for field in wanted:
                 if obj.field_ci(field) is None:
                     return _invalid_field(field, obj.name)
-        return json_response(self.store.rest_record(obj, record, wanted))
+        return json_response(
+            self.store.rest_record(obj, record, wanted, version=request.match_info["version"])
+        )
 
     def _read_streaming_sobject(self, request: web.Request) -> web.Response:
         version = request.match_info["version"]
@@ -680,32 +720,46 @@ class RestApi:
         body = await self._json_body(request)
         if not isinstance(body, dict):
             return rest_error(400, "JSON_PARSER_ERROR", "the body must be a JSON object")
-        mapping = {
-            "isactive": "is_active",
-            "description": "description",
-            "query": "query",
-            "notifyforfields": "notify_for_fields",
-            "apiversion": "api_version",
-            "notifyforoperationcreate": "notify_for_operation_create",
-            "notifyforoperationupdate": "notify_for_operation_update",
-            "notifyforoperationdelete": "notify_for_operation_delete",
-            "notifyforoperationundelete": "notify_for_operation_undelete",
+        checked = _streaming_values("PushTopic", body, creating=False)
+        if isinstance(checked, web.Response):
+            return checked
+        attributes = {
+            "Name": "name",
+            "IsActive": "is_active",
+            "Description": "description",
+            "Query": "query",
+            "NotifyForFields": "notify_for_fields",
+            "ApiVersion": "api_version",
+            "NotifyForOperationCreate": "notify_for_operation_create",
+            "NotifyForOperationUpdate": "notify_for_operation_update",
+            "NotifyForOperationDelete": "notify_for_operation_delete",
+            "NotifyForOperationUndelete": "notify_for_operation_undelete",
         }
-        for key, value in body.items():
-            if key == "attributes":
-                continue
-            attribute = mapping.get(key.lower())
-            if attribute is None:
+        for key, value in checked.items():
+            if key not in attributes:
+                return _not_updateable(key)
+            if value is None and key != "Description":
                 return rest_error(
-                    400,
-                    "INVALID_FIELD_FOR_INSERT_UPDATE",
-                    f"Unable to create/update fields: {key}.",
-                    [key],
+                    400, "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{key}]", [key]
                 )
-            try:
-                setattr(topic, attribute, value)
-            except ValueError as exc:
-                return rest_error(400, "INVALID_FIELD", f"{key}: {exc}", [key])
+        if "Query" in checked:
+            problem = self._check_topic_query(checked["Query"])
+            if problem is not None:
+                return problem
+        renamed = checked.get("Name", topic.name) != topic.name
+        if renamed and self.runtime.spec.push_topic(checked["Name"]) is not None:
+            return rest_error(
+                400,
+                "DUPLICATE_VALUE",
+                f"duplicate value found: Name duplicates {checked['Name']}",
+                ["Name"],
+            )
+        # Validated as a whole first, so a refused update changes nothing.
+        for key, value in checked.items():
+            setattr(topic, attributes[key], value)
+        if renamed:
+            # The name is the channel: `/topic/<new name>` from now on.
+            self.runtime.rebuild_channels()
         return web.Response(status=204)
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
@@ -837,7 +891,11 @@ class RestApi:
             except RecordError:
                 result.append(None)
             else:
-                result.append(self.store.rest_record(obj, record, fields))
+                result.append(
+                    self.store.rest_record(
+                        obj, record, fields, version=request.match_info["version"]
+                    )
+                )
         return json_response(result)
 
     def _composite(
@@ -845,10 +903,18 @@ class RestApi:
     ) -> web.Response:
         transaction = self.store.transaction(self._origin(request))
         results: list[dict[str, Any]] = []
+        # Platform events are published when the request commits ("publish after commit",
+        # the default publish behaviour), so an all-or-none rollback publishes none of them.
+        events: list[tuple[int, str, dict[str, Any]]] = []
         failed = False
         for item in items:
             try:
-                results.append(self._composite_one(transaction, item, op))
+                event = self._composite_event(item) if op == "create" else None
+                if event is not None:
+                    events.append((len(results), event, item))
+                    results.append({"success": True})
+                else:
+                    results.append(self._composite_one(transaction, item, op))
             except RecordError as exc:
                 failed = True
                 results.append(
@@ -877,7 +943,24 @@ class RestApi:
             ]
             return json_response(results)
         transaction.commit()
+        for index, name, item in events:
+            results[index] = self._publish(name, item)
         return json_response(results)
+
+    def _composite_event(self, item: Any) -> str | None:
+        """The platform event `item` publishes (its values checked), or None for a record."""
+        if not isinstance(item, dict):
+            return None
+        attributes = item.get("attributes")
+        sobject_type = attributes.get("type") if isinstance(attributes, dict) else None
+        event = self.runtime.spec.event(sobject_type) if isinstance(sobject_type, str) else None
+        if event is None:
+            return None
+        try:
+            self.runtime.platform_event_payload(event, item)
+        except FieldValueError as exc:
+            raise RecordError.from_value(exc) from exc
+        return event.name
 
     def _composite_one(self, transaction: Transaction, item: Any, op: str) -> dict[str, Any]:
         if op == "delete":
@@ -893,12 +976,6 @@ class RestApi:
         sobject_type = attributes.get("type") if isinstance(attributes, dict) else None
         if not isinstance(sobject_type, str):
             raise RecordError(400, "INVALID_TYPE", "Must specify a type in attributes", [])
-        event = self.runtime.spec.event(sobject_type)
-        if event is not None and op == "create":
-            try:
-                return self._publish(event.name, item)
-            except FieldValueError as exc:
-                raise RecordError.from_value(exc) from exc
         obj = self.runtime.spec.object(sobject_type)
         if obj is None:
             raise RecordError(
@@ -926,6 +1003,62 @@ class RestApi:
                 ) from exc
             raise
         return {"id": to18(record_id), "success": True, "errors": []}
+
+
+def _not_updateable(name: str) -> web.Response:
+    return rest_error(
+        400,
+        "INVALID_FIELD_FOR_INSERT_UPDATE",
+        f"Unable to create/update fields: {name}. Please check the security settings of this "
+        "field and verify that it is read/write for your profile or permission set.",
+        [name],
+    )
+
+
+def _streaming_values(
+    name: str, body: dict[str, Any], *, creating: bool
+) -> dict[str, Any] | web.Response:
+    """Checked values of a PushTopic or StreamingChannel write, by canonical field name."""
+    sobject = "PushTopic" if name.lower() == "pushtopic" else "StreamingChannel"
+    fields = {f.name.lower(): f for f in streaming_sobject_fields(sobject)}
+    values: dict[str, Any] = {}
+    for key, value in body.items():
+        if key == "attributes":
+            continue
+        field = fields.get(key.lower())
+        if field is None:
+            return rest_error(
+                400, "INVALID_FIELD", f"No such column '{key}' on sobject of type {sobject}"
+            )
+        if not (field.createable if creating else field.updateable):
+            return _not_updateable(field.name)
+        try:
+            values[field.name] = coerce(field, value)
+        except FieldValueError as exc:
+            return rest_error(400, exc.error_code, str(exc), [field.name])
+    return values
+
+
+_RECORD: Final = "\x00record"
+"""Key of a query row that holds the stored record it was built from."""
+
+
+def _referenced_fields(query: Query) -> list[str]:
+    """Every field a query names: SELECT, WHERE and ORDER BY."""
+    names = [*query.fields, *query.where_fields]
+    if query.order_by is not None:
+        names.append(query.order_by[0])
+    return names
+
+
+def _bad_relationship(relation: str) -> web.Response:
+    return rest_error(
+        400,
+        "INVALID_FIELD",
+        f"Didn't understand relationship '{relation}' in field path. If you are attempting to "
+        "use a custom relationship, be sure to append the '__r' after the custom relationship "
+        "name. Please reference your WSDL or the describe call for the appropriate names.",
+    )
 
 
 def _digest15(text: str) -> str:

@@ -8,6 +8,7 @@ PushTopic events and generic events with exactly the payload shapes Salesforce s
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -144,6 +145,7 @@ class OrgRuntime:
         # Commit numbers only grow, also across emulator restarts.
         self._commit_number = clock.now_ms() * 10
         self.cdc_stream = bus.stream(CDC_STREAM, ChannelKind.CHANGE_EVENTS)
+        self._cdc_routes: dict[str, tuple[ObjectDef | None, list[Channel]]] = {}
         for topic in spec.push_topics:
             topic.id = topic.id or ids.new("0IF")
         for channel in spec.streaming_channels:
@@ -153,7 +155,11 @@ class OrgRuntime:
     # -- channels ---------------------------------------------------------------------------
 
     def rebuild_channels(self) -> None:
-        """Create the bus channels the org definition implies (existing ones are kept)."""
+        """Create the bus channels the org definition implies (existing ones are kept).
+
+        Call it after changing which entities, topics or channels the org has.
+        """
+        self._cdc_routes.clear()
         bus = self.bus
         bus.channel("/data/ChangeEvents", self.cdc_stream, ChannelKind.CHANGE_EVENTS)
         for obj in self.spec.objects:
@@ -180,20 +186,28 @@ class OrgRuntime:
 
     def cdc_channels_for(self, entity: str) -> list[Channel]:
         """The CDC channels an event of `entity` appears on."""
+        return self._cdc_route(entity)[1]
+
+    def _cdc_route(self, entity: str) -> tuple[ObjectDef | None, list[Channel]]:
+        route = self._cdc_routes.get(entity)
+        if route is not None:
+            return route
         spec = self.spec
         obj = spec.object(entity)
-        if obj is None or not spec.cdc_selected(obj.name):
-            return []
-        channels = self.bus.channels
-        result = [channels[f"/data/{obj.change_event_name}"]]
-        if obj.name in spec.change_events:
-            result.append(channels["/data/ChangeEvents"])
-        result.extend(
-            channels[f"/data/{chn.name}"]
-            for chn in spec.channels
-            if chn.channel_type == "data" and obj.name in chn.members
-        )
-        return result
+        result: list[Channel] = []
+        if obj is not None and spec.cdc_selected(obj.name):
+            channels = self.bus.channels
+            result.append(channels[f"/data/{obj.change_event_name}"])
+            if obj.name in spec.change_events:
+                result.append(channels["/data/ChangeEvents"])
+            result.extend(
+                channels[f"/data/{chn.name}"]
+                for chn in spec.channels
+                if chn.channel_type == "data" and obj.name in chn.members
+            )
+        route = (obj, result)
+        self._cdc_routes[entity] = route
+        return route
 
     def resolve_channel(self, name: str) -> Channel:
         """The channel a `/meta/subscribe` names.
@@ -341,13 +355,13 @@ class OrgRuntime:
             return []
         commit_number, commit_ts = self.next_commit()
         transaction_key = _transaction_key()
-        published = []
-        for sequence, change in enumerate(events, start=1):
-            channels = self.cdc_channels_for(change.entity)
-            if not channels:
+        published: list[BusEvent] = []
+        sequence = 0
+        for change in events:
+            obj, channels = self._cdc_route(change.entity)
+            if obj is None or not channels:
                 continue
-            obj = self.spec.object(change.entity)
-            assert obj is not None
+            sequence += 1
             header = {
                 "entityName": obj.name,
                 "recordIds": change.record_ids,
@@ -574,7 +588,7 @@ class OrgRuntime:
 
 
 def _transaction_key() -> str:
-    raw = uuid.uuid4().hex
+    raw = os.urandom(16).hex()
     return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:32]}"
 
 

@@ -111,14 +111,20 @@ def _doc(entity: str, field: FieldDef) -> str:
     return f"Data:{kind}"
 
 
+def _compound_record_name(compound: FieldDef) -> str:
+    return {"address": "Address", "location": "Location"}.get(compound.type, "PersonName")
+
+
 def _compound_record(
     defn: ObjectDef | EventDef, compound: FieldDef, parts: list[FieldDef], fmt: PayloadFormat
 ) -> dict[str, Any]:
-    record_name = {"address": "Address", "location": "Location"}.get(compound.type, "Name")
+    # No "namespace" of its own: the record lives in the enclosing `com.sforce.eventbus`
+    # namespace, so a second compound of the same kind can refer to it by its bare name
+    # (`"Address"`), which every Avro implementation resolves. A named type may be defined
+    # only once per schema: BillingAddress defines `Address`, ShippingAddress refers to it.
     return {
         "type": "record",
-        "name": record_name if record_name != "Name" else "PersonName",
-        "namespace": "",
+        "name": _compound_record_name(compound),
         "fields": [
             {
                 "name": component_key(compound, part),
@@ -181,9 +187,15 @@ def payload_fields(defn: ObjectDef | EventDef, fmt: PayloadFormat) -> list[dict[
         entries.append(
             {"name": "ChangeEventHeader", "type": _header_record(), "doc": "Data:ComplexValueType"}
         )
+        defined: set[str] = set()
         for field, parts in change_event_fields(defn):
             if parts:
-                avro_type: Any = ["null", _compound_record(defn, field, parts, fmt)]
+                record_name = _compound_record_name(field)
+                if record_name in defined:
+                    avro_type: Any = ["null", record_name]
+                else:
+                    defined.add(record_name)
+                    avro_type = ["null", _compound_record(defn, field, parts, fmt)]
             else:
                 avro_type = ["null", _avro_primitive(field, fmt)]
             entries.append(

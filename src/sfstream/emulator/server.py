@@ -121,6 +121,7 @@ class Emulator:
         )
         app.router.add_post("/services/oauth2/token", self._token)
         app.router.add_post("/services/oauth2/revoke", self._revoke)
+        app.router.add_get("/services/oauth2/revoke", self._revoke)
         app.router.add_get("/id/{org}/{user}", self._identity)
         app.router.add_post("/cometd/{version}", self.cometd.handle)
         app.router.add_post("/cometd/{version}/", self.cometd.handle)
@@ -253,13 +254,13 @@ class Emulator:
         return self.tokens.revoke_refresh_tokens()
 
     def create_record(
-        self, sobject: str, values: dict[str, Any], origin: str = "com/salesforce/api/rest/62.0"
+        self, sobject: str, values: dict[str, Any], origin: str | None = None
     ) -> str:
         """Insert a record (raises `RecordError` as the REST API would refuse it)."""
         obj = self.runtime.spec.object(sobject)
         if obj is None:
             raise KeyError(f"no object called {sobject!r}")
-        transaction = self.store.transaction(origin)
+        transaction = self.store.transaction(origin or self._origin("rest"))
         try:
             record_id = transaction.create(obj, values)
         except RecordError:
@@ -273,12 +274,12 @@ class Emulator:
         sobject: str,
         record_id: str,
         values: dict[str, Any],
-        origin: str = "com/salesforce/api/rest/62.0",
+        origin: str | None = None,
     ) -> None:
         obj = self.runtime.spec.object(sobject)
         if obj is None:
             raise KeyError(f"no object called {sobject!r}")
-        transaction = self.store.transaction(origin)
+        transaction = self.store.transaction(origin or self._origin("rest"))
         try:
             transaction.update(obj, record_id, values)
         except RecordError:
@@ -290,7 +291,7 @@ class Emulator:
         obj = self.runtime.spec.object(sobject)
         if obj is None:
             raise KeyError(f"no object called {sobject!r}")
-        transaction = self.store.transaction("com/salesforce/api/rest/62.0")
+        transaction = self.store.transaction(self._origin("rest"))
         try:
             transaction.delete(obj, record_id)
         except RecordError:
@@ -298,8 +299,11 @@ class Emulator:
             raise
         transaction.commit()
 
+    def _origin(self, api: str) -> str:
+        return f"com/salesforce/api/{api}/{self.settings.api_version}"
+
     def undelete_record(self, record_id: str) -> None:
-        transaction = self.store.transaction("com/salesforce/api/soap/62.0")
+        transaction = self.store.transaction(self._origin("soap"))
         try:
             transaction.undelete(record_id)
         except RecordError as exc:
@@ -490,8 +494,10 @@ class Emulator:
                 if fault.kind is FaultKind.STALL:
                     await asyncio.sleep(fault.seconds)
                 elif fault.kind in (FaultKind.DROP, FaultKind.CUT) and request.transport:
+                    # The client sees the connection close; aiohttp ignores the write of
+                    # this response to the closed transport.
                     request.transport.abort()
-                    raise ConnectionResetError("request dropped by fault injection")
+                    return web.Response(status=500)
         if path.startswith("/services/data/v"):
             self.rest.requests += 1
             if self.tokens.check(request.headers.get("Authorization")) is None:

@@ -14,11 +14,13 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
+from sfstream.emulator.ids import is_valid_id, to18
 from sfstream.emulator.oauth import TokenService
 from sfstream.emulator.records import RecordError, RecordStore
 
 _ENV_NS: Final = "http://schemas.xmlsoap.org/soap/envelope/"
 _PARTNER_NS: Final = "urn:partner.soap.sforce.com"
+_FAULT_NS: Final = "urn:fault.partner.soap.sforce.com"
 _HEAD: Final = (
     '<?xml version="1.0" encoding="UTF-8"?>'
     f'<soapenv:Envelope xmlns:soapenv="{_ENV_NS}" xmlns="{_PARTNER_NS}" '
@@ -34,11 +36,31 @@ def _xml(body: str, status: int = 200) -> web.Response:
 
 
 def _fault(code: str, message: str) -> web.Response:
-    return _xml(
+    """A SOAP 1.1 fault as Salesforce sends it.
+
+    `faultcode` and `faultstring` are unqualified elements (SOAP 1.1), so this envelope has no
+    default namespace; the `sf` prefix used in the fault code is declared, and an `sf:` code
+    comes with the `UnexpectedErrorFault` detail carrying `exceptionCode`/`exceptionMessage`.
+    """
+    detail = ""
+    if code.startswith("sf:"):
+        exception_code = code[3:]
+        exception_message = message.removeprefix(f"{exception_code}: ")
+        detail = (
+            '<detail><sf:UnexpectedErrorFault xsi:type="sf:UnexpectedErrorFault">'
+            f"<sf:exceptionCode>{escape(exception_code)}</sf:exceptionCode>"
+            f"<sf:exceptionMessage>{escape(exception_message)}</sf:exceptionMessage>"
+            "</sf:UnexpectedErrorFault></detail>"
+        )
+    text = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f'<soapenv:Envelope xmlns:soapenv="{_ENV_NS}" xmlns:sf="{_FAULT_NS}" '
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body>'
         f"<soapenv:Fault><faultcode>{escape(code)}</faultcode>"
-        f"<faultstring>{escape(message)}</faultstring></soapenv:Fault>",
-        status=500,
+        f"<faultstring>{escape(message)}</faultstring>{detail}</soapenv:Fault>"
+        "</soapenv:Body></soapenv:Envelope>"
     )
+    return web.Response(text=text, status=500, content_type="text/xml", charset="UTF-8")
 
 
 def _local(tag: str) -> str:
@@ -77,20 +99,40 @@ class SoapApi:
             )
         ids = [(el.text or "").strip() for el in operation if _local(el.tag) == "ids"]
         origin = f"com/salesforce/api/soap/{request.match_info['version']}"
+        # The CallOptions header's `client` names the integration in `changeOrigin`, as
+        # the REST API's `Sforce-Call-Options: client=...` header does.
+        client = next(
+            (
+                (child.text or "").strip()
+                for header in root.iter()
+                if _local(header.tag) == "CallOptions"
+                for child in header
+                if _local(child.tag) == "client"
+            ),
+            "",
+        )
+        if client:
+            origin = f"{origin};client={client}"
         transaction = self.store.transaction(origin)
         results = []
         for record_id in ids:
             try:
                 transaction.undelete(record_id)
             except RecordError as exc:
+                # A failed result still names a well-formed id, in its 18-character form.
+                shown = (
+                    f"<id>{to18(record_id)}</id>"
+                    if is_valid_id(record_id)
+                    else '<id xsi:nil="true"/>'
+                )
                 results.append(
                     f"<result><errors><message>{escape(exc.message)}</message>"
                     f"<statusCode>{escape(exc.error_code)}</statusCode></errors>"
-                    '<id xsi:nil="true"/><success>false</success></result>'
+                    f"{shown}<success>false</success></result>"
                 )
             else:
                 results.append(
-                    f"<result><id>{escape(record_id)}</id><success>true</success></result>"
+                    f"<result><id>{to18(record_id)}</id><success>true</success></result>"
                 )
         transaction.commit()
         return _xml(f"<undeleteResponse>{''.join(results)}</undeleteResponse>")

@@ -84,7 +84,7 @@ def _tokenize(text: str) -> list[_Tok]:
         raw = match.group(kind)
         value: Any = raw
         if kind == "string":
-            value = re.sub(r"\\(.)", r"\1", raw[1:-1])
+            value = _unescape(raw[1:-1])
         elif kind == "number":
             value = float(raw) if "." in raw else int(raw)
         elif kind == "datetime":
@@ -98,6 +98,24 @@ def _tokenize(text: str) -> list[_Tok]:
             value = raw.lower()
         tokens.append(_Tok(kind, raw, value))
     return tokens
+
+
+_ESCAPES: Final = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+# Keywords that are also names in their own right (the standard `Order` object, a field called
+# `Limit`): accepted wherever a name is expected.
+_NAME_KEYWORDS: Final = frozenset({"order", "first", "last", "nulls", "offset", "limit"})
+
+
+def _unescape(text: str, keep: str = "") -> str:
+    r"""Resolve SOQL escapes (`\'`, `\n`, `\\`, ...); escapes of `keep` stay escaped."""
+
+    def resolve(match: re.Match[str]) -> str:
+        char = match.group(1)
+        if char in keep:
+            return match.group(0)
+        return _ESCAPES.get(char, char)
+
+    return re.sub(r"\\(.)", resolve, text, flags=re.DOTALL)
 
 
 Predicate = Callable[[Callable[[str], Any]], bool]
@@ -167,7 +185,7 @@ class _Parser:
 
     def ident(self) -> str:
         tok = self.next()
-        if tok.kind != "word":
+        if tok.kind != "word" and not (tok.kind == "kw" and tok.value in _NAME_KEYWORDS):
             raise SoqlError(f"unexpected token: '{tok.text}'")
         return tok.text
 
@@ -278,10 +296,11 @@ class _Parser:
             values = self.literal_list()
             return lambda get: _in(get(name), values)
         if self.accept_kw("like"):
-            pattern = self.literal()
-            if not isinstance(pattern, str):
-                raise SoqlError("LIKE needs a quoted string")
-            regex = _like(pattern)
+            tok = self.next()
+            if tok.kind != "string":
+                raise SoqlError(f"unexpected token: '{tok.text}', LIKE needs a quoted string")
+            # From the raw text: `\%` and `\_` are a literal percent sign and underscore.
+            regex = _like(_unescape(tok.text[1:-1], keep="%_\\"))
             return lambda get: isinstance(v := get(name), str) and bool(regex.match(v))
         if self.accept_kw("includes", "excludes"):
             excludes = self.tokens[self.pos - 1].value == "excludes"
@@ -318,7 +337,17 @@ def _includes(actual: Any, wanted: list[str]) -> bool:
 
 
 def _like(pattern: str) -> re.Pattern[str]:
-    parts = [".*" if char == "%" else "." if char == "_" else re.escape(char) for char in pattern]
+    """A LIKE pattern (`%` any run, `_` one character, `\\%`/`\\_` themselves) as a regex."""
+    parts = []
+    escaped = False
+    for char in pattern:
+        if escaped:
+            parts.append(re.escape(char))
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        else:
+            parts.append(".*" if char == "%" else "." if char == "_" else re.escape(char))
     return re.compile("^" + "".join(parts) + "$", re.IGNORECASE | re.DOTALL)
 
 

@@ -19,6 +19,7 @@ from sfstream.emulator.ids import is_valid_id, to18
 from sfstream.emulator.org import FieldDef
 
 _EMAIL: Final = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_DATE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}(?:T.*)?$")
 _TIME: Final = re.compile(r"^(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,3}))?)?Z?$")
 _TEXT_TYPES: Final = frozenset(
     {"string", "textarea", "phone", "url", "combobox", "encryptedstring", "json", "email"}
@@ -36,7 +37,13 @@ class FieldValueError(ValueError):
 
 def format_datetime(epoch_s: float) -> str:
     """`2024-05-01T12:30:00.000Z`, the form change events and platform events use."""
-    moment = datetime.fromtimestamp(epoch_s, tz=UTC)
+    return _format_moment(datetime.fromtimestamp(epoch_s, tz=UTC))
+
+
+def _format_moment(moment: datetime) -> str:
+    # From the datetime itself, not from a float timestamp, which loses the milliseconds of
+    # dates far from 1970.
+    moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
@@ -51,9 +58,22 @@ def _bad_type(field: FieldDef, value: Any) -> FieldValueError:
     return FieldValueError(
         "JSON_PARSER_ERROR",
         f"Cannot deserialize instance of {field.type} from {_json_kind(value)} value "
-        f"{value!r} or request may be missing a required field",
+        f"{_json_token(value)} or request may be missing a required field",
         field.name,
     )
+
+
+def _json_token(value: Any) -> str:
+    """The value as the JSON parser names it: the text itself, or `[` / `{`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "["
+    if isinstance(value, dict):
+        return "{"
+    return str(value)
 
 
 def _json_kind(value: Any) -> str:
@@ -79,6 +99,9 @@ def coerce(field: FieldDef, value: Any) -> Any:
     if value is None:
         return None
     kind = field.type
+    if value == "" and kind not in ("boolean", "anyType"):
+        # Salesforce stores no empty strings: "" is null, for every kind of field.
+        return None
     if kind in _TEXT_TYPES or kind in ("picklist", "multipicklist"):
         if not isinstance(value, str):
             if isinstance(value, bool | int | float) and kind not in ("picklist",):
@@ -159,16 +182,26 @@ def _text(field: FieldDef, value: str) -> str:
 def _integer(field: FieldDef, value: Any) -> int:
     if isinstance(value, bool):
         raise _bad_type(field, value)
+    number: int | None = None
     if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str):
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
-            pass
-    raise _bad_type(field, value)
+            number = None
+    bits = 31 if field.type == "int" else 63
+    if number is None or not -(2**bits) <= number < 2**bits:
+        raise _bad_type(field, value)
+    if field.precision is not None and abs(number) >= 10**field.precision:
+        raise FieldValueError(
+            "NUMBER_OUTSIDE_VALID_RANGE",
+            f"{field.display_label}: value outside of valid range on numeric field: {number}",
+            field.name,
+        )
+    return number
 
 
 def _number(field: FieldDef, value: Any) -> float | int:
@@ -200,7 +233,7 @@ def _number(field: FieldDef, value: Any) -> float | int:
 
 
 def _date(field: FieldDef, value: Any) -> str:
-    if isinstance(value, str):
+    if isinstance(value, str) and _DATE.match(value):
         try:
             return date.fromisoformat(value[:10]).isoformat()
         except ValueError:
@@ -220,7 +253,10 @@ def _datetime(field: FieldDef, value: Any) -> str:
         if moment is not None:
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=UTC)
-            return format_datetime(moment.timestamp())
+            try:
+                return _format_moment(moment)
+            except OverflowError:  # e.g. year 1 with a positive offset
+                pass
     raise _bad_type(field, value)
 
 
