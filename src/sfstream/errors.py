@@ -9,7 +9,8 @@ SfStreamError                     retryable?  recovery
 │   │   └── ServerBusyError       yes         RECONNECT       503 / "Server is too busy"
 │   ├── UnknownClientError        yes         REHANDSHAKE     403::Unknown client
 │   ├── ClientLimitError          yes         REHANDSHAKE     concurrent client limit
-│   └── AuthExpiredError          yes         REAUTHENTICATE  401::Authentication invalid
+│   ├── AuthExpiredError          yes         REAUTHENTICATE  401::Authentication invalid
+│   └── StorageUnavailableError   yes         RECONNECT       state store or sink unreachable
 └── TerminalError                 no
     ├── AuthenticationError       no          NONE            invalid_grant, bad client
     ├── SubscriptionError         no          NONE            a subscription was refused
@@ -17,7 +18,8 @@ SfStreamError                     retryable?  recovery
     │   ├── ChannelNotFoundError  no          NONE            channel does not exist
     │   └── PermissionDeniedError no          NONE            403 restricted / no access
     ├── AllocationExceededError   no          NONE            daily event limit spent
-    └── ProtocolError             no          NONE            a reply we cannot understand
+    ├── ProtocolError             no          NONE            a reply we cannot understand
+    └── StorageError              no          NONE            state store or sink refused
 ```
 
 `classify()` maps a Bayeux error string (`"403::Unknown client"`) to its class through one
@@ -119,6 +121,10 @@ class AuthExpiredError(RetryableError):
     recovery = Recovery.REAUTHENTICATE
 
 
+class StorageUnavailableError(RetryableError):
+    """A state store or sink cannot be reached right now (connection refused, timeout)."""
+
+
 class TerminalError(SfStreamError):
     """Retrying will not help; someone has to change something."""
 
@@ -149,6 +155,10 @@ class AllocationExceededError(TerminalError):
 
 class ProtocolError(TerminalError):
     """The server sent something that is not valid Bayeux."""
+
+
+class StorageError(TerminalError):
+    """A state store or sink refused an operation (permissions, corruption, full disk)."""
 
 
 _CODE: Final = re.compile(r"^\s*(\d{3})\s*:")

@@ -110,15 +110,13 @@ class ClientStats:
     queue_depth: int = 0
 
 
-class _Failed:
-    __slots__ = ("error",)
+class _End:
+    """Queued after the last item: the stream ended (`client._error` says whether failed)."""
 
-    def __init__(self, error: SfStreamError) -> None:
-        self.error = error
-
-
-class _Closed:
     __slots__ = ()
+
+
+_END: Final = _End()
 
 
 _Outcome = tuple[list[Reply], list[Event]] | SfStreamError
@@ -184,6 +182,7 @@ class StreamingClient:
         settings: network and flow control.
         rng: backoff jitter source (seed it in tests).
         clock: monotonic seconds (injected in tests).
+        tokens: a token provider to share (with REST calls); one of its own otherwise.
     """
 
     def __init__(
@@ -193,6 +192,7 @@ class StreamingClient:
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tokens: TokenProvider | None = None,
     ) -> None:
         self.credentials = credentials
         self.settings = settings or ClientSettings()
@@ -207,11 +207,12 @@ class StreamingClient:
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter
         self.stats = ClientStats()
-        self._queue: asyncio.Queue[StreamItem | _Failed | _Closed] = asyncio.Queue()
+        self._queue: asyncio.Queue[StreamItem | _End] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
-        self._tokens: TokenProvider | None = None
+        self._tokens: TokenProvider | None = tokens
+        self._own_tokens = tokens is None
         self._driver: asyncio.Task[None] | None = None
         self._subscribe_waiters: dict[str, asyncio.Future[int]] = {}
         self._last_token: AccessToken | None = None
@@ -248,7 +249,9 @@ class StreamingClient:
             trust_env=s.proxy is None,
             json_serialize=lambda obj: orjson.dumps(obj).decode(),
         )
-        self._tokens = TokenProvider(self.credentials, self._http, s.request_timeout_s)
+        if self._own_tokens:
+            self._tokens = TokenProvider(self.credentials, self._http, s.request_timeout_s)
+        assert self._tokens is not None
         try:
             await self._tokens.token()
         except BaseException:
@@ -274,7 +277,7 @@ class StreamingClient:
                     await self._driver
         if self._http is not None:
             await self._http.close()
-        self._queue.put_nowait(_Closed())
+        self._queue.put_nowait(_END)
 
     # -- subscriptions ----------------------------------------------------------------------
 
@@ -321,13 +324,31 @@ class StreamingClient:
         self.stats.queue_depth = depth
         if depth < self.settings.max_pending_events // 2:
             self._drained.set()
-        if isinstance(item, _Failed):
-            self._queue.put_nowait(item)  # keep raising for later readers
-            raise item.error
-        if isinstance(item, _Closed):
-            self._queue.put_nowait(item)
+        if isinstance(item, _End):
+            self._queue.put_nowait(item)  # every later read ends the same way
+            if self._error is not None:
+                raise self._error
             raise StopAsyncIteration
         return item
+
+    def take_nowait(self, limit: int) -> list[StreamItem]:
+        """Up to `limit` items already received, without waiting (possibly none).
+
+        A failure or the end of the stream is left for the next `__anext__` to raise.
+        """
+        queue = self._queue
+        items: list[StreamItem] = []
+        while len(items) < limit and not queue.empty():
+            item = queue.get_nowait()
+            if isinstance(item, _End):
+                queue.put_nowait(item)  # left for the next __anext__ to raise
+                break
+            items.append(item)
+        depth = queue.qsize()
+        self.stats.queue_depth = depth
+        if depth < self.settings.max_pending_events // 2:
+            self._drained.set()
+        return items
 
     @property
     def queue_depth(self) -> int:
@@ -484,7 +505,7 @@ class StreamingClient:
             if not waiter.done():
                 waiter.set_exception(error)
         self._subscribe_waiters.clear()
-        self._queue.put_nowait(_Failed(error))
+        self._queue.put_nowait(_END)
 
     async def _send(self, request: Request) -> _Outcome:
         """POST one request; a failure comes back as a value, never raised."""

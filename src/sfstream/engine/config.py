@@ -1,0 +1,321 @@
+"""Configuration: one YAML file, validated at the edge into frozen values.
+
+Load order: the YAML file, then `SFSTREAM_<SECTION>__<FIELD>` environment variables over it
+(`SFSTREAM_SINK__PATH=/data/out.jsonl`), then `${secret:NAME}` references resolved through the
+configured secrets store, then validation. Every problem is reported at once, each with its
+path (`streams.2.channel: ...`), as a `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from sfstream.errors import ConfigError, SecretError
+from sfstream.salesforce.channels import check_stream_id, parse_channel
+from sfstream.secrets import EnvSecretsStore, FileSecretsStore, SecretsStore
+
+ENV_PREFIX: Final = "SFSTREAM_"
+_SECRET_REF: Final = re.compile(r"^\$\{secret:([A-Za-z0-9_.\-/]+)\}$")
+
+Replay = Literal["latest", "earliest"] | Annotated[int, Field(ge=0)]
+InvalidReplay = Literal["fail", "earliest", "latest"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SalesforceConfig(_Frozen):
+    """How to reach and log in to the org."""
+
+    login_url: str = "https://login.salesforce.com"
+    client_id: str
+    client_secret: SecretStr | None = None
+    grant_type: Literal["refresh_token", "password", "client_credentials"] = "refresh_token"
+    refresh_token: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    api_version: str = Field(default="62.0", pattern=r"^\d{2,3}\.\d$")
+
+    @field_validator("login_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (or http:// for a local emulator)")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _grant(self) -> SalesforceConfig:
+        needs = {
+            "refresh_token": ["refresh_token"],
+            "password": ["username", "password"],
+            "client_credentials": ["client_secret"],
+        }[self.grant_type]
+        missing = [name for name in needs if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"the {self.grant_type} grant needs {' and '.join(missing)}")
+        return self
+
+
+class SecretsConfig(_Frozen):
+    """Where `${secret:NAME}` references are looked up."""
+
+    backend: Literal["env", "file", "aws"] = "env"
+    file: Path | None = None
+    aws_secret_id: str | None = None
+    aws_region: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> SecretsConfig:
+        if self.backend == "file" and self.file is None:
+            raise ValueError("the file backend needs `file`")
+        if self.backend == "aws" and self.aws_secret_id is None:
+            raise ValueError("the aws backend needs `aws_secret_id`")
+        return self
+
+
+class StreamConfig(_Frozen):
+    """One channel to stream."""
+
+    channel: str
+    id: str | None = None
+    """Overrides the derived stream id (`sf.event.account_changes`)."""
+    key_field: str | None = None
+    """Platform events: the payload field that keys records (default: EventUuid)."""
+    initial_replay: Replay = "latest"
+    """Where to start when the stream has no checkpoint."""
+    on_invalid_replay: InvalidReplay = "fail"
+    """When Salesforce rejects the checkpoint as invalid or expired."""
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, value: str) -> str:
+        try:
+            parse_channel(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return check_stream_id(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+
+
+class DiscoveryConfig(_Frozen):
+    """Where streams come from: the `streams` list, or the org's metadata."""
+
+    mode: Literal["config", "metadata"] = "config"
+    include: tuple[str, ...] = ("*",)
+    """Glob patterns over channel names (`/data/*`, `/event/Order_*`)."""
+    exclude: tuple[str, ...] = ()
+    initial_replay: Replay = "latest"
+    on_invalid_replay: InvalidReplay = "fail"
+
+
+class StateConfig(_Frozen):
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    path: Path = Path(".sfstream/state.db")
+    dsn: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _dsn(self) -> StateConfig:
+        if self.backend == "postgres" and self.dsn is None:
+            raise ValueError("the postgres backend needs `dsn`")
+        return self
+
+
+class SinkConfig(_Frozen):
+    type: Literal["stdout", "file"] = "stdout"
+    path: Path | None = None
+
+    @model_validator(mode="after")
+    def _path(self) -> SinkConfig:
+        if self.type == "file" and self.path is None:
+            raise ValueError("the file sink needs `path`")
+        return self
+
+
+class BatchConfig(_Frozen):
+    max_records: int = Field(default=500, ge=1, le=100_000)
+    max_wait_ms: int = Field(default=200, ge=0, le=600_000)
+    max_inflight: int = Field(default=2, ge=1, le=64)
+    """Batches waiting for the sink before the receive loop slows down."""
+
+
+class RuntimeConfig(_Frozen):
+    max_pending_events: int = Field(default=10_000, ge=10)
+    summary_interval_s: float = Field(default=60.0, gt=0)
+    shutdown_timeout_s: float = Field(default=20.0, gt=0)
+    on_subscription_lost: Literal["fail", "continue"] = "fail"
+    """End the run (exit 1) when a subscription fails for good, or keep the others going."""
+
+
+class LoggingConfig(_Frozen):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(_Frozen):
+    """A whole connector configuration."""
+
+    salesforce: SalesforceConfig
+    secrets: SecretsConfig = SecretsConfig()
+    streams: tuple[StreamConfig, ...] = ()
+    discovery: DiscoveryConfig = DiscoveryConfig()
+    state: StateConfig = StateConfig()
+    sink: SinkConfig = SinkConfig()
+    batch: BatchConfig = BatchConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _streams(self) -> Config:
+        if self.discovery.mode == "config" and not self.streams:
+            raise ValueError(
+                "list at least one stream under `streams`, or set discovery.mode: metadata"
+            )
+        channels = [s.channel for s in self.streams]
+        duplicated = sorted({c for c in channels if channels.count(c) > 1})
+        if duplicated:
+            raise ValueError(f"channels listed twice in `streams`: {', '.join(duplicated)}")
+        return self
+
+    def secret_values(self) -> list[str]:
+        """Every secret in the configuration, for log redaction."""
+        found = [
+            self.salesforce.client_secret,
+            self.salesforce.refresh_token,
+            self.salesforce.password,
+            self.state.dsn,
+        ]
+        return [s.get_secret_value() for s in found if s is not None]
+
+
+def _overlay_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        if not all(path):
+            continue
+        target: Any = raw
+        for part in path[:-1]:
+            existing = target.get(part)
+            if not isinstance(existing, dict):
+                existing = {}
+                target[part] = existing
+            target = existing
+        target[path[-1]] = yaml.safe_load(value) if value else value
+
+
+def _secrets_store(raw: dict[str, Any], base_dir: Path) -> SecretsStore:
+    section = raw.get("secrets") or {}
+    try:
+        secrets = SecretsConfig.model_validate(section)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, prefix="secrets")) from exc
+    if secrets.backend == "file":
+        assert secrets.file is not None
+        path = secrets.file if secrets.file.is_absolute() else base_dir / secrets.file
+        return FileSecretsStore(path)
+    if secrets.backend == "aws":
+        from sfstream.secrets.aws import AwsSecretsManagerStore
+
+        assert secrets.aws_secret_id is not None
+        return AwsSecretsManagerStore(secrets.aws_secret_id, region=secrets.aws_region)
+    return EnvSecretsStore()
+
+
+async def _resolve(value: Any, store: SecretsStore, path: str, problems: list[str]) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: await _resolve(v, store, f"{path}.{k}" if path else str(k), problems)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [await _resolve(v, store, f"{path}.{i}", problems) for i, v in enumerate(value)]
+    if isinstance(value, str):
+        match = _SECRET_REF.match(value.strip())
+        if match:
+            try:
+                return (await store.get(match.group(1))).get_secret_value()
+            except SecretError as exc:
+                problems.append(f"{path}: {exc}")
+                return None
+    return value
+
+
+def _format(exc: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error["loc"])
+        location = f"{prefix}.{location}" if prefix and location else prefix or location
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{location or 'config'}: {message}")
+    return "\n".join(lines)
+
+
+async def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, overlay, resolve and validate a configuration file.
+
+    Raises:
+        ConfigError: every problem found, one per line, each with its path.
+    """
+    file = Path(path)
+    try:
+        text = await asyncio.to_thread(file.read_text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: the configuration is a mapping at the top level")
+    _overlay_env(raw, os.environ if environ is None else environ)
+    store = _secrets_store(raw, file.parent)
+    problems: list[str] = []
+    resolved = await _resolve(raw, store, "", problems)
+    try:
+        config = Config.model_validate(resolved)
+    except ValidationError as exc:
+        problems.extend(_format(exc).splitlines())
+        config = None
+    if problems or config is None:
+        raise ConfigError(
+            f"{file}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems)
+        )
+    return _anchor_paths(config, file.parent)
+
+
+def _anchor_paths(config: Config, base: Path) -> Config:
+    """Relative state and sink paths are relative to the config file's directory."""
+    state = config.state
+    sink = config.sink
+    if not state.path.is_absolute():
+        state = state.model_copy(update={"path": base / state.path})
+    if sink.path is not None and not sink.path.is_absolute():
+        sink = sink.model_copy(update={"path": base / sink.path})
+    return config.model_copy(update={"state": state, "sink": sink})

@@ -1,0 +1,89 @@
+"""The output protocol: one JSON object per line.
+
+| type | fields |
+|---|---|
+| `RECORD` | `stream`, `key`, `replay_id`, `data`, `meta`, `emitted_at` |
+| `STATE` | `stream`, `replay_id`: everything of the stream up to this replayId is written |
+| `SCHEMA` | `stream`, `version`, `schema` (and `diff`): the shape of later records |
+| `GAP` | `stream`, `reason`, `from_replay_id`, `to`: events may be missing here |
+
+Logs never go to stdout. Messages are serialized once, by `encode`, with orjson.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import orjson
+
+RECORD: Final = "RECORD"
+STATE: Final = "STATE"
+SCHEMA: Final = "SCHEMA"
+GAP: Final = "GAP"
+
+
+@dataclass(slots=True)
+class Record:
+    """One event (or one record of a merged change event) of a stream."""
+
+    stream: str
+    key: str | None
+    replay_id: int
+    data: Any
+    meta: dict[str, Any]
+    emitted_at: str
+    type: Literal["RECORD"] = "RECORD"
+
+
+@dataclass(slots=True)
+class StateMessage:
+    """The stream is written up to `replay_id`."""
+
+    stream: str
+    replay_id: int
+    type: Literal["STATE"] = "STATE"
+
+
+@dataclass(slots=True)
+class GapMessage:
+    """Events of `stream` may be missing between `from_replay_id` and the next record."""
+
+    stream: str
+    reason: str
+    from_replay_id: int | None
+    to: str
+    detail: str | None = None
+    type: Literal["GAP"] = "GAP"
+
+
+@dataclass(slots=True)
+class SchemaMessage:
+    """The schema later records of `stream` follow."""
+
+    stream: str
+    version: int
+    schema: dict[str, Any]
+    diff: list[dict[str, Any]] = field(default_factory=list)
+    schema_id: str | None = None
+    type: Literal["SCHEMA"] = "SCHEMA"
+
+
+Message = Record | StateMessage | GapMessage | SchemaMessage
+
+
+def encode(message: Message) -> bytes:
+    """One line of output, without the newline."""
+    return orjson.dumps(message)
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    """Parse one output line (for readers of sink output and tests).
+
+    Raises:
+        ValueError: the line is not a JSON object with a `type`.
+    """
+    value = orjson.loads(line)
+    if not isinstance(value, dict) or "type" not in value:
+        raise ValueError("not an sfstream output message")
+    return value

@@ -1,0 +1,1 @@
+"""Process lifecycles: the long-running service (Fargate) and the Lambda handler."""

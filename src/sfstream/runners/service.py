@@ -1,0 +1,92 @@
+"""The long-running service (AWS Fargate, a container, a terminal).
+
+Runs until SIGTERM or SIGINT, then stops polling, writes what was received, commits,
+disconnects and exits 0 within `runtime.shutdown_timeout_s`. A second signal, or a shutdown
+that takes longer, exits at once: whatever was not committed is delivered again next time.
+
+Exit codes: 0 stopped cleanly, 1 terminal error, 2 configuration error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import structlog
+
+from sfstream.engine.config import Config
+from sfstream.errors import ConfigError, SfStreamError
+from sfstream.runners.connector import Connector
+
+log = structlog.get_logger("sfstream.service")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+async def serve(config: Config, run_id: str, stop: asyncio.Event | None = None) -> int:
+    """Run the connector until stopped; returns the process exit code."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    forced = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second_signal", signal=signal.Signals(signum).name)
+            forced.set()
+        else:
+            log.info("stopping", signal=signal.Signals(signum).name)
+            stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, sig)
+    with structlog.contextvars.bound_contextvars(run_id=run_id):
+        try:
+            return await _run(config, run_id, stop, forced)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+
+
+async def _run(config: Config, run_id: str, stop: asyncio.Event, forced: asyncio.Event) -> int:
+    try:
+        async with Connector(config, run_id) as connector:
+            task = asyncio.create_task(connector.run(stop))
+            deadline = asyncio.create_task(
+                _shutdown_deadline(stop, forced, config.runtime.shutdown_timeout_s)
+            )
+            done, _ = await asyncio.wait({task, deadline}, return_when=asyncio.FIRST_COMPLETED)
+            if task not in done:
+                log.error(
+                    "shutdown_timeout",
+                    timeout_s=config.runtime.shutdown_timeout_s,
+                    note="events not yet committed will be delivered again",
+                )
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, SfStreamError):
+                    await task
+                return EXIT_FAILED
+            deadline.cancel()
+            result = task.result()
+    except ConfigError as exc:
+        log.error("config_error", error=str(exc))  # noqa: TRY400 - no traceback for users
+        return EXIT_CONFIG
+    except SfStreamError as exc:
+        log.error("run_failed", error=str(exc), retryable=exc.retryable)  # noqa: TRY400
+        return EXIT_FAILED
+    if result.error is not None:
+        log.error("run_failed", error=str(result.error), retryable=result.error.retryable)
+        return EXIT_FAILED
+    log.info("run_stopped")
+    return EXIT_OK
+
+
+async def _shutdown_deadline(stop: asyncio.Event, forced: asyncio.Event, timeout_s: float) -> None:
+    await stop.wait()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await forced.wait()
