@@ -1,0 +1,56 @@
+"""The one translation of OS errors into storage errors, shared by every sink."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from sfstream.errors import StorageError, StorageUnavailableError
+from sfstream.sinks._io import run_blocking, storage_error, translate_os_errors
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "text"),
+    [
+        (errno.EACCES, StorageError, "cannot write to /data/out.jsonl: Permission denied [EACCES]"),
+        (errno.ENOSPC, StorageError, "No space left on device [ENOSPC]"),
+        (errno.EDQUOT, StorageError, "[EDQUOT]"),
+        (errno.EROFS, StorageError, "Read-only file system [EROFS]"),
+        (errno.EIO, StorageError, "Input/output error [EIO]"),
+        (errno.EPIPE, StorageError, "the reader went away (the pipe is closed) [EPIPE]"),
+        (errno.ETIMEDOUT, StorageUnavailableError, "right now: Connection timed out"),
+        (errno.ESTALE, StorageUnavailableError, "[ESTALE]"),
+        (errno.EAGAIN, StorageUnavailableError, "[EAGAIN]"),
+    ],
+)
+def test_errno_decides_refusal_or_unavailability(
+    code: int, kind: type[StorageError | StorageUnavailableError], text: str
+) -> None:
+    error = storage_error(OSError(code, os.strerror(code)), "/data/out.jsonl", "write to")
+    assert type(error) is kind
+    assert text in str(error)
+    assert error.retryable is (kind is StorageUnavailableError)
+
+
+def test_translation_chains_the_os_error() -> None:
+    original = PermissionError(errno.EACCES, "Permission denied", "/data/out.jsonl")
+    with pytest.raises(StorageError) as raised, translate_os_errors("/data/out.jsonl", "open"):
+        raise original
+    assert raised.value.__cause__ is original
+
+
+def test_errors_without_errno_still_read_well() -> None:
+    error = storage_error(OSError("something odd"), "stdout", "flush")
+    assert isinstance(error, StorageError)
+    assert str(error) == "cannot flush stdout: something odd [?]"
+
+
+async def test_blocking_work_runs_in_a_thread_and_is_translated() -> None:
+    def refuse() -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    assert await run_blocking("x", "read", lambda: 42) == 42
+    with pytest.raises(StorageError, match="cannot write to x: No space left on device"):
+        await run_blocking("x", "write to", refuse)
