@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FAYE := tests/interop/faye
 FAYE_STAMP := $(FAYE)/node_modules/.installed
 
-.PHONY: help install test lint typecheck pytest emulator bench clean
+.PHONY: help install demo test lint typecheck pytest emulator bench clean
 
 help:
 	@echo "make demo      run the connector end to end against the bundled emulator"
@@ -30,8 +30,8 @@ $(FAYE_STAMP): $(FAYE)/package-lock.json
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
@@ -40,6 +40,9 @@ pytest: $(STAMP) $(FAYE_STAMP)
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py
 
 emulator: $(STAMP)
 	$(BIN)/sfstream emulator --port 8787

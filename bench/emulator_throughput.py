@@ -40,8 +40,18 @@ CHANNEL = "/data/AccountChangeEvent"
 
 
 def start_emulator() -> tuple[subprocess.Popen[str], str]:
-    command = [sys.executable, "-m", "sfstream.cli", "emulator", "--port", "0",
-               "--poll-timeout", "5", "--seed", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "sfstream.cli",
+        "emulator",
+        "--port",
+        "0",
+        "--poll-timeout",
+        "5",
+        "--seed",
+        "1",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -55,12 +65,15 @@ def start_emulator() -> tuple[subprocess.Popen[str], str]:
 async def token(http: aiohttp.ClientSession, base: str) -> str:
     status = await (await http.get(f"{base}/_emulator/v1/status")).json()
     assert status["url"] == base
-    async with http.post(f"{base}/services/oauth2/token", data={
-        "grant_type": "refresh_token",
-        "client_id": "sfstream-emulator-client-id",
-        "client_secret": "sfstream-emulator-client-secret",
-        "refresh_token": "sfstream-emulator-refresh-token",
-    }) as response:
+    async with http.post(
+        f"{base}/services/oauth2/token",
+        data={
+            "grant_type": "refresh_token",
+            "client_id": "sfstream-emulator-client-id",
+            "client_secret": "sfstream-emulator-client-secret",
+            "refresh_token": "sfstream-emulator-refresh-token",
+        },
+    ) as response:
         body = await response.json()
     return str(body["access_token"])
 
@@ -71,9 +84,10 @@ async def prefill(http: aiohttp.ClientSession, base: str, events: int) -> tuple[
     last = 0
     while remaining:
         count = min(remaining, 100_000)
-        async with http.post(f"{base}/_emulator/v1/events/generate",
-                             json={"target": "Account", "count": count,
-                                   "payload_bytes": 1024}) as response:
+        async with http.post(
+            f"{base}/_emulator/v1/events/generate",
+            json={"target": "Account", "count": count, "payload_bytes": 1024},
+        ) as response:
             body = await response.json()
         last = body["last_replay_id"]
         remaining -= count
@@ -86,8 +100,15 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def drain(http: aiohttp.ClientSession, base: str, access: str, last: int, *,
-                parse: bool, emulator_pid: int) -> dict[str, Any]:
+async def drain(
+    http: aiohttp.ClientSession,
+    base: str,
+    access: str,
+    last: int,
+    *,
+    parse: bool,
+    emulator_pid: int,
+) -> dict[str, Any]:
     url = f"{base}/cometd/62.0"
     headers = {"Authorization": f"Bearer {access}", "Content-Type": "application/json"}
 
@@ -105,23 +126,54 @@ async def drain(http: aiohttp.ClientSession, base: str, access: str, last: int, 
         parsed: list[dict[str, Any]] = orjson.loads(await post_raw(messages))
         return parsed
 
-    reply = await post([{"channel": "/meta/handshake", "version": "1.0",
-                         "supportedConnectionTypes": ["long-polling"], "id": "1"}])
+    reply = await post(
+        [
+            {
+                "channel": "/meta/handshake",
+                "version": "1.0",
+                "supportedConnectionTypes": ["long-polling"],
+                "id": "1",
+            }
+        ]
+    )
     client_id = reply[0]["clientId"]
-    await post([{"channel": "/meta/connect", "clientId": client_id,
-                 "connectionType": "long-polling", "id": "2"}])
+    await post(
+        [
+            {
+                "channel": "/meta/connect",
+                "clientId": client_id,
+                "connectionType": "long-polling",
+                "id": "2",
+            }
+        ]
+    )
     started = time.perf_counter()
     cpu_started = time.process_time()
     emulator_cpu_started = process_cpu_s(emulator_pid)
-    await post([{"channel": "/meta/subscribe", "clientId": client_id, "subscription": CHANNEL,
-                 "id": "3", "ext": {"replay": {CHANNEL: -2}}}])
+    await post(
+        [
+            {
+                "channel": "/meta/subscribe",
+                "clientId": client_id,
+                "subscription": CHANNEL,
+                "id": "3",
+                "ext": {"replay": {CHANNEL: -2}},
+            }
+        ]
+    )
     received = 0
     seen_last = 0
     responses = 0
     last_marker = f'"replayId":{last}}}'.encode()
     while seen_last < last:
-        connect = [{"channel": "/meta/connect", "clientId": client_id,
-                    "connectionType": "long-polling", "id": str(4 + responses)}]
+        connect = [
+            {
+                "channel": "/meta/connect",
+                "clientId": client_id,
+                "connectionType": "long-polling",
+                "id": str(4 + responses),
+            }
+        ]
         responses += 1
         if parse:
             for message in await post(connect):
@@ -159,14 +211,17 @@ async def run(events: int, rounds: int) -> dict[str, Any]:
             runs = []
             for index in range(rounds):
                 for parse in (False, True):
-                    result = await drain(http, base, access, last, parse=parse,
-                                         emulator_pid=process.pid)
+                    result = await drain(
+                        http, base, access, last, parse=parse, emulator_pid=process.pid
+                    )
                     runs.append(result)
-                    print(f"round {index + 1} {result['client']:>5}: {result['events']:,} "
-                          f"events in {result['seconds']:.2f} s = "
-                          f"{result['events_per_s']:,.0f} events/s, "
-                          f"{result['mb_per_s']:.0f} MB/s, emulator CPU "
-                          f"{result['emulator_cpu_s_per_100k']:.2f} s/100k events")
+                    print(
+                        f"round {index + 1} {result['client']:>5}: {result['events']:,} "
+                        f"events in {result['seconds']:.2f} s = "
+                        f"{result['events_per_s']:,.0f} events/s, "
+                        f"{result['mb_per_s']:.0f} MB/s, emulator CPU "
+                        f"{result['emulator_cpu_s_per_100k']:.2f} s/100k events"
+                    )
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -183,10 +238,12 @@ async def run(events: int, rounds: int) -> dict[str, Any]:
         "median_parse_events_per_s": median("parse", "events_per_s"),
         "median_emulator_cpu_s_per_100k": median("count", "emulator_cpu_s_per_100k"),
         "prefill_events_per_s": events / fill_s,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-        "command": "python bench/emulator_throughput.py --events %d --rounds %d" % (
-            events, rounds),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "command": f"python bench/emulator_throughput.py --events {events} --rounds {rounds}",
     }
 
 
@@ -199,11 +256,13 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "emulator_throughput.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"median {result['median_events_per_s']:,.0f} events/s "
-          f"({result['median_mb_per_s']:.0f} MB/s) to a counting client, "
-          f"{result['median_parse_events_per_s']:,.0f} events/s to a parsing client; "
-          f"emulator CPU {result['median_emulator_cpu_s_per_100k']:.2f} s per 100k events; "
-          f"written to {out.relative_to(ROOT)}")
+    print(
+        f"median {result['median_events_per_s']:,.0f} events/s "
+        f"({result['median_mb_per_s']:.0f} MB/s) to a counting client, "
+        f"{result['median_parse_events_per_s']:,.0f} events/s to a parsing client; "
+        f"emulator CPU {result['median_emulator_cpu_s_per_100k']:.2f} s per 100k events; "
+        f"written to {out.relative_to(ROOT)}"
+    )
 
 
 if __name__ == "__main__":

@@ -47,7 +47,9 @@ def say(message: str) -> None:
 def start_emulator() -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         [*SFSTREAM, "emulator", "--port", "0", "--poll-timeout", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -97,8 +99,9 @@ logging:
 
 def run_connector(log_name: str) -> subprocess.Popen[bytes]:
     log = (OUT / log_name).open("wb")
-    return subprocess.Popen([*SFSTREAM, "run", "--config", str(CONFIG)], stdout=log,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [*SFSTREAM, "run", "--config", str(CONFIG)], stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def records_on_disk() -> list[dict[str, Any]]:
@@ -125,18 +128,25 @@ class Flow:
         self.counts: Counter[str] = Counter()
 
     async def login(self) -> None:
-        async with self.http.post(f"{self.url}/services/oauth2/token", data={
-            "grant_type": "refresh_token", "client_id": "sfstream-emulator-client-id",
-            "client_secret": "sfstream-emulator-client-secret",
-            "refresh_token": "sfstream-emulator-refresh-token",
-        }) as response:
+        async with self.http.post(
+            f"{self.url}/services/oauth2/token",
+            data={
+                "grant_type": "refresh_token",
+                "client_id": "sfstream-emulator-client-id",
+                "client_secret": "sfstream-emulator-client-secret",
+                "refresh_token": "sfstream-emulator-refresh-token",
+            },
+        ) as response:
             self.token = (await response.json())["access_token"]
 
     async def call(self, method: str, path: str, body: Any = None) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}",
-                   "Sforce-Call-Options": "client=sfstream-demo"}
-        async with self.http.request(method, f"{self.url}/services/data/v62.0/{path}",
-                                     json=body, headers=headers) as response:
+        headers = {
+            "Authorization": f"Bearer {self.token}",
+            "Sforce-Call-Options": "client=sfstream-demo",
+        }
+        async with self.http.request(
+            method, f"{self.url}/services/data/v62.0/{path}", json=body, headers=headers
+        ) as response:
             if response.status >= 300:
                 raise RuntimeError(f"{method} {path}: {response.status} {await response.text()}")
             return await response.json() if response.status != 204 else None
@@ -144,28 +154,42 @@ class Flow:
     async def step(self, number: int) -> None:
         choice = self.rng.random()
         if choice < 0.35 or len(self.accounts) < 5:
-            records = [{"attributes": {"type": "Account"}, "Name": f"Customer {number}-{i}",
-                        "Industry": self.rng.choice(["Banking", "Retail", "Technology"]),
-                        "BillingCity": self.rng.choice(["Paris", "Lyon", "Austin"])}
-                       for i in range(self.rng.randint(1, 4))]
-            results = await self.call("POST", "composite/sobjects",
-                                      {"allOrNone": True, "records": records})
+            records = [
+                {
+                    "attributes": {"type": "Account"},
+                    "Name": f"Customer {number}-{i}",
+                    "Industry": self.rng.choice(["Banking", "Retail", "Technology"]),
+                    "BillingCity": self.rng.choice(["Paris", "Lyon", "Austin"]),
+                }
+                for i in range(self.rng.randint(1, 4))
+            ]
+            results = await self.call(
+                "POST", "composite/sobjects", {"allOrNone": True, "records": records}
+            )
             self.accounts += [r["id"] for r in results]
             self.counts["account creates"] += len(records)
         elif choice < 0.6:
             account = self.rng.choice(self.accounts)
-            await self.call("PATCH", f"sobjects/Account/{account}",
-                            {"AnnualRevenue": self.rng.randint(1, 900) * 1000})
+            await self.call(
+                "PATCH",
+                f"sobjects/Account/{account}",
+                {"AnnualRevenue": self.rng.randint(1, 900) * 1000},
+            )
             self.counts["account updates"] += 1
         elif choice < 0.65 and len(self.accounts) > 10:
             account = self.accounts.pop(self.rng.randrange(len(self.accounts)))
             await self.call("DELETE", f"sobjects/Account/{account}")
             self.counts["account deletes"] += 1
         else:
-            await self.call("POST", "sobjects/Order_Placed__e", {
-                "Order_Number__c": f"ORD-{number:05d}", "Amount__c": self.rng.randint(5, 500),
-                "Customer_Id__c": self.rng.choice(self.accounts)[:18],
-            })
+            await self.call(
+                "POST",
+                "sobjects/Order_Placed__e",
+                {
+                    "Order_Number__c": f"ORD-{number:05d}",
+                    "Amount__c": self.rng.randint(5, 500),
+                    "Customer_Id__c": self.rng.choice(self.accounts)[:18],
+                },
+            )
             self.counts["orders"] += 1
 
     async def publish(self, steps: int, seconds: float) -> None:
@@ -175,14 +199,14 @@ class Flow:
 
 
 async def published(http: aiohttp.ClientSession, url: str, channel: str) -> list[int]:
-    async with http.get(f"{url}/_emulator/v1/events",
-                        params={"channel": channel, "limit": "1000000"}) as response:
+    async with http.get(
+        f"{url}/_emulator/v1/events", params={"channel": channel, "limit": "1000000"}
+    ) as response:
         return [m["data"]["event"]["replayId"] for m in await response.json()]
 
 
 async def wait_until_caught_up(http: aiohttp.ClientSession, url: str, limit_s: float) -> None:
-    expected = {stream: await published(http, url, channel)
-                for channel, stream in CHANNELS.items()}
+    expected = {stream: await published(http, url, channel) for channel, stream in CHANNELS.items()}
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         seen: dict[str, set[int]] = {stream: set() for stream in CHANNELS.values()}
@@ -194,8 +218,11 @@ async def wait_until_caught_up(http: aiohttp.ClientSession, url: str, limit_s: f
 
 
 def checkpoints() -> dict[str, int]:
-    result = subprocess.run([*SFSTREAM, "state", "show", "--json", "--config", str(CONFIG)],
-                            capture_output=True, check=True)
+    result = subprocess.run(
+        [*SFSTREAM, "state", "show", "--json", "--config", str(CONFIG)],
+        capture_output=True,
+        check=True,
+    )
     return {c["stream"]: c["replay_id"] for c in orjson.loads(result.stdout)["checkpoints"]}
 
 
@@ -214,8 +241,10 @@ async def main() -> int:
             first = run_connector("run-1.log")
             say(f"connector started (pid {first.pid}); publishing Account changes and orders")
             await asyncio.sleep(5.0)
-            say(f"{len(records_on_disk())} records written so far; killing the connector "
-                "with SIGKILL mid-stream")
+            say(
+                f"{len(records_on_disk())} records written so far; killing the connector "
+                "with SIGKILL mid-stream"
+            )
             first.send_signal(signal.SIGKILL)
             first.wait()
             await asyncio.sleep(1.0)
@@ -237,8 +266,10 @@ async def verify(http: aiohttp.ClientSession, url: str, exit_code: int) -> int:
     records = records_on_disk()
     stored = checkpoints()
     print()
-    print(f"{'stream':28} {'published':>9} {'written':>8} {'missing':>8} {'duplicates':>10}"
-          f"  checkpoint = last replayId")
+    print(
+        f"{'stream':28} {'published':>9} {'written':>8} {'missing':>8} {'duplicates':>10}"
+        f"  checkpoint = last replayId"
+    )
     ok = exit_code == 0
     for channel, stream in CHANNELS.items():
         expected = await published(http, url, channel)
@@ -249,13 +280,20 @@ async def verify(http: aiohttp.ClientSession, url: str, exit_code: int) -> int:
         last = expected[-1] if expected else None
         good = missing == 0 and duplicates == 0 and stored.get(stream) == last
         ok = ok and good
-        print(f"{stream:28} {len(expected):>9} {len(ids):>8} {missing:>8} {duplicates:>10}  "
-              f"{stored.get(stream)} = {last} {'ok' if good else 'MISMATCH'}")
+        print(
+            f"{stream:28} {len(expected):>9} {len(ids):>8} {missing:>8} {duplicates:>10}  "
+            f"{stored.get(stream)} = {last} {'ok' if good else 'MISMATCH'}"
+        )
     print()
-    print(f"records in {RECORDS.relative_to(ROOT)}: {len(records)} "
-          f"(a merged change event counts once per record id)")
-    print("every published event present, none duplicated, checkpoints at the last replayId"
-          if ok else "VERIFICATION FAILED: see the table above and demo-output/*.log")
+    print(
+        f"records in {RECORDS.relative_to(ROOT)}: {len(records)} "
+        f"(a merged change event counts once per record id)"
+    )
+    print(
+        "every published event present, none duplicated, checkpoints at the last replayId"
+        if ok
+        else "VERIFICATION FAILED: see the table above and demo-output/*.log"
+    )
     print(f"took {time.monotonic() - START:.1f} s")
     return 0 if ok else 1
 

@@ -1,3 +1,61 @@
 """Shared fixtures: the emulator runs in-process on a free localhost port."""
 
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sfstream.emulator import Emulator
+from sfstream.engine.config import Config, load_config
+
 pytest_plugins = ["sfstream.testing.fixtures"]
+
+MakeConfig = Callable[..., Awaitable[Config]]
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> MakeConfig:
+    """Write and load a connector configuration pointing at an emulator.
+
+    Secrets go through a 0600 secrets file, as in production; keyword arguments override
+    top-level sections.
+    """
+
+    async def make(
+        emu: Emulator, streams: list[dict[str, Any]] | None = None, **sections: Any
+    ) -> Config:
+        creds = emu.credentials
+        secrets = tmp_path / "secrets.env"
+        secrets.write_text(
+            f"SF_CLIENT_SECRET={creds['client_secret']}\n"
+            f"SF_REFRESH_TOKEN={creds['refresh_token']}\n"
+        )
+        secrets.chmod(0o600)
+        document: dict[str, Any] = {
+            "salesforce": {
+                "login_url": emu.url,
+                "client_id": creds["client_id"],
+                "client_secret": "${secret:SF_CLIENT_SECRET}",
+                "refresh_token": "${secret:SF_REFRESH_TOKEN}",
+            },
+            "secrets": {"backend": "file", "file": "secrets.env"},
+            "streams": streams
+            if streams is not None
+            else [
+                {"channel": "/data/AccountChangeEvent", "initial_replay": "earliest"},
+            ],
+            "state": {"path": "state.db"},
+            "sink": {"type": "file", "path": "records.jsonl"},
+            "batch": {"max_records": 50, "max_wait_ms": 50},
+            "runtime": {"summary_interval_s": 3600, "shutdown_timeout_s": 10},
+        }
+        document.update(sections)
+        path = tmp_path / "sfstream.yaml"
+        path.write_text(yaml.safe_dump(document))
+        return await load_config(path, environ={})
+
+    return make

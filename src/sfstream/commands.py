@@ -79,11 +79,17 @@ def run(config_path: Path, run_id: str | None) -> None:
     resumes from its checkpoint. On SIGTERM/SIGINT it stops polling, writes and commits what
     it received, disconnects and exits 0. Exit 1 on a terminal error, 2 on a bad config.
     """
+    import signal
+
     from sfstream.runners.connector import new_run_id
     from sfstream.runners.service import serve
 
+    early: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Until the event loop takes over, a stop request is remembered, not fatal.
+        signal.signal(sig, lambda signum, _frame: early.append(signum))
     config = load(config_path)
-    sys.exit(asyncio.run(serve(config, run_id or new_run_id())))
+    sys.exit(asyncio.run(serve(config, run_id or new_run_id(), early_signals=early)))
 
 
 @click.command()

@@ -52,27 +52,36 @@ async def test_loads_resolves_secrets_and_anchors_paths(config_dir: Path) -> Non
     assert "the-secret" not in repr(config)
     assert config.state.path == config_dir / "state/state.db"
     assert config.sink.path == config_dir / "out/records.jsonl"
-    assert [s.channel for s in config.streams] == ["/data/AccountChangeEvent",
-                                                  "/event/Order_Placed__e"]
+    assert [s.channel for s in config.streams] == [
+        "/data/AccountChangeEvent",
+        "/event/Order_Placed__e",
+    ]
     assert config.streams[0].initial_replay == "earliest"
     assert sorted(config.secret_values()) == ["the-refresh-token", "the-secret"]
 
 
 async def test_environment_overrides_single_values(config_dir: Path) -> None:
-    config = await load_config(write(config_dir, BASE), environ={
-        "SFSTREAM_SALESFORCE__LOGIN_URL": "https://test.salesforce.com",
-        "SFSTREAM_BATCH__MAX_RECORDS": "7",
-        "SFSTREAM_LOGGING__LEVEL": "debug",
-        "SFSTREAM_UNRELATED": "x",
-    })
+    config = await load_config(
+        write(config_dir, BASE),
+        environ={
+            "SFSTREAM_SALESFORCE__LOGIN_URL": "https://test.salesforce.com",
+            "SFSTREAM_BATCH__MAX_RECORDS": "7",
+            "SFSTREAM_LOGGING__LEVEL": "debug",
+            "SFSTREAM_UNRELATED": "x",
+        },
+    )
     assert config.salesforce.login_url == "https://test.salesforce.com"
     assert config.batch.max_records == 7
     assert config.logging.level == "debug"
 
 
 async def test_every_problem_is_reported_at_once_with_its_path(config_dir: Path) -> None:
-    text = BASE.replace("/data/AccountChangeEvent", "/data/Account").replace(
-        "type: file", "type: kafka") + "batch:\n  max_records: 0\n"
+    text = (
+        BASE.replace("/data/AccountChangeEvent", "/data/Account").replace(
+            "type: file", "type: kafka"
+        )
+        + "batch:\n  max_records: 0\n"
+    )
     with pytest.raises(ConfigError) as info:
         await load_config(write(config_dir, text), environ={})
     message = str(info.value)
@@ -83,8 +92,7 @@ async def test_every_problem_is_reported_at_once_with_its_path(config_dir: Path)
 
 
 async def test_missing_secrets_are_reported_with_the_rest(config_dir: Path) -> None:
-    text = BASE.replace("${secret:SF_REFRESH}", "${secret:NOPE}").replace(
-        "  client_id: key\n", "")
+    text = BASE.replace("${secret:SF_REFRESH}", "${secret:NOPE}").replace("  client_id: key\n", "")
     with pytest.raises(ConfigError) as info:
         await load_config(write(config_dir, text), environ={})
     message = str(info.value)
@@ -93,19 +101,33 @@ async def test_missing_secrets_are_reported_with_the_rest(config_dir: Path) -> N
     assert "the-secret" not in message
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("streams: [", "not valid YAML"),
-    ("- a\n- b\n", "a mapping at the top level"),
-    ("salesforce: {client_id: k, refresh_token: r}\n", "list at least one stream"),
-    ("salesforce: {client_id: k}\nstreams: [{channel: /u/X}]\n",
-     "the refresh_token grant needs refresh_token"),
-    ("salesforce: {client_id: k, refresh_token: r}\n"
-     "streams: [{channel: /u/X}, {channel: /u/X}]\n", "channels listed twice"),
-    ("salesforce: {client_id: k, refresh_token: r}\nstreams: [{channel: /u/X, id: Bad-Id}]\n",
-     "must be lower case"),
-    ("salesforce: {client_id: k, refresh_token: r}\nstreams: [{channel: /u/X}]\n"
-     "unexpected: 1\n", "unexpected: Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("streams: [", "not valid YAML"),
+        ("- a\n- b\n", "a mapping at the top level"),
+        ("salesforce: {client_id: k, refresh_token: r}\n", "list at least one stream"),
+        (
+            "salesforce: {client_id: k}\nstreams: [{channel: /u/X}]\n",
+            "the refresh_token grant needs refresh_token",
+        ),
+        (
+            "salesforce: {client_id: k, refresh_token: r}\n"
+            "streams: [{channel: /u/X}, {channel: /u/X}]\n",
+            "channels listed twice",
+        ),
+        (
+            "salesforce: {client_id: k, refresh_token: r}\n"
+            "streams: [{channel: /u/X, id: Bad-Id}]\n",
+            "must be lower case",
+        ),
+        (
+            "salesforce: {client_id: k, refresh_token: r}\nstreams: [{channel: /u/X}]\n"
+            "unexpected: 1\n",
+            "unexpected: Extra inputs are not permitted",
+        ),
+    ],
+)
 async def test_bad_documents(tmp_path: Path, text: str, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):
         await load_config(write(tmp_path, text), environ={})

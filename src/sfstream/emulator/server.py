@@ -253,9 +253,7 @@ class Emulator:
     def revoke_refresh_tokens(self) -> int:
         return self.tokens.revoke_refresh_tokens()
 
-    def create_record(
-        self, sobject: str, values: dict[str, Any], origin: str | None = None
-    ) -> str:
+    def create_record(self, sobject: str, values: dict[str, Any], origin: str | None = None) -> str:
         """Insert a record (raises `RecordError` as the REST API would refuse it)."""
         obj = self.runtime.spec.object(sobject)
         if obj is None:

@@ -206,11 +206,11 @@ class Pipeline:
             while not stop.is_set():
                 items = self.client.take_nowait(_DRAIN_LIMIT)
                 if not items:
-                    if batch.records and self._clock() - batch.started >= self.settings.max_wait_s:
+                    if batch.messages and self._clock() - batch.started >= self.settings.max_wait_s:
                         batch = await self._flush(batch)
                         continue
                     timeout = None
-                    if batch.records:
+                    if batch.messages:
                         timeout = max(0.0, batch.started + self.settings.max_wait_s - self._clock())
                     item = await self._next(stopper, timeout)
                     if item is None:

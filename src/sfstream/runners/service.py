@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import sys
 
 import structlog
 
@@ -26,9 +28,20 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
 
-async def serve(config: Config, run_id: str, stop: asyncio.Event | None = None) -> int:
-    """Run the connector until stopped; returns the process exit code."""
+async def serve(
+    config: Config,
+    run_id: str,
+    stop: asyncio.Event | None = None,
+    early_signals: list[int] | None = None,
+) -> int:
+    """Run the connector until stopped; returns the process exit code.
+
+    `early_signals` holds stop requests that arrived before the event loop ran.
+    """
     stop = stop or asyncio.Event()
+    if early_signals:
+        log.info("stopped_before_start", signal=signal.Signals(early_signals[0]).name)
+        return EXIT_OK
     loop = asyncio.get_running_loop()
     forced = asyncio.Event()
 
@@ -43,6 +56,8 @@ async def serve(config: Config, run_id: str, stop: asyncio.Event | None = None) 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal, sig)
+    if early_signals:
+        stop.set()  # a signal between the check above and the handlers' installation
     with structlog.contextvars.bound_contextvars(run_id=run_id):
         try:
             return await _run(config, run_id, stop, forced)
@@ -78,6 +93,8 @@ async def _run(config: Config, run_id: str, stop: asyncio.Event, forced: asyncio
     except SfStreamError as exc:
         log.error("run_failed", error=str(exc), retryable=exc.retryable)  # noqa: TRY400
         return EXIT_FAILED
+    if result.error is not None and _stdout_gone(result.error):
+        return EXIT_FAILED
     if result.error is not None:
         log.error("run_failed", error=str(result.error), retryable=result.error.retryable)
         return EXIT_FAILED
@@ -90,3 +107,18 @@ async def _shutdown_deadline(stop: asyncio.Event, forced: asyncio.Event, timeout
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout_s):
             await forced.wait()
+
+
+def _stdout_gone(error: SfStreamError) -> bool:
+    """The stdout reader went away: say so once, and keep Python quiet at exit."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, BrokenPipeError):
+        cause = cause.__cause__
+    if cause is None:
+        return False
+    log.error("run_failed", error=str(error), retryable=False)
+    with contextlib.suppress(OSError):
+        # Unflushed bytes of the failed batch would make the interpreter print a
+        # BrokenPipeError traceback at exit; send them nowhere instead.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return True

@@ -1,0 +1,345 @@
+"""The conformance suite of `sfstream.state.StateStore`: every backend runs it unchanged.
+
+```python
+async def test_my_store(tmp_path):
+    async def factory() -> StateStore:
+        return MyStore(tmp_path / "state")
+
+    await check_state_store(factory)
+```
+
+or, one test per check:
+
+```python
+@pytest.mark.parametrize(("name", "check"), STATE_STORE_CHECKS, ids=[n for n, _ in ...])
+async def test_conformance(name, check, factory):
+    await check(factory)
+```
+
+The factory returns a new store on the same location at every call, so that a check can
+close a store and open the location again. Checks use stream ids of their own, so they may
+share a location; each closes every store it opens. A failed check raises `AssertionError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Final, cast
+
+from sfstream.errors import ConfigError
+from sfstream.state.base import Checkpoint, StateStore
+
+__all__ = ["STATE_STORE_CHECKS", "StoreFactory", "check_state_store"]
+
+StoreFactory = Callable[[], Awaitable[StateStore]]
+"""Returns a new store on the same location at every call."""
+
+_INT64_MAX: Final = 2**63 - 1
+# A database server's clock may differ a little from ours; local time mislabelled as UTC
+# is off by whole hours.
+_CLOCK_TOLERANCE: Final = timedelta(minutes=10)
+
+
+def _expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise AssertionError(message)
+
+
+def _streams(label: str, count: int) -> list[str]:
+    run = uuid.uuid4().hex[:12]
+    return [f"check.{label}.{run}.{index:05d}" for index in range(count)]
+
+
+@contextlib.asynccontextmanager
+async def _opened(factory: StoreFactory) -> AsyncIterator[StateStore]:
+    store = await factory()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def _ids(store: StateStore, streams: list[str]) -> dict[str, int]:
+    return {stream: point.replay_id for stream, point in (await store.load(streams)).items()}
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise AssertionError(f"updated_at {text!r} is not ISO-8601") from None
+    _expect(moment.utcoffset() == timedelta(0), f"updated_at {text!r} is not in UTC")
+    return moment
+
+
+async def check_empty_load(factory: StoreFactory) -> None:
+    """A location without these streams loads nothing for them."""
+    first, second = _streams("empty", 2)
+    async with _opened(factory) as store:
+        _expect(await store.load([first, second]) == {}, "unknown streams were loaded")
+        _expect(await store.load([]) == {}, "load([]) returned checkpoints")
+        everything = await store.load()
+        _expect(isinstance(everything, dict), "load() did not return a dict")
+        _expect(first not in everything, "load() returned a stream never committed")
+
+
+async def check_round_trip(factory: StoreFactory) -> None:
+    """What a commit stores, a load returns: Checkpoint values with int replay ids."""
+    first, second = _streams("round-trip", 2)
+    async with _opened(factory) as store:
+        _expect(isinstance(store, StateStore), "the store does not implement StateStore")
+        await store.commit({first: 1, second: 42})
+        loaded = await store.load([first, second])
+        _expect(set(loaded) == {first, second}, f"loaded {sorted(loaded)} after a commit")
+        for stream, expected in ((first, 1), (second, 42)):
+            point = loaded[stream]
+            _expect(isinstance(point, Checkpoint), f"load returned {point!r}")
+            _expect(point.stream == stream, f"{point!r} is keyed as {stream!r}")
+            _expect(type(point.replay_id) is int, f"replay_id of {point!r} is not an int")
+            _expect(point.replay_id == expected, f"{point!r}: expected replay_id {expected}")
+        everything = await store.load()
+        _expect(
+            everything.get(first) == loaded[first] and everything.get(second) == loaded[second],
+            "load() disagrees with load(streams)",
+        )
+        await store.commit({})
+        _expect(await store.load([first, second]) == loaded, "an empty commit changed state")
+
+
+async def check_load_subset(factory: StoreFactory) -> None:
+    """`load(streams)` returns exactly the committed streams among those asked for."""
+    first, second, third, missing = _streams("subset", 4)
+    async with _opened(factory) as store:
+        await store.commit({first: 1, second: 2, third: 3})
+        got = await _ids(store, [first, third, missing])
+        _expect(got == {first: 1, third: 3}, f"load of a subset returned {got}")
+        got = await _ids(store, cast(list[str], iter([third, third, second])))
+        _expect(got == {second: 2, third: 3}, f"load of an iterator with repeats returned {got}")
+
+
+async def check_overwrite(factory: StoreFactory) -> None:
+    """A commit replaces a checkpoint, also with a lower replayId (after a replay gap)."""
+    moved, other = _streams("overwrite", 2)
+    async with _opened(factory) as store:
+        await store.commit({moved: 100, other: 7})
+        untouched = (await store.load([other]))[other]
+        await store.commit({moved: 250})
+        _expect(await _ids(store, [moved]) == {moved: 250}, "a higher replayId was not stored")
+        await store.commit({moved: 3})
+        _expect(await _ids(store, [moved]) == {moved: 3}, "a lower replayId was not stored")
+        await store.commit({moved: 3})
+        _expect(await _ids(store, [moved]) == {moved: 3}, "re-committing the same id failed")
+        after = (await store.load([other]))[other]
+        _expect(after == untouched, f"{other} changed to {after!r}, though not committed")
+
+
+async def check_atomic_batch(factory: StoreFactory) -> None:
+    """A batch with a bad entry half-way raises ConfigError and stores none of it."""
+    first, second, third = _streams("atomic", 3)
+    bad_batches: list[Mapping[object, object]] = [
+        {first: 2, second: "3", third: 4},
+        {first: 2, second: 3.0, third: 4},
+        {first: 2, second: None, third: 4},
+        {first: 2, second: True, third: 4},
+        {first: 2, second: -1, third: 4},
+        {first: 2, second: _INT64_MAX + 1, third: 4},
+        {first: 2, "": 3, third: 4},
+        {first: 2, 5: 3, third: 4},
+    ]
+    async with _opened(factory) as store:
+        await store.commit({first: 1})
+        before = await store.load([first, second, third])
+        for batch in bad_batches:
+            try:
+                await store.commit(cast(Mapping[str, int], batch))
+            except ConfigError:
+                pass
+            else:
+                raise AssertionError(f"commit accepted the invalid batch {batch!r}")
+            after = await store.load([first, second, third])
+            _expect(after == before, f"the refused batch {batch!r} left {after!r}")
+    async with _opened(factory) as store:
+        after = await store.load([first, second, third])
+        _expect(after == before, f"after reopening, refused batches left {after!r}")
+
+
+async def check_reset(factory: StoreFactory) -> None:
+    """`reset` forgets one stream, says whether it had a checkpoint, and persists."""
+    gone, kept, never = _streams("reset", 3)
+    async with _opened(factory) as store:
+        await store.commit({gone: 1, kept: 2})
+        _expect(await store.reset(gone) is True, "reset of a stored stream returned False")
+        _expect(await store.reset(gone) is False, "a second reset returned True")
+        _expect(await store.reset(never) is False, "reset of an unknown stream returned True")
+        _expect(await _ids(store, [gone, kept]) == {kept: 2}, "reset removed the wrong stream")
+        await store.commit({gone: 5})
+        _expect(await _ids(store, [gone]) == {gone: 5}, "a reset stream cannot be committed")
+        await store.reset(gone)
+    async with _opened(factory) as store:
+        got = await _ids(store, [gone, kept])
+        _expect(got == {kept: 2}, f"after reopening, reset streams are {got}")
+
+
+async def check_reopen_persistence(factory: StoreFactory) -> None:
+    """A new store on the same location sees every commit of a closed one."""
+    first, second = _streams("reopen", 2)
+    async with _opened(factory) as store:
+        await store.commit({first: 11, second: 12})
+        committed = await store.load([first, second])
+    async with _opened(factory) as store:
+        reopened = await store.load([first, second])
+        _expect(reopened == committed, f"after reopening: {reopened!r}, not {committed!r}")
+        await store.commit({second: 13})
+    async with _opened(factory) as store:
+        got = await _ids(store, [first, second])
+        _expect(got == {first: 11, second: 13}, f"after a second reopening: {got}")
+
+
+async def check_int64(factory: StoreFactory) -> None:
+    """Replay ids are exact across the int64 range (no float, no 32-bit column)."""
+    top, unsafe_float, past_int32, zero = _streams("int64", 4)
+    values = {top: _INT64_MAX, unsafe_float: 2**53 + 1, past_int32: 2**32 + 7, zero: 0}
+    async with _opened(factory) as store:
+        await store.commit(values)
+        _expect(await _ids(store, list(values)) == values, "a large replayId changed")
+    async with _opened(factory) as store:
+        loaded = await store.load(list(values))
+        _expect({s: p.replay_id for s, p in loaded.items()} == values, "changed on reopen")
+        _expect(all(type(p.replay_id) is int for p in loaded.values()), "ids are not ints")
+
+
+async def check_many_streams(factory: StoreFactory) -> None:
+    """A batch of thousands of streams, and loads larger than any bind-parameter limit."""
+    streams = _streams("many", 5000)
+    batch = {stream: index * 1_000_003 for index, stream in enumerate(streams)}
+    async with _opened(factory) as store:
+        await store.commit(batch)
+        loaded = await store.load(streams)
+        _expect({s: p.replay_id for s, p in loaded.items()} == batch, "a large batch changed")
+        _expect(len({p.updated_at for p in loaded.values()}) == 1, "one commit, many times")
+        half = streams[::2]
+        got = await _ids(store, half)
+        _expect(got == {stream: batch[stream] for stream in half}, "a large subset is wrong")
+        everything = await store.load()
+        _expect(all(stream in everything for stream in streams), "load() missed streams")
+
+
+async def check_concurrent_commits(factory: StoreFactory) -> None:
+    """Commits from many tasks on two stores never interleave within a batch."""
+    tasks, rounds = 8, 5
+    shared = _streams("concurrent", 40)
+    own = _streams("concurrent-own", tasks)
+
+    async def writer(index: int, store: StateStore) -> None:
+        for round_ in range(rounds):
+            value = round_ * tasks + index + 1
+            await store.commit({**dict.fromkeys(shared, value), own[index]: value})
+
+    async with _opened(factory) as one, _opened(factory) as two:
+        async with asyncio.TaskGroup() as group:
+            for index in range(tasks):
+                group.create_task(writer(index, one if index % 2 else two))
+        loaded = await one.load([*shared, *own])
+        _expect(await two.load([*shared, *own]) == loaded, "two stores disagree")
+    values = {loaded[stream].replay_id for stream in shared}
+    _expect(len(values) == 1, f"concurrent batches interleaved: shared streams hold {values}")
+    final = values.pop()
+    # The commit applied last is the last round of some task: tasks commit in sequence.
+    winner = final - (rounds - 1) * tasks - 1
+    _expect(0 <= winner < tasks, f"shared streams hold {final}, not a last-round value")
+    for index, stream in enumerate(own):
+        expected = (rounds - 1) * tasks + index + 1
+        _expect(loaded[stream].replay_id == expected, f"task {index} lost its last commit")
+    times = {loaded[stream].updated_at for stream in [*shared, own[winner]]}
+    _expect(len(times) == 1, f"one batch carries several updated_at values: {times}")
+
+
+async def check_updated_at(factory: StoreFactory) -> None:
+    """`updated_at` is ISO-8601 UTC, one per commit, never moving backwards."""
+    moving, still = _streams("updated-at", 2)
+    async with _opened(factory) as store:
+        before = datetime.now(UTC)
+        await store.commit({moving: 1, still: 1})
+        after = datetime.now(UTC)
+        first = await store.load([moving, still])
+        stamp = _parse_time(first[moving].updated_at)
+        _expect(
+            before - _CLOCK_TOLERANCE <= stamp <= after + _CLOCK_TOLERANCE,
+            f"updated_at {stamp.isoformat()} is not the time of the commit",
+        )
+        _expect(first[still].updated_at == first[moving].updated_at, "one commit, two times")
+        previous = stamp
+        for replay_id in range(2, 6):
+            await store.commit({moving: replay_id})
+            current = _parse_time((await store.load([moving]))[moving].updated_at)
+            _expect(current >= previous, f"updated_at moved back from {previous} to {current}")
+            previous = current
+        _expect(
+            (await store.load([still]))[still] == first[still],
+            "a stream outside the batch got a new updated_at",
+        )
+
+
+async def check_invalid_arguments(factory: StoreFactory) -> None:
+    """Stream ids that are not non-empty strings are refused with ConfigError."""
+    async with _opened(factory) as store:
+        for call in (
+            lambda: store.load(cast(list[str], "check.a-bare-string")),
+            lambda: store.load(cast(list[str], [""])),
+            lambda: store.reset(""),
+            lambda: store.commit(cast(Mapping[str, int], [("check.pairs", 1)])),
+        ):
+            try:
+                await call()
+            except ConfigError:
+                continue
+            raise AssertionError("an invalid argument was accepted")
+
+
+async def check_close_idempotent(factory: StoreFactory) -> None:
+    """`close` may be called twice, also on a store never used; commits outlive it."""
+    (stream,) = _streams("close", 1)
+    unused = await factory()
+    await unused.close()
+    await unused.close()
+    store = await factory()
+    await store.commit({stream: 9})
+    await store.close()
+    await store.close()
+    async with _opened(factory) as reopened:
+        _expect(await _ids(reopened, [stream]) == {stream: 9}, "a commit was lost on close")
+
+
+STATE_STORE_CHECKS: Final[list[tuple[str, Callable[[StoreFactory], Awaitable[None]]]]] = [
+    ("empty_load", check_empty_load),
+    ("round_trip", check_round_trip),
+    ("load_subset", check_load_subset),
+    ("overwrite", check_overwrite),
+    ("atomic_batch", check_atomic_batch),
+    ("reset", check_reset),
+    ("reopen_persistence", check_reopen_persistence),
+    ("int64", check_int64),
+    ("many_streams", check_many_streams),
+    ("concurrent_commits", check_concurrent_commits),
+    ("updated_at", check_updated_at),
+    ("invalid_arguments", check_invalid_arguments),
+    ("close_idempotent", check_close_idempotent),
+]
+"""Every check, by name: parametrize over it to get one test per check."""
+
+
+async def check_state_store(factory: StoreFactory) -> None:
+    """Run every check of `STATE_STORE_CHECKS` against the stores `factory` returns.
+
+    Raises:
+        AssertionError: a check failed; the message starts with its name.
+    """
+    for name, check in STATE_STORE_CHECKS:
+        try:
+            await check(factory)
+        except AssertionError as exc:
+            raise AssertionError(f"{name}: {exc}") from exc
