@@ -14,46 +14,62 @@ from sfstream.salesforce.channels import (
 )
 
 
-@pytest.mark.parametrize(("channel", "expected"), [
-    ("/data/AccountChangeEvent", "sf.event.account_changes"),
-    ("/data/Employee__ChangeEvent", "sf.event.employee_changes"),
-    ("/data/ns__Thing__ChangeEvent", "sf.event.ns_thing_changes"),
-    ("/data/ChangeEvents", "sf.event.all_changes"),
-    ("/data/Sales__chn", "sf.event.sales_channel"),
-    ("/data/SalesEvents__chn", "sf.event.sales_events_channel"),
-    ("/event/Order_Placed__e", "sf.event.order_placed"),
-    ("/event/BatchApexErrorEvent", "sf.event.batch_apex_error_event"),
-    ("/event/Alerts__chn", "sf.event.alerts_channel"),
-    ("/topic/HighValueDeals", "sf.topic.high_value_deals"),
-    ("/topic/HighValueDeals?StageName=Won", "sf.topic.high_value_deals_stage_name_won"),
-    ("/u/Notifications", "sf.channel.notifications"),
-    ("/data/OpportunityLineItemChangeEvent", "sf.event.opportunity_line_item_changes"),
-])
+@pytest.mark.parametrize(
+    ("channel", "expected"),
+    [
+        ("/data/AccountChangeEvent", "sf.event.account_changes"),
+        ("/data/Employee__ChangeEvent", "sf.event.employee_changes"),
+        ("/data/ns__Thing__ChangeEvent", "sf.event.ns_thing_changes"),
+        ("/data/ChangeEvents", "sf.event.all_changes"),
+        ("/data/Sales__chn", "sf.event.sales_channel"),
+        ("/data/SalesEvents__chn", "sf.event.sales_events_channel"),
+        ("/event/Order_Placed__e", "sf.event.order_placed"),
+        ("/event/BatchApexErrorEvent", "sf.event.batch_apex_error_event"),
+        ("/event/Alerts__chn", "sf.event.alerts_channel"),
+        ("/topic/HighValueDeals", "sf.topic.high_value_deals"),
+        ("/topic/HighValueDeals?StageName=Won", "sf.topic.high_value_deals_stage_name_won"),
+        ("/u/Notifications", "sf.channel.notifications"),
+        ("/data/OpportunityLineItemChangeEvent", "sf.event.opportunity_line_item_changes"),
+    ],
+)
 def test_stream_ids(channel: str, expected: str) -> None:
     assert stream_id(channel) == expected
     assert check_stream_id(expected) == expected
 
 
-@pytest.mark.parametrize(("channel", "kind", "entity"), [
-    ("/data/AccountChangeEvent", ChannelKind.CHANGE_EVENTS, "Account"),
-    ("/data/Employee__ChangeEvent", ChannelKind.CHANGE_EVENTS, "Employee__c"),
-    ("/data/ChangeEvents", ChannelKind.ALL_CHANGE_EVENTS, ""),
-    ("/data/Sales__chn", ChannelKind.CHANGE_EVENT_CHANNEL, "Sales__chn"),
-    ("/event/Low_Ink__e", ChannelKind.PLATFORM_EVENT, "Low_Ink__e"),
-    ("/event/Alerts__chn", ChannelKind.PLATFORM_EVENT_CHANNEL, "Alerts__chn"),
-    ("/topic/T?A=1", ChannelKind.PUSH_TOPIC, "T"),
-    ("/u/Notifications", ChannelKind.GENERIC, "Notifications"),
-])
+@pytest.mark.parametrize(
+    ("channel", "kind", "entity"),
+    [
+        ("/data/AccountChangeEvent", ChannelKind.CHANGE_EVENTS, "Account"),
+        ("/data/Employee__ChangeEvent", ChannelKind.CHANGE_EVENTS, "Employee__c"),
+        ("/data/ChangeEvents", ChannelKind.ALL_CHANGE_EVENTS, ""),
+        ("/data/Sales__chn", ChannelKind.CHANGE_EVENT_CHANNEL, "Sales__chn"),
+        ("/event/Low_Ink__e", ChannelKind.PLATFORM_EVENT, "Low_Ink__e"),
+        ("/event/Alerts__chn", ChannelKind.PLATFORM_EVENT_CHANNEL, "Alerts__chn"),
+        ("/topic/T?A=1", ChannelKind.PUSH_TOPIC, "T"),
+        ("/u/Notifications", ChannelKind.GENERIC, "Notifications"),
+    ],
+)
 def test_parse(channel: str, kind: ChannelKind, entity: str) -> None:
     info = parse_channel(channel)
     assert (info.kind, info.entity) == (kind, entity)
     assert info.kind.is_cdc == channel.startswith("/data/")
 
 
-@pytest.mark.parametrize("channel", [
-    "data/AccountChangeEvent", "/data/Account", "/data/ChangeEvent", "/meta/connect",
-    "/event/", "/event/Bad Name__e", "/event/X__e?Field=1", "/data/a/b", "/x/Y",
-])
+@pytest.mark.parametrize(
+    "channel",
+    [
+        "data/AccountChangeEvent",
+        "/data/Account",
+        "/data/ChangeEvent",
+        "/meta/connect",
+        "/event/",
+        "/event/Bad Name__e",
+        "/event/X__e?Field=1",
+        "/data/a/b",
+        "/x/Y",
+    ],
+)
 def test_bad_channels(channel: str) -> None:
     with pytest.raises(ConfigError):
         parse_channel(channel)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from sfstream.engine.config import Config
 from sfstream.engine.discovery import check_streams, discover, read_metadata
 from sfstream.errors import SfStreamError
@@ -63,16 +60,11 @@ def _check_sink(config: Config) -> CheckResult:
         return (True, "sink (stdout)", "")
     path = config.sink.path
     assert path is not None
-    directory = _existing_parent(path)
-    if path.exists() and not os.access(path, os.W_OK):
-        return (False, f"sink ({path})", "the file is not writable")
-    if not path.exists() and not os.access(directory, os.W_OK):
-        return (False, f"sink ({path})", f"cannot create files in {directory}")
+    try:
+        # Exactly what the sink does first: create the directory, open for appending.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        return (False, f"sink ({path})", f"cannot write there: {exc.strerror}")
     return (True, f"sink ({path})", "")
-
-
-def _existing_parent(path: Path) -> Path:
-    for parent in path.parents:
-        if parent.exists():
-            return parent
-    return Path.cwd()
