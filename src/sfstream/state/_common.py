@@ -1,0 +1,84 @@
+"""What every state backend shares: argument checks and commit timestamps.
+
+Backends check a batch completely before they touch storage, so a bad entry half-way
+through a batch can never leave the first half committed; the storage transaction is the
+second line of defence (a crash, a killed process, a lost connection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Final
+
+from sfstream.errors import ConfigError
+
+INT64_MAX: Final = 2**63 - 1
+"""The largest replayId a store holds: Salesforce replay ids are signed 64-bit integers."""
+
+
+def check_stream(stream: object) -> str:
+    """`stream` if it is a usable stream id, else `ConfigError`.
+
+    NUL is refused because PostgreSQL cannot store it in `text`; every backend refuses it
+    so that a stream id valid for one is valid for all.
+    """
+    if not isinstance(stream, str) or not stream:
+        raise ConfigError(f"a stream id must be a non-empty string, not {stream!r}")
+    if "\x00" in stream:
+        raise ConfigError(f"stream id {stream!r} contains a NUL character")
+    return stream
+
+
+def check_batch(replay_ids: Mapping[str, int]) -> list[tuple[str, int]]:
+    """The batch as `(stream, replay_id)` pairs sorted by stream.
+
+    Sorting gives every writer the same lock order, so concurrent commits to overlapping
+    streams cannot deadlock in backends with row locks.
+
+    Raises:
+        ConfigError: an entry is not a stream id and a replayId in `0..2**63-1`. Negative
+            numbers are Salesforce's subscribe policies (-1 latest, -2 earliest), never a
+            position that events were written up to, so a store refuses them.
+    """
+    if not isinstance(replay_ids, Mapping):
+        raise ConfigError(
+            f"checkpoints must be a mapping of stream id to replayId, "
+            f"not {type(replay_ids).__name__}"
+        )
+    pairs: list[tuple[str, int]] = []
+    for stream, replay_id in replay_ids.items():
+        check_stream(stream)
+        if isinstance(replay_id, bool) or not isinstance(replay_id, int):
+            raise ConfigError(
+                f"the checkpoint of stream {stream!r} must be an int replayId, "
+                f"not {type(replay_id).__name__}"
+            )
+        if not 0 <= replay_id <= INT64_MAX:
+            raise ConfigError(
+                f"the checkpoint of stream {stream!r} must be a replayId in 0..{INT64_MAX}, "
+                f"not {replay_id}"
+            )
+        pairs.append((stream, replay_id))
+    pairs.sort()
+    return pairs
+
+
+def check_streams(streams: Iterable[str] | None) -> list[str] | None:
+    """The distinct stream ids of `streams`, sorted (None stays None: every stream)."""
+    if streams is None:
+        return None
+    if isinstance(streams, str):
+        # A bare string is an iterable of characters: almost certainly a mistake.
+        raise ConfigError(f"streams must be a collection of stream ids, not the string {streams!r}")
+    return sorted({check_stream(stream) for stream in streams})
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def iso_utc(moment: datetime) -> str:
+    """`moment` as the ISO-8601 text of `Checkpoint.updated_at`: UTC, microseconds."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
