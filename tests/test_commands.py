@@ -15,8 +15,12 @@ from tests.conftest import MakeConfig
 
 async def sfstream(*args: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sfstream.cli", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "sfstream.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     async with asyncio.timeout(60):
         stdout, stderr = await process.communicate()
@@ -24,11 +28,14 @@ async def sfstream(*args: str) -> tuple[int, str, str]:
     return process.returncode, stdout.decode(), stderr.decode()
 
 
-async def test_discover_prints_the_catalog(sfstream_emulator: Emulator, make_config: MakeConfig,
-                                           tmp_path: Path) -> None:
-    await make_config(sfstream_emulator, [
-        {"channel": "/event/Order_Placed__e", "key_field": "Order_Number__c"}],
-        discovery={"mode": "metadata", "exclude": ["/data/*__chn"]})
+async def test_discover_prints_the_catalog(
+    sfstream_emulator: Emulator, make_config: MakeConfig, tmp_path: Path
+) -> None:
+    await make_config(
+        sfstream_emulator,
+        [{"channel": "/event/Order_Placed__e", "key_field": "Order_Number__c"}],
+        discovery={"mode": "metadata", "exclude": ["/data/*__chn"]},
+    )
     config = str(tmp_path / "sfstream.yaml")
     code, out, err = await sfstream("discover", "--config", config, "--json")
     assert code == 0, err
@@ -39,13 +46,21 @@ async def test_discover_prints_the_catalog(sfstream_emulator: Emulator, make_con
     assert "/data/SalesEvents__chn" not in streams
     code, table, _ = await sfstream("discover", "--config", config)
     assert code == 0
-    assert table.splitlines()[0].split() == ["STREAM", "CHANNEL", "KIND", "START", "ON",
-                                             "INVALID", "SOURCE"]
+    assert table.splitlines()[0].split() == [
+        "STREAM",
+        "CHANNEL",
+        "KIND",
+        "START",
+        "ON",
+        "INVALID",
+        "SOURCE",
+    ]
     assert "sf.event.employee_changes" in table
 
 
-async def test_check_passes_on_a_good_config(sfstream_emulator: Emulator,
-                                             make_config: MakeConfig, tmp_path: Path) -> None:
+async def test_check_passes_on_a_good_config(
+    sfstream_emulator: Emulator, make_config: MakeConfig, tmp_path: Path
+) -> None:
     await make_config(sfstream_emulator)
     code, out, err = await sfstream("check", "--config", str(tmp_path / "sfstream.yaml"))
     assert code == 0, out + err
@@ -54,12 +69,14 @@ async def test_check_passes_on_a_good_config(sfstream_emulator: Emulator,
     assert "stream sf.event.account_changes (/data/AccountChangeEvent)" in out
 
 
-async def test_check_finds_what_would_stay_silent(sfstream_emulator: Emulator,
-                                                  make_config: MakeConfig,
-                                                  tmp_path: Path) -> None:
-    await make_config(sfstream_emulator, [{"channel": "/data/CaseChangeEvent"},
-                                          {"channel": "/event/Nope__e"}],
-                      sink={"type": "file", "path": "/proc/forbidden/records.jsonl"})
+async def test_check_finds_what_would_stay_silent(
+    sfstream_emulator: Emulator, make_config: MakeConfig, tmp_path: Path
+) -> None:
+    await make_config(
+        sfstream_emulator,
+        [{"channel": "/data/CaseChangeEvent"}, {"channel": "/event/Nope__e"}],
+        sink={"type": "file", "path": "/proc/forbidden/records.jsonl"},
+    )
     code, out, _ = await sfstream("check", "--config", str(tmp_path / "sfstream.yaml"))
     assert code == 1
     failures = [line for line in out.splitlines() if line.startswith("FAIL")]
@@ -68,8 +85,9 @@ async def test_check_finds_what_would_stay_silent(sfstream_emulator: Emulator,
     assert any("sink" in line for line in failures)
 
 
-async def test_check_reports_a_refused_login(sfstream_emulator: Emulator,
-                                             make_config: MakeConfig, tmp_path: Path) -> None:
+async def test_check_reports_a_refused_login(
+    sfstream_emulator: Emulator, make_config: MakeConfig, tmp_path: Path
+) -> None:
     await make_config(sfstream_emulator)
     sfstream_emulator.revoke_refresh_tokens()
     code, out, _ = await sfstream("check", "--config", str(tmp_path / "sfstream.yaml"))
@@ -78,35 +96,44 @@ async def test_check_reports_a_refused_login(sfstream_emulator: Emulator,
     assert sfstream_emulator.credentials["refresh_token"] not in out
 
 
-async def test_state_show_set_reset(sfstream_emulator: Emulator, make_config: MakeConfig,
-                                    tmp_path: Path) -> None:
+async def test_state_show_set_reset(
+    sfstream_emulator: Emulator, make_config: MakeConfig, tmp_path: Path
+) -> None:
     await make_config(sfstream_emulator)
     config = str(tmp_path / "sfstream.yaml")
     code, out, _ = await sfstream("state", "show", "--config", config)
     assert (code, out.strip()) == (0, "no checkpoints yet")
-    code, out, _ = await sfstream("state", "set", "sf.event.account_changes", "123456",
-                                  "--config", config)
+    code, out, _ = await sfstream(
+        "state", "set", "sf.event.account_changes", "123456", "--config", config
+    )
     assert code == 0
     assert "checkpoint set to 123456" in out
     code, out, _ = await sfstream("state", "show", "--json", "--config", config)
     (checkpoint,) = orjson.loads(out)["checkpoints"]
-    assert (checkpoint["stream"], checkpoint["replay_id"]) == ("sf.event.account_changes",
-                                                               123456)
-    code, out, _ = await sfstream("state", "reset", "sf.event.account_changes", "--config",
-                                  config)
+    assert (checkpoint["stream"], checkpoint["replay_id"]) == ("sf.event.account_changes", 123456)
+    code, out, _ = await sfstream("state", "reset", "sf.event.account_changes", "--config", config)
     assert code == 0
-    code, out, err = await sfstream("state", "reset", "sf.event.account_changes", "--config",
-                                    config)
+    code, out, err = await sfstream(
+        "state", "reset", "sf.event.account_changes", "--config", config
+    )
     assert code == 1
     assert "has no checkpoint" in err
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["state", "set", "Bad Stream", "5"], "must be lower case"),
-    (["state", "set", "sf.event.x", "abc"], "'abc' is not a valid integer"),
-])
-async def test_state_usage_errors(sfstream_emulator: Emulator, make_config: MakeConfig,
-                                  tmp_path: Path, args: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["state", "set", "Bad Stream", "5"], "must be lower case"),
+        (["state", "set", "sf.event.x", "abc"], "'abc' is not a valid integer"),
+    ],
+)
+async def test_state_usage_errors(
+    sfstream_emulator: Emulator,
+    make_config: MakeConfig,
+    tmp_path: Path,
+    args: list[str],
+    message: str,
+) -> None:
     await make_config(sfstream_emulator)
     code, _, err = await sfstream(*args, "--config", str(tmp_path / "sfstream.yaml"))
     assert code == 2
@@ -130,7 +157,8 @@ def test_manifest_check_catches_drift() -> None:
     text = manifest_text()
     assert check_manifest(text) == []
     drifted = text.replace("sinks: [stdout, file]", "sinks: [stdout, file, kafka]").replace(
-        "sfstream.runners.aws_lambda:handler", "sfstream.runners.aws_lambda:nope")
+        "sfstream.runners.aws_lambda:handler", "sfstream.runners.aws_lambda:nope"
+    )
     problems = check_manifest(drifted)
     assert any("sinks" in p for p in problems)
     assert any("aws_lambda" in p for p in problems)
