@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -179,3 +180,30 @@ async def test_sigkill_at_random_moments_loses_and_repeats_nothing(
         assert [replay for replay, _ in mine] == sorted(replay for replay, _ in mine)
     state = await _checkpoints(config)
     assert state == {stream: ids[-1] for stream, ids in want.items()}
+
+
+async def test_a_closed_stdout_ends_the_run_with_one_clear_line(
+    sfstream_emulator: Emulator, make_config: MakeConfig, tmp_path: Path
+) -> None:
+    emu = sfstream_emulator
+    await make_config(emu, sink={"type": "stdout"})
+    emu.generate("Account", 3000, 200)
+    stderr_file = tmp_path / "stderr.log"
+    # Exactly what a user does: pipe the records into a reader that stops after one line.
+    script = (
+        f"{shlex.quote(sys.executable)} -m sfstream.cli run --config "
+        f"{shlex.quote(str(tmp_path / 'sfstream.yaml'))} 2>{shlex.quote(str(stderr_file))}"
+        ' | head -n 1; echo "exit=${PIPESTATUS[0]}"'
+    )
+    process = await asyncio.create_subprocess_exec(
+        "bash", "-c", script, stdout=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(60):
+        stdout, _ = await process.communicate()
+    first, status = stdout.decode().splitlines()
+    assert orjson.loads(first)["type"] == "RECORD"
+    assert status == "exit=1"
+    stderr = stderr_file.read_text()
+    assert "the reader went away" in stderr
+    assert "Traceback" not in stderr
+    assert "Exception ignored" not in stderr

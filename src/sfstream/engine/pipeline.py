@@ -114,6 +114,7 @@ class Pipeline:
         }
         self._emitted: dict[str, int | None] = {}
         self._batches: asyncio.Queue[_Batch | None] = asyncio.Queue(settings.max_inflight)
+        self._writer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lost: list[SubscriptionLost] = []
 
     # -- start ------------------------------------------------------------------------------
@@ -174,6 +175,7 @@ class Pipeline:
         """Stream until `stop` is set or a terminal error; always flushes and commits."""
         error: SfStreamError | None = None
         writer = asyncio.create_task(self._write_batches(), name="sfstream-writer")
+        self._writer = writer
         summary = asyncio.create_task(self._summaries(), name="sfstream-summary")
         try:
             await self.subscribe_all(await self.positions())
@@ -188,7 +190,8 @@ class Pipeline:
                 await self._drain_client()
             except SfStreamError as exc:
                 error = error or exc
-            await self._batches.put(None)
+            if not writer.done():
+                await self._hand_over(None)
             try:
                 await writer
             except SfStreamError as exc:
@@ -229,8 +232,11 @@ class Pipeline:
     async def _next(self, stopper: asyncio.Future[Any], wait_s: float | None) -> StreamItem | None:
         getter: asyncio.Future[Any] = asyncio.ensure_future(anext(aiter(self.client)))
         done, _ = await asyncio.wait(
-            {getter, stopper}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
+            {getter, stopper, self._writer}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
         )
+        if self._writer in done:
+            getter.cancel()
+            self._writer_failed()
         if getter in done:
             try:
                 item: StreamItem = getter.result()
@@ -315,8 +321,22 @@ class Pipeline:
                 waiting_batches=self._batches.qsize(),
                 client_queue=self.client.queue_depth,
             )
-        await self._batches.put(batch)
+        await self._hand_over(batch)
         return _Batch()
+
+    async def _hand_over(self, batch: _Batch | None) -> None:
+        """Queue a batch for the writer, unless the writer has failed (then raise its error)."""
+        put = asyncio.ensure_future(self._batches.put(batch))
+        done, _ = await asyncio.wait({put, self._writer}, return_when=asyncio.FIRST_COMPLETED)
+        if put not in done:
+            put.cancel()
+            self._writer_failed()
+
+    def _writer_failed(self) -> None:
+        error = self._writer.exception()
+        if isinstance(error, SfStreamError):
+            raise error
+        raise TerminalError(f"the sink writer stopped: {error!r}") from error
 
     async def _write_batches(self) -> None:
         while True:
