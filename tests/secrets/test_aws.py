@@ -38,3 +38,16 @@ async def test_a_secret_that_is_not_a_json_object_is_refused() -> None:
     store = AwsSecretsManagerStore("x", client=SecretsManagerAPI({"x": "plain text"}))
     with pytest.raises(SecretError, match="not a JSON object"):
         await store.get("A")
+
+
+class RefusingAPI:
+    def get_secret_value(self, SecretId: str) -> dict[str, Any]:
+        error = RuntimeError("An error occurred (AccessDeniedException)")
+        error.response = {"Error": {"Code": "AccessDeniedException"}}  # type: ignore[attr-defined]
+        raise error
+
+
+async def test_a_refusal_names_the_aws_error_code() -> None:
+    store = AwsSecretsManagerStore("prod/sfstream", client=RefusingAPI())
+    with pytest.raises(SecretError, match="refused 'prod/sfstream': AccessDeniedException"):
+        await store.get("A")

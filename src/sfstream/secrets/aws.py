@@ -26,21 +26,30 @@ class AwsSecretsManagerStore:
         self._values: dict[str, str] | None = None
         self._lock = asyncio.Lock()
 
+    def _api(self) -> Any:
+        if self._client is None:
+            try:
+                import boto3
+            except ImportError as exc:
+                raise SecretError(
+                    "the aws secrets backend needs boto3: pip install 'sfstream[aws]'"
+                ) from exc
+            self._client = boto3.client("secretsmanager", region_name=self.region)
+        return self._client
+
     def _fetch(self) -> dict[str, str]:
-        try:
-            import boto3
-            from botocore.exceptions import BotoCoreError, ClientError
-        except ImportError as exc:
-            raise SecretError(
-                "the aws secrets backend needs boto3: pip install 'sfstream[aws]'"
-            ) from exc
-        client = self._client or boto3.client("secretsmanager", region_name=self.region)
+        client = self._api()
         try:
             response = client.get_secret_value(SecretId=self.secret_id)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "Unknown")
-            raise SecretError(f"AWS Secrets Manager refused {self.secret_id!r}: {code}") from exc
-        except BotoCoreError as exc:
+        except Exception as exc:
+            # botocore's ClientError carries the service's answer; anything else (network,
+            # credentials lookup) is the service being out of reach.
+            answer = getattr(exc, "response", None)
+            if isinstance(answer, dict):
+                code = answer.get("Error", {}).get("Code", "Unknown")
+                raise SecretError(
+                    f"AWS Secrets Manager refused {self.secret_id!r}: {code}"
+                ) from exc
             raise StorageUnavailableError(
                 f"AWS Secrets Manager unreachable for {self.secret_id!r}: {type(exc).__name__}"
             ) from exc
