@@ -201,7 +201,7 @@ async def test_a_closed_stdout_ends_the_run_with_one_clear_line(
     async with asyncio.timeout(60):
         stdout, _ = await process.communicate()
     first, status = stdout.decode().splitlines()
-    assert orjson.loads(first)["type"] == "RECORD"
+    assert orjson.loads(first)["type"] == "SCHEMA"  # a stream's schema precedes its records
     assert status == "exit=1"
     stderr = stderr_file.read_text()
     assert "the reader went away" in stderr

@@ -35,6 +35,7 @@ _SECRET_REF: Final = re.compile(r"^\$\{secret:([A-Za-z0-9_.\-/]+)\}$")
 
 Replay = Literal["latest", "earliest"] | Annotated[int, Field(ge=0)]
 InvalidReplay = Literal["fail", "earliest", "latest"]
+BreakingChange = Literal["warn", "fail"]
 
 
 class _Frozen(BaseModel):
@@ -102,6 +103,8 @@ class StreamConfig(_Frozen):
     """Where to start when the stream has no checkpoint."""
     on_invalid_replay: InvalidReplay = "fail"
     """When Salesforce rejects the checkpoint as invalid or expired."""
+    on_breaking_change: BreakingChange = "warn"
+    """When the stream's schema changes in a way that breaks readers: log it, or stop."""
 
     @field_validator("channel")
     @classmethod
@@ -132,6 +135,7 @@ class DiscoveryConfig(_Frozen):
     exclude: tuple[str, ...] = ()
     initial_replay: Replay = "latest"
     on_invalid_replay: InvalidReplay = "fail"
+    on_breaking_change: BreakingChange = "warn"
 
 
 class StateConfig(_Frozen):
@@ -144,6 +148,13 @@ class StateConfig(_Frozen):
         if self.backend == "postgres" and self.dsn is None:
             raise ValueError("the postgres backend needs `dsn`")
         return self
+
+
+class SchemaRegistryConfig(_Frozen):
+    """Where schema versions are kept (an SQLite file; beside the state store by default)."""
+
+    backend: Literal["sqlite"] = "sqlite"
+    path: Path | None = None
 
 
 class SinkConfig(_Frozen):
@@ -185,6 +196,7 @@ class Config(_Frozen):
     streams: tuple[StreamConfig, ...] = ()
     discovery: DiscoveryConfig = DiscoveryConfig()
     state: StateConfig = StateConfig()
+    schema_registry: SchemaRegistryConfig = SchemaRegistryConfig()
     sink: SinkConfig = SinkConfig()
     batch: BatchConfig = BatchConfig()
     runtime: RuntimeConfig = RuntimeConfig()
@@ -314,8 +326,13 @@ def _anchor_paths(config: Config, base: Path) -> Config:
     """Relative state and sink paths are relative to the config file's directory."""
     state = config.state
     sink = config.sink
+    registry = config.schema_registry
     if not state.path.is_absolute():
         state = state.model_copy(update={"path": base / state.path})
     if sink.path is not None and not sink.path.is_absolute():
         sink = sink.model_copy(update={"path": base / sink.path})
-    return config.model_copy(update={"state": state, "sink": sink})
+    if registry.path is None:
+        registry = registry.model_copy(update={"path": state.path.parent / "schemas.db"})
+    elif not registry.path.is_absolute():
+        registry = registry.model_copy(update={"path": base / registry.path})
+    return config.model_copy(update={"state": state, "sink": sink, "schema_registry": registry})

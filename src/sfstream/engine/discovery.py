@@ -36,6 +36,7 @@ class StreamSpec:
     initial_replay: int = LATEST
     on_invalid_replay: ReplayPolicy = ReplayPolicy.FAIL
     source: Literal["config", "metadata"] = "config"
+    on_breaking_change: Literal["warn", "fail"] = "warn"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +47,7 @@ class StreamSpec:
             "key_field": self.key_field,
             "initial_replay": self.initial_replay,
             "on_invalid_replay": self.on_invalid_replay.value,
+            "on_breaking_change": self.on_breaking_change,
             "source": self.source,
         }
 
@@ -81,6 +83,7 @@ def spec_from_config(
         initial_replay=_replay(stream.initial_replay),
         on_invalid_replay=ReplayPolicy(stream.on_invalid_replay),
         source=source,
+        on_breaking_change=stream.on_breaking_change,
     )
 
 
@@ -192,6 +195,7 @@ def streams_from_metadata(config: Config, metadata: OrgMetadata) -> list[StreamS
             channel=channel,
             initial_replay=discovery.initial_replay,
             on_invalid_replay=discovery.on_invalid_replay,
+            on_breaking_change=discovery.on_breaking_change,
         )
         specs.append(spec_from_config(stream, "metadata"))
     specs += [spec_from_config(s) for s in config.streams]

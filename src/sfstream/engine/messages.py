@@ -59,12 +59,18 @@ class GapMessage:
 
 @dataclass(slots=True)
 class SchemaMessage:
-    """The schema later records of `stream` follow."""
+    """The schema the following records of `stream` (with this `schema_version`) follow.
+
+    `subject` is the stream id, or `<stream id>.<entity>` for streams that carry several
+    entities (`/data/ChangeEvents`, custom channels).
+    """
 
     stream: str
+    subject: str
     version: int
     schema: dict[str, Any]
     diff: list[dict[str, Any]] = field(default_factory=list)
+    breaking: bool = False
     schema_id: str | None = None
     type: Literal["SCHEMA"] = "SCHEMA"
 

@@ -26,9 +26,10 @@ import structlog
 from sfstream.bayeux import Event, Gap, SubscriptionLost
 from sfstream.client import StreamingClient, StreamItem
 from sfstream.engine.discovery import StreamSpec
-from sfstream.engine.messages import GapMessage, Message, StateMessage
+from sfstream.engine.messages import GapMessage, Message, SchemaMessage, StateMessage
 from sfstream.engine.records import Mapper, mapper_for
 from sfstream.errors import SfStreamError, SubscriptionError, TerminalError
+from sfstream.schema.tracker import SchemaTracker, Tracked
 from sfstream.sinks.base import Sink
 from sfstream.state.base import StateStore
 
@@ -100,6 +101,7 @@ class Pipeline:
         settings: PipelineSettings,
         run_id: str,
         clock: Callable[[], float] = time.monotonic,
+        schemas: SchemaTracker | None = None,
     ) -> None:
         self.specs = {spec.channel: spec for spec in specs}
         self.client = client
@@ -116,6 +118,8 @@ class Pipeline:
         self._batches: asyncio.Queue[_Batch | None] = asyncio.Queue(settings.max_inflight)
         self._writer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lost: list[SubscriptionLost] = []
+        self.schemas = schemas
+        self._schema_cache: dict[str, tuple[object, Tracked | None]] = {}
 
     # -- start ------------------------------------------------------------------------------
 
@@ -178,7 +182,12 @@ class Pipeline:
         self._writer = writer
         summary = asyncio.create_task(self._summaries(), name="sfstream-summary")
         try:
-            await self.subscribe_all(await self.positions())
+            positions = await self.positions()
+            if self.schemas is not None:
+                announced = await self.schemas.start(self.specs.values())
+                if announced:
+                    await self._hand_over(_Batch(messages=list(announced)))
+            await self.subscribe_all(positions)
             await self._receive(stop)
         except SfStreamError as exc:
             error = exc
@@ -219,11 +228,7 @@ class Pipeline:
                     if item is None:
                         continue
                     items = [item]
-                now = _now()
-                for item in items:
-                    self._take(item, batch, now)
-                    if batch.records >= self.settings.max_records:
-                        batch = await self._flush(batch)
+                batch = await self._consume(items, batch)
         finally:
             stopper.cancel()
             if batch.messages:
@@ -255,17 +260,60 @@ class Pipeline:
             items = self.client.take_nowait(_DRAIN_LIMIT)
             if not items:
                 break
-            now = _now()
-            for item in items:
-                self._take(item, batch, now)
+            batch = await self._consume(items, batch)
         if batch.messages:
             await self._flush(batch)
 
-    def _take(self, item: StreamItem, batch: _Batch, now: str) -> None:
+    async def _consume(self, items: list[StreamItem], batch: _Batch) -> _Batch:
+        now = _now()
+        max_records = self.settings.max_records
+        for item in items:
+            tracked = None
+            if self.schemas is not None and isinstance(item, Event):
+                tracked = await self._track_schema(item, batch)
+            self._take(item, batch, now, tracked)
+            if batch.records >= max_records:
+                batch = await self._flush(batch)
+        return batch
+
+    def _route(self, event: Event) -> tuple[StreamSpec, Mapper] | None:
+        return self._mappers.get(event.channel) or self._mappers.get(
+            event.channel.partition("?")[0]
+        )
+
+    async def _track_schema(self, event: Event, batch: _Batch) -> Tracked | None:
+        """The schema version of `event`; a SCHEMA message goes first when it is new."""
+        route = self._route(event)
+        if route is None:
+            return None
+        spec = route[0]
+        schema_id = event.data.get("schema")
+        cached = self._schema_cache.get(spec.id)
+        if cached is not None and cached[0] == schema_id:
+            return cached[1]
+        tracker = self.schemas
+        assert tracker is not None
+        if tracker.needs_observe(spec, event):
+            self._announce(batch, await tracker.observe(spec, event))
+        tracked = tracker.lookup(spec, event)
+        if tracked is not None and tracker.announce(spec, tracked):
+            self._announce(batch, await tracker.schema_message(spec, tracked))
+        self._schema_cache[spec.id] = (schema_id, tracked)
+        return tracked
+
+    def _announce(self, batch: _Batch, message: SchemaMessage | None) -> None:
+        if message is None:
+            return
+        if not batch.messages:
+            batch.started = self._clock()
+        batch.messages.append(message)
+        self._schema_cache.clear()
+
+    def _take(
+        self, item: StreamItem, batch: _Batch, now: str, tracked: Tracked | None = None
+    ) -> None:
         if isinstance(item, Event):
-            route = self._mappers.get(item.channel) or self._mappers.get(
-                item.channel.partition("?")[0]
-            )
+            route = self._route(item)
             if route is None:
                 return
             spec, mapper = route
@@ -279,6 +327,11 @@ class Pipeline:
             if not batch.messages:
                 batch.started = self._clock()
             records = mapper(item, now)
+            if tracked is not None:
+                meta = records[0].meta
+                meta["schema_version"] = tracked.version
+                if tracked.subject != spec.id:
+                    meta["schema_subject"] = tracked.subject
             batch.messages.extend(records)
             batch.records += len(records)
             stats.emitted += len(records)

@@ -24,6 +24,8 @@ from sfstream.engine.config import Config
 from sfstream.engine.discovery import StreamSpec, discover
 from sfstream.engine.pipeline import Pipeline, PipelineSettings, RunResult
 from sfstream.salesforce.rest import RestClient
+from sfstream.schema.registry import SchemaRegistry, SqliteSchemaRegistry
+from sfstream.schema.tracker import SchemaTracker
 from sfstream.sinks.base import Sink
 from sfstream.state.base import StateStore
 
@@ -62,6 +64,13 @@ def open_sink(config: Config) -> Sink:
         assert config.sink.path is not None
         return FileSink(config.sink.path)
     return StdoutSink()
+
+
+def open_registry(config: Config) -> SchemaRegistry:
+    """The configured schema registry."""
+    path = config.schema_registry.path
+    assert path is not None  # set by load_config
+    return SqliteSchemaRegistry(path)
 
 
 def new_run_id() -> str:
@@ -105,6 +114,11 @@ class Connector:
             self._stack.push_async_callback(state.close)
             sink = open_sink(config)
             self._stack.push_async_callback(sink.close)
+            registry = open_registry(config)
+            self._stack.push_async_callback(registry.close)
+            tracker = SchemaTracker(
+                session.rest, registry, {spec.id: spec.on_breaking_change for spec in self.specs}
+            )
             settings = ClientSettings(
                 api_version=config.salesforce.api_version,
                 max_pending_events=config.runtime.max_pending_events,
@@ -119,6 +133,7 @@ class Connector:
                 state=state,
                 sink=sink,
                 run_id=self.run_id,
+                schemas=tracker,
                 settings=PipelineSettings(
                     max_records=batch.max_records,
                     max_wait_s=batch.max_wait_ms / 1000,

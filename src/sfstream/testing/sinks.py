@@ -160,9 +160,12 @@ async def check_every_message_type_round_trips(harness: SinkHarness) -> None:
         StateMessage(stream=stream, replay_id=2**53 + 1),
         GapMessage(stream=stream, reason="replay_id_expired", from_replay_id=None, to="latest"),
         GapMessage(stream, "invalid_replay_id", 3, "earliest", detail="400::The replayId {3}"),
-        SchemaMessage(stream=stream, version=1, schema={"type": "object", "properties": {}}),
+        SchemaMessage(
+            stream=stream, subject=stream, version=1, schema={"type": "object", "properties": {}}
+        ),
         SchemaMessage(
             stream=stream,
+            subject=f"{stream}.account",
             version=2,
             schema={"type": "object", "required": ["Id"]},
             diff=[{"op": "add", "path": "/properties/Name"}],
@@ -218,7 +221,7 @@ async def check_unicode_and_big_payloads(harness: SinkHarness) -> None:
         _record(stream, 2, data={"Blob": "x" * (4 * 1024 * 1024)}),
         _record(stream, 3, data={"Numbers": list(range(200_000))}),
         _record(stream, 4, data=_nested(40)),
-        SchemaMessage(stream=stream, version=1, schema={"description": text}),
+        SchemaMessage(stream=stream, subject=stream, version=1, schema={"description": text}),
     ]
     before = await harness.read_back()
     async with _opened(harness) as sink:
@@ -249,12 +252,12 @@ async def check_high_watermarks_are_empty_or_exact(harness: SinkHarness) -> None
         _record(other, 10**9),
         _record(b, 20),
         GapMessage(stream=gaps_only, reason="expired", from_replay_id=500, to="latest"),
-        SchemaMessage(stream=gaps_only, version=600, schema={}),
+        SchemaMessage(stream=gaps_only, subject=gaps_only, version=600, schema={}),
         StateMessage(stream=state_only, replay_id=7),
         _record(a, 30),
         StateMessage(stream=a, replay_id=31),
         GapMessage(stream=a, reason="expired", from_replay_id=10**6, to="earliest"),
-        SchemaMessage(stream=a, version=10**6, schema={}),
+        SchemaMessage(stream=a, subject=a, version=10**6, schema={}),
         _record(a, 5),
         _record(b, 21),
         StateMessage(stream=b, replay_id=21),

@@ -1,0 +1,278 @@
+"""The schema registry: every version of every subject's schema, with the diff of each.
+
+A subject is a stream id (`sf.event.account_changes`), or a stream id and an entity for
+streams that carry several entities (`sf.event.all_changes.account`). Versions count up from
+1; registering a schema identical to an existing version (same canonical bytes) returns that
+version. `SqliteSchemaRegistry` is the embedded backend, a file beside the state store; a
+backend is done when `sfstream.testing.schemas.check_schema_registry` passes against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import orjson
+
+from sfstream.errors import StorageError, StorageUnavailableError
+from sfstream.schema.compat import diff, is_breaking
+from sfstream.schema.render import canonical_bytes, fingerprint
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaVersion:
+    """One registered version of a subject's schema."""
+
+    subject: str
+    version: int
+    fingerprint: str
+    schema: dict[str, Any]
+    """JSON Schema (draft 2020-12) of the records' `data`."""
+    avro: dict[str, Any]
+    schema_id: str | None
+    """Salesforce's schema id the version was derived from, when there is one."""
+    diff: list[dict[str, Any]]
+    """Changes from the previous version (empty for version 1)."""
+    breaking: bool
+    created_at: str
+
+
+@runtime_checkable
+class SchemaRegistry(Protocol):
+    async def register(
+        self,
+        subject: str,
+        schema: dict[str, Any],
+        *,
+        avro: dict[str, Any],
+        schema_id: str | None = None,
+    ) -> tuple[SchemaVersion, bool]:
+        """Store `schema` for `subject`; returns (its version, whether it is new)."""
+        ...
+
+    async def get(self, subject: str, version: int | None = None) -> SchemaVersion | None:
+        """One version (the latest when `version` is None), or None."""
+        ...
+
+    async def history(self, subject: str) -> list[SchemaVersion]:
+        """Every version of `subject`, oldest first."""
+        ...
+
+    async def subjects(self) -> list[str]:
+        """Every subject with at least one version, sorted."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+_SCHEMA_DDL = """
+CREATE TABLE IF NOT EXISTS sfstream_schemas (
+    subject TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    json_schema BLOB NOT NULL,
+    avro_schema BLOB NOT NULL,
+    schema_id TEXT,
+    diff BLOB NOT NULL,
+    breaking INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (subject, version)
+)
+"""
+_SELECT = (
+    "SELECT subject, version, fingerprint, json_schema, avro_schema, schema_id, diff, "
+    "breaking, created_at FROM sfstream_schemas "
+)
+_BY_FINGERPRINT = _SELECT + "WHERE subject = ? AND fingerprint = ? ORDER BY version LIMIT 1"
+_LATEST = _SELECT + "WHERE subject = ? ORDER BY version DESC LIMIT 1"
+_VERSION = _SELECT + "WHERE subject = ? AND version = ?"
+_HISTORY = _SELECT + "WHERE subject = ? ORDER BY version"
+_INSERT = (
+    "INSERT INTO sfstream_schemas (subject, version, fingerprint, json_schema, avro_schema, "
+    "schema_id, diff, breaking, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _row(row: tuple[Any, ...]) -> SchemaVersion:
+    return SchemaVersion(
+        subject=row[0],
+        version=row[1],
+        fingerprint=row[2],
+        schema=orjson.loads(row[3]),
+        avro=orjson.loads(row[4]),
+        schema_id=row[5],
+        diff=orjson.loads(row[6]),
+        breaking=bool(row[7]),
+        created_at=row[8],
+    )
+
+
+class SqliteSchemaRegistry:
+    """The embedded registry: one SQLite file (mode 0600), WAL journal.
+
+    Args:
+        path: the database file; its directory is created when missing.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SqliteSchemaRegistry({str(self.path)!r})"
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(_SCHEMA_DDL)
+            self._conn = conn
+        return self._conn
+
+    async def _run(self, action: str, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        def call() -> _T:
+            with self._lock:
+                try:
+                    return work(self._connect())
+                except sqlite3.OperationalError as exc:
+                    if "locked" in str(exc) or "busy" in str(exc):
+                        raise StorageUnavailableError(
+                            f"schema registry {self.path} is busy ({action}): {exc}"
+                        ) from exc
+                    raise StorageError(f"schema registry {self.path}: {action}: {exc}") from exc
+                except sqlite3.DatabaseError as exc:
+                    raise StorageError(
+                        f"schema registry {self.path} is not a usable SQLite database "
+                        f"({action}): {exc}"
+                    ) from exc
+                except OSError as exc:
+                    raise StorageError(
+                        f"schema registry {self.path}: {action}: {exc.strerror}"
+                    ) from exc
+
+        return await asyncio.to_thread(call)
+
+    async def register(
+        self,
+        subject: str,
+        schema: dict[str, Any],
+        *,
+        avro: dict[str, Any],
+        schema_id: str | None = None,
+    ) -> tuple[SchemaVersion, bool]:
+        digest = fingerprint(schema)
+        body = canonical_bytes(schema)
+        avro_body = orjson.dumps(avro, option=orjson.OPT_SORT_KEYS)
+
+        def work(conn: sqlite3.Connection) -> tuple[SchemaVersion, bool]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                found = conn.execute(
+                    _BY_FINGERPRINT,
+                    (subject, digest),
+                ).fetchone()
+                if found is not None:
+                    conn.execute("COMMIT")
+                    return _row(found), False
+                latest = conn.execute(
+                    _LATEST,
+                    (subject,),
+                ).fetchone()
+                previous = _row(latest) if latest is not None else None
+                changes = diff(previous.schema if previous else None, schema)
+                version = SchemaVersion(
+                    subject=subject,
+                    version=(previous.version + 1) if previous else 1,
+                    fingerprint=digest,
+                    schema=orjson.loads(body),
+                    avro=avro,
+                    schema_id=schema_id,
+                    diff=[c.as_dict() for c in changes],
+                    breaking=is_breaking(changes),
+                    created_at=_now(),
+                )
+                conn.execute(
+                    _INSERT,
+                    (
+                        subject,
+                        version.version,
+                        digest,
+                        body,
+                        avro_body,
+                        schema_id,
+                        orjson.dumps(version.diff),
+                        int(version.breaking),
+                        version.created_at,
+                    ),
+                )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return version, True
+
+        return await self._run("register", work)
+
+    async def get(self, subject: str, version: int | None = None) -> SchemaVersion | None:
+        def work(conn: sqlite3.Connection) -> SchemaVersion | None:
+            if version is None:
+                row = conn.execute(
+                    _LATEST,
+                    (subject,),
+                ).fetchone()
+            else:
+                row = conn.execute(
+                    _VERSION,
+                    (subject, version),
+                ).fetchone()
+            return _row(row) if row is not None else None
+
+        return await self._run("get", work)
+
+    async def history(self, subject: str) -> list[SchemaVersion]:
+        def work(conn: sqlite3.Connection) -> list[SchemaVersion]:
+            rows = conn.execute(
+                _HISTORY,
+                (subject,),
+            ).fetchall()
+            return [_row(r) for r in rows]
+
+        return await self._run("history", work)
+
+    async def subjects(self) -> list[str]:
+        def work(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT DISTINCT subject FROM sfstream_schemas ORDER BY subject"
+            ).fetchall()
+            return [str(r[0]) for r in rows]
+
+        return await self._run("subjects", work)
+
+    async def close(self) -> None:
+        def work() -> None:
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+
+        await asyncio.to_thread(work)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
