@@ -169,3 +169,64 @@ async def test_missing_config_file_exits_2(tmp_path: Path) -> None:
     code, _, err = await sfstream("discover", "--config", str(tmp_path / "nope.yaml"))
     assert code == 2
     assert "cannot read config file" in err
+
+
+async def test_schema_list_show_history(
+    sfstream_emulator: Emulator, make_config: MakeConfig, tmp_path: Path
+) -> None:
+    from sfstream.emulator import FieldDef
+    from sfstream.runners.connector import Connector
+
+    emu = sfstream_emulator
+    config = await make_config(
+        emu, [{"channel": "/data/AccountChangeEvent", "initial_replay": "earliest"}]
+    )
+    path = str(tmp_path / "sfstream.yaml")
+    code, out, _ = await sfstream("schema", "list", "--config", path)
+    assert (code, out.strip()) == (
+        0,
+        "no schemas registered yet (they are registered when `sfstream run` starts)",
+    )
+    emu.create_record("Account", {"Name": "one"})
+    emu.alter_fields("Account", add=[FieldDef(name="Tier__c", type="string")])
+    emu.create_record("Account", {"Name": "two", "Tier__c": "Gold"})
+    stop = asyncio.Event()
+    async with Connector(config, "cli") as connector:
+        task = asyncio.create_task(connector.run(stop))
+        assert config.sink.path is not None
+        async with asyncio.timeout(20):
+            while not config.sink.path.exists() or (
+                config.sink.path.read_bytes().count(b'"RECORD"') < 2
+            ):
+                await asyncio.sleep(0.05)
+        stop.set()
+        assert (await task).ok
+    code, out, _ = await sfstream("schema", "list", "--json", "--config", path)
+    assert code == 0
+    (subject,) = orjson.loads(out)["subjects"]
+    assert subject["subject"] == "sf.event.account_changes"
+    latest = subject["version"]
+    code, out, _ = await sfstream("schema", "show", "sf.event.account_changes", "--config", path)
+    assert code == 0
+    shown = orjson.loads(out)
+    assert shown["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    code, out, _ = await sfstream(
+        "schema",
+        "show",
+        "sf.event.account_changes",
+        "--format",
+        "avro",
+        "--version",
+        "1",
+        "--config",
+        path,
+    )
+    assert code == 0
+    assert orjson.loads(out)["type"] == "record"
+    code, out, _ = await sfstream("schema", "history", "sf.event.account_changes", "--config", path)
+    assert code == 0
+    assert out.count("version ") == latest
+    assert "Tier__c" in out
+    code, _, err = await sfstream("schema", "show", "sf.event.nope", "--config", path)
+    assert code == 1
+    assert "no schema registered for sf.event.nope" in err

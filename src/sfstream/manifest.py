@@ -11,7 +11,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sfstream.bayeux.session import ReplayPolicy
-from sfstream.engine.config import DiscoveryConfig, SinkConfig, StateConfig
+from sfstream.engine.config import (
+    DiscoveryConfig,
+    SchemaRegistryConfig,
+    SinkConfig,
+    StateConfig,
+    StreamConfig,
+)
 from sfstream.engine.messages import GAP, RECORD, SCHEMA, STATE
 from sfstream.errors import ConfigError
 from sfstream.salesforce.channels import ChannelKind
@@ -63,6 +69,7 @@ class Manifest(BaseModel):
     auth: _Open
     streams: Streams
     delivery: _Open
+    schemas: _Open
     state: _Open
     sinks: list[str]
     output: _Open
@@ -119,6 +126,12 @@ def check_manifest(text: str | None = None) -> list[str]:
     messages = manifest.output.model_dump().get("messages", [])
     if set(messages) != {RECORD, STATE, SCHEMA, GAP}:
         problems.append(f"output messages {messages} differ from the code's")
+    policies = manifest.schemas.model_dump().get("on_breaking_change", [])
+    if set(policies) != _choices(StreamConfig, "on_breaking_change"):
+        problems.append("schemas.on_breaking_change differs from the configuration's policies")
+    registries = manifest.schemas.model_dump().get("registry", [])
+    if set(registries) != _choices(SchemaRegistryConfig, "backend"):
+        problems.append("schemas.registry differs from the code's registry backends")
     channels = manifest.source.model_dump().get("channels", [])
     if set(channels) != {k.value for k in ChannelKind}:
         problems.append("source.channels differ from the channel kinds in the code")

@@ -294,10 +294,10 @@ class Pipeline:
         tracker = self.schemas
         assert tracker is not None
         if tracker.needs_observe(spec, event):
-            self._announce(batch, await tracker.observe(spec, event))
+            await tracker.observe(spec, event)
         tracked = tracker.lookup(spec, event)
-        if tracked is not None and tracker.announce(spec, tracked):
-            self._announce(batch, await tracker.schema_message(spec, tracked))
+        if tracked is not None:
+            self._announce(batch, await tracker.transition(spec, tracked))
         self._schema_cache[spec.id] = (schema_id, tracked)
         return tracked
 

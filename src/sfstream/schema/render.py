@@ -79,7 +79,7 @@ def _json_type(model: FieldModel) -> dict[str, Any]:
         node = {"type": "object"}
     else:  # anyType and types Salesforce may add later: any JSON value
         node = {}
-    if model.length and node.get("type") == "string" and "pattern" not in node:
+    if model.length and (kind in _STRINGS or kind in ("email", "url")):
         node["maxLength"] = model.length
     if model.enum:
         node["enum"] = list(model.enum)

@@ -28,6 +28,7 @@ from sfstream.engine.messages import SchemaMessage
 from sfstream.errors import SfStreamError, TerminalError
 from sfstream.salesforce.channels import ChannelKind, snake
 from sfstream.salesforce.rest import RestClient
+from sfstream.schema.compat import diff, is_breaking
 from sfstream.schema.model import Kind, RecordModel, from_describe, from_event_schema, generic_model
 from sfstream.schema.registry import SchemaRegistry, SchemaVersion
 from sfstream.schema.render import to_avro, to_json_schema
@@ -94,6 +95,7 @@ class SchemaTracker:
         self._by_schema_id: dict[tuple[str, str], Tracked] = {}
         self._static: dict[str, Tracked] = {}
         self._announced: dict[str, int] = {}
+        self._used: dict[str, SchemaVersion] = {}
         self._failed: set[tuple[str, str]] = set()
         self.changes = 0
         self.errors = 0
@@ -109,9 +111,9 @@ class SchemaTracker:
             except SfStreamError as exc:
                 self._unavailable(spec, None, exc)
                 continue
-            message = await self._register(spec, spec.id, model)
-            if message is not None:
-                messages.append(message)
+            version = await self._register(spec, spec.id, model)
+            self._announced[spec.id] = version.version
+            messages.append(_message(spec, version, [], False))
         return messages
 
     async def _current_model(self, spec: StreamSpec) -> RecordModel:
@@ -170,8 +172,8 @@ class SchemaTracker:
             and (spec.id, schema_id) not in self._failed
         )
 
-    async def observe(self, spec: StreamSpec, event: Event) -> SchemaMessage | None:
-        """Learn the schema an event names; the SCHEMA message to write first, if any."""
+    async def observe(self, spec: StreamSpec, event: Event) -> None:
+        """Learn (derive and register) the schema an event names."""
         schema_id = event.data.get("schema")
         assert isinstance(schema_id, str)
         try:
@@ -181,29 +183,58 @@ class SchemaTracker:
         except SfStreamError as exc:
             self._failed.add((spec.id, schema_id))
             self._unavailable(spec, schema_id, exc)
-            return None
+            return
         subject = spec.id
         if _multi_entity(spec):
             entity = re.sub(r"(__ChangeEvent|ChangeEvent|__e)$", "", name)
             subject = f"{spec.id}.{snake(entity)}"
-        return await self._register(spec, subject, model)
+        await self._register(spec, subject, model)
 
-    def announce(self, spec: StreamSpec, tracked: Tracked) -> bool:
-        """Whether a SCHEMA message must precede this record (the version in use changed)."""
-        return self._announced.get(tracked.subject) != tracked.version
+    async def transition(self, spec: StreamSpec, tracked: Tracked) -> SchemaMessage | None:
+        """Records of `tracked` come next: the SCHEMA message to write first, if any.
 
-    async def schema_message(self, spec: StreamSpec, tracked: Tracked) -> SchemaMessage | None:
-        version = await self.registry.get(tracked.subject, tracked.version)
+        Its diff is against the schema of the subject's previous records in this run, and a
+        breaking one stops a stream whose policy is `fail`. Compatibility follows the data:
+        replaying events written before a definition changed is not a change.
+        """
+        subject = tracked.subject
+        previous = self._used.get(subject)
+        if previous is not None and previous.version == tracked.version:
+            return None
+        version = await self.registry.get(subject, tracked.version)
         if version is None:
             return None
-        self._announced[tracked.subject] = tracked.version
-        return _message(spec, version)
+        changes = diff(previous.schema, version.schema) if previous is not None else []
+        breaking = is_breaking(changes)
+        self._used[subject] = version
+        if previous is not None:
+            self.changes += 1
+            log.warning(
+                "schema_changed",
+                stream=spec.id,
+                subject=subject,
+                version=version.version,
+                previous=previous.version,
+                breaking=breaking,
+                changes=len(changes),
+                schema_id=version.schema_id,
+            )
+            if breaking and self.policies.get(spec.id) == "fail":
+                raise SchemaChangeError(
+                    f"breaking schema change on {subject} (version {previous.version} to "
+                    f"{version.version}): "
+                    + "; ".join(f"{c.kind} {c.field}" for c in changes if not c.compatible)
+                    + " -- the stream's policy is on_breaking_change: fail",
+                    channel=spec.channel,
+                )
+        if self._announced.get(subject) == version.version and previous is None:
+            return None  # announced at start, before any record
+        self._announced[subject] = version.version
+        return _message(spec, version, [c.as_dict() for c in changes], breaking)
 
     # -- registration -----------------------------------------------------------------------
 
-    async def _register(
-        self, spec: StreamSpec, subject: str, model: RecordModel
-    ) -> SchemaMessage | None:
+    async def _register(self, spec: StreamSpec, subject: str, model: RecordModel) -> SchemaVersion:
         schema = to_json_schema(model, subject)
         version, created = await self.registry.register(
             subject, schema, avro=to_avro(model, subject), schema_id=model.schema_id
@@ -213,30 +244,15 @@ class SchemaTracker:
             self._by_schema_id[(spec.id, model.schema_id)] = tracked
         if model.kind in ("push_topic", "generic"):
             self._static[spec.id] = tracked
-        if created and version.version > 1:
-            self.changes += 1
-            log.warning(
-                "schema_changed",
+        if created:
+            log.info(
+                "schema_registered",
                 stream=spec.id,
                 subject=subject,
                 version=version.version,
-                breaking=version.breaking,
-                changes=len(version.diff),
                 schema_id=model.schema_id,
             )
-            if version.breaking and self.policies.get(spec.id) == "fail":
-                raise SchemaChangeError(
-                    f"breaking schema change on {subject} (version {version.version}): "
-                    + "; ".join(
-                        f"{c['change']} {c['field']}" for c in version.diff if not c["compatible"]
-                    )
-                    + " -- the stream's policy is on_breaking_change: fail",
-                    channel=spec.channel,
-                )
-        if self._announced.get(subject) == version.version:
-            return None
-        self._announced[subject] = version.version
-        return _message(spec, version)
+        return version
 
     def _unavailable(self, spec: StreamSpec, schema_id: str | None, error: SfStreamError) -> None:
         self.errors += 1
@@ -250,14 +266,16 @@ class SchemaTracker:
         )
 
 
-def _message(spec: StreamSpec, version: SchemaVersion) -> SchemaMessage:
+def _message(
+    spec: StreamSpec, version: SchemaVersion, changes: list[dict[str, object]], breaking: bool
+) -> SchemaMessage:
     return SchemaMessage(
         stream=spec.id,
         subject=version.subject,
         version=version.version,
         schema=version.schema,
-        diff=version.diff,
-        breaking=version.breaking,
+        diff=changes,
+        breaking=breaking,
         schema_id=version.schema_id,
     )
 
