@@ -166,11 +166,16 @@ class TokenProvider:
     """
 
     def __init__(
-        self, credentials: OAuthCredentials, http: aiohttp.ClientSession, timeout_s: float = 30.0
+        self,
+        credentials: OAuthCredentials,
+        http: aiohttp.ClientSession,
+        timeout_s: float = 30.0,
+        proxy: str | None = None,
     ) -> None:
         self.credentials = credentials
         self._http = http
         self._timeout_s = timeout_s
+        self._proxy = proxy
         self._token: AccessToken | None = None
         self._lock = asyncio.Lock()
         self.refreshes = 0
@@ -200,7 +205,9 @@ class TokenProvider:
         self.refreshes += 1
         try:
             async with asyncio.timeout(self._timeout_s):
-                async with self._http.post(request.url, data=request.form) as http_response:
+                async with self._http.post(
+                    request.url, data=request.form, proxy=self._proxy
+                ) as http_response:
                     response = TokenResponse(http_response.status, await http_response.read())
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise TransportError(

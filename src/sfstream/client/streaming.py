@@ -15,15 +15,18 @@ proxies, TCP keepalive, and backpressure.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import random
 import socket
 import ssl
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -155,6 +158,15 @@ class _Waits:
                 task.cancel()
 
 
+def environment_proxy(url: str) -> str | None:
+    """The proxy the environment (`HTTPS_PROXY`, `NO_PROXY`, ...) names for `url`, if any."""
+    parts = urlsplit(url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all")
+
+
 def _keepalive_socket_factory(idle_s: int) -> Callable[[Any], socket.socket]:
     def factory(addr_info: Any) -> socket.socket:
         family, type_, proto, _, _ = addr_info
@@ -207,7 +219,12 @@ class StreamingClient:
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter
         self.stats = ClientStats()
-        self._queue: asyncio.Queue[StreamItem | _End] = asyncio.Queue()
+        # Items travel in chunks, one per response, so a large batch costs one queue
+        # operation; `_buffer` holds the rest of the chunk being consumed.
+        self._queue: asyncio.Queue[list[StreamItem] | _End] = asyncio.Queue()
+        self._buffer: collections.deque[StreamItem] = collections.deque()
+        self._queued = 0
+        self._proxy: str | None = None
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
@@ -246,17 +263,25 @@ class StreamingClient:
             # Salesforce sets BAYEUX_BROWSER on the handshake and requires it back; `unsafe`
             # keeps cookies from servers addressed by IP (local emulators, proxies).
             cookie_jar=aiohttp.CookieJar(unsafe=True),
-            trust_env=s.proxy is None,
+            # Proxies are resolved once below: with trust_env, aiohttp would look the
+            # environment and ~/.netrc up in a worker thread on every long poll.
+            trust_env=False,
             json_serialize=lambda obj: orjson.dumps(obj).decode(),
         )
         if self._own_tokens:
-            self._tokens = TokenProvider(self.credentials, self._http, s.request_timeout_s)
+            self._tokens = TokenProvider(
+                self.credentials,
+                self._http,
+                s.request_timeout_s,
+                proxy=s.proxy or environment_proxy(self.credentials.login_url),
+            )
         assert self._tokens is not None
         try:
-            await self._tokens.token()
+            token = await self._tokens.token()
         except BaseException:
             await self._http.close()
             raise
+        self._proxy = s.proxy or environment_proxy(token.instance_url)
         self.stats.token_requests = self._tokens.refreshes
         self._driver = asyncio.create_task(self._drive(), name="sfstream-streaming-client")
 
@@ -319,16 +344,16 @@ class StreamingClient:
         return self
 
     async def __anext__(self) -> StreamItem:
-        item = await self._queue.get()
-        depth = self._queue.qsize()
-        self.stats.queue_depth = depth
-        if depth < self.settings.max_pending_events // 2:
-            self._drained.set()
-        if isinstance(item, _End):
-            self._queue.put_nowait(item)  # every later read ends the same way
-            if self._error is not None:
-                raise self._error
-            raise StopAsyncIteration
+        if not self._buffer:
+            chunk = await self._queue.get()
+            if isinstance(chunk, _End):
+                self._queue.put_nowait(chunk)  # every later read ends the same way
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            self._buffer.extend(chunk)
+        item = self._buffer.popleft()
+        self._consumed(1)
         return item
 
     def take_nowait(self, limit: int) -> list[StreamItem]:
@@ -336,23 +361,41 @@ class StreamingClient:
 
         A failure or the end of the stream is left for the next `__anext__` to raise.
         """
-        queue = self._queue
         items: list[StreamItem] = []
-        while len(items) < limit and not queue.empty():
-            item = queue.get_nowait()
-            if isinstance(item, _End):
-                queue.put_nowait(item)  # left for the next __anext__ to raise
+        buffer = self._buffer
+        queue = self._queue
+        while len(items) < limit:
+            if buffer:
+                room = limit - len(items)
+                if len(buffer) <= room:
+                    items.extend(buffer)
+                    buffer.clear()
+                else:
+                    items.extend(buffer.popleft() for _ in range(room))
+                continue
+            if queue.empty():
                 break
-            items.append(item)
-        depth = queue.qsize()
-        self.stats.queue_depth = depth
-        if depth < self.settings.max_pending_events // 2:
-            self._drained.set()
+            chunk = queue.get_nowait()
+            if isinstance(chunk, _End):
+                queue.put_nowait(chunk)  # left for the next __anext__ to raise
+                break
+            if len(chunk) <= limit - len(items):
+                items.extend(chunk)
+            else:
+                buffer.extend(chunk)
+        self._consumed(len(items))
         return items
+
+    def _consumed(self, count: int) -> None:
+        self._queued -= count
+        self.stats.queue_depth = self._queued
+        if self._queued < self.settings.max_pending_events // 2:
+            self._drained.set()
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        """Items received and not yet taken by the consumer."""
+        return self._queued
 
     # -- the driver -------------------------------------------------------------------------
 
@@ -361,7 +404,7 @@ class StreamingClient:
         waits = _Waits(self._wake, self._drained)
         try:
             while not self.session.finished:
-                connect_allowed = self._queue.qsize() < self.settings.max_pending_events
+                connect_allowed = self._queued < self.settings.max_pending_events
                 self._launch(pending, connect_allowed)
                 if self.session.finished or (self.session.closing and not pending):
                     break
@@ -421,15 +464,32 @@ class StreamingClient:
         if self.stats.backpressure_waits == 1 or self.stats.backpressure_waits % 100 == 0:
             log.warning(
                 "backpressure",
-                queue_depth=self._queue.qsize(),
+                queue_depth=self._queued,
                 max_pending_events=self.settings.max_pending_events,
                 waits=self.stats.backpressure_waits,
             )
 
     async def _handle(self, step: Step) -> None:
-        queue = self._queue
-        for event in step.events:
-            queue.put_nowait(event)
+        """Queue the step's events and notices for the consumer, then act on the rest.
+
+        Events go into the queue before a session failure ends it, so that everything
+        received is still delivered.
+        """
+        chunk: list[StreamItem] = list(step.events)
+        deferred = self._handle_notices(step, chunk)
+        if chunk:
+            self._queued += len(chunk)
+            self._queue.put_nowait(chunk)
+        for notice in deferred:
+            if isinstance(notice, Reauthenticate):
+                await self._reauthenticate(notice)
+            else:
+                self._fail(notice.error)
+
+    def _handle_notices(
+        self, step: Step, chunk: list[StreamItem]
+    ) -> list[Reauthenticate | SessionFailed]:
+        deferred: list[Reauthenticate | SessionFailed] = []
         counters = self.session.counters
         self.stats.events = counters.events
         self.stats.duplicates = counters.duplicates
@@ -447,7 +507,7 @@ class StreamingClient:
                     fallback=notice.fallback,
                     error=notice.error.server_text,
                 )
-                queue.put_nowait(notice)
+                chunk.append(notice)
             elif isinstance(notice, SubscriptionLost):
                 log.error(
                     "subscription_lost",
@@ -459,7 +519,7 @@ class StreamingClient:
                 if waiter is not None and not waiter.done():
                     waiter.set_exception(notice.error)
                 else:
-                    queue.put_nowait(notice)
+                    chunk.append(notice)
             elif isinstance(notice, Recovering):
                 self.stats.reconnects += 1
                 log.warning(
@@ -474,10 +534,9 @@ class StreamingClient:
                 log.info(
                     "handshake", client_id=notice.client_id, rehandshakes=counters.rehandshakes
                 )
-            elif isinstance(notice, Reauthenticate):
-                await self._reauthenticate(notice)
-            elif isinstance(notice, SessionFailed):
-                self._fail(notice.error)
+            elif isinstance(notice, Reauthenticate | SessionFailed):
+                deferred.append(notice)
+        return deferred
 
     async def _reauthenticate(self, notice: Reauthenticate) -> None:
         assert self._tokens is not None
@@ -524,7 +583,7 @@ class StreamingClient:
                     url,
                     data=orjson.dumps(request.messages),
                     headers=headers,
-                    proxy=self.settings.proxy,
+                    proxy=self._proxy,
                 ) as response:
                     status = response.status
                     raw = await response.read()

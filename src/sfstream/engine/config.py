@@ -169,8 +169,10 @@ class SinkConfig(_Frozen):
 
 
 class BatchConfig(_Frozen):
-    max_records: int = Field(default=500, ge=1, le=100_000)
-    max_wait_ms: int = Field(default=200, ge=0, le=600_000)
+    max_records: int = Field(default=2000, ge=1, le=100_000)
+    max_wait_ms: int = Field(default=0, ge=0, le=600_000)
+    """How long a record may wait for more to join its batch. 0: write as soon as nothing
+    more is waiting (batches still grow under load, while the previous write runs)."""
     max_inflight: int = Field(default=2, ge=1, le=64)
     """Batches waiting for the sink before the receive loop slows down."""
 

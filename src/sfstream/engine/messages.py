@@ -12,6 +12,7 @@ Logs never go to stdout. Messages are serialized once, by `encode`, with orjson.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -81,6 +82,13 @@ Message = Record | StateMessage | GapMessage | SchemaMessage
 def encode(message: Message) -> bytes:
     """One line of output, without the newline."""
     return orjson.dumps(message)
+
+
+def encode_lines(messages: Iterable[Message]) -> bytes:
+    """Messages as JSON lines, each with its newline: what a sink writes."""
+    dumps = orjson.dumps
+    option = orjson.OPT_APPEND_NEWLINE
+    return b"".join([dumps(message, option=option) for message in messages])
 
 
 def decode(line: bytes) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from sfstream.state.base import StateStore
 
 log = structlog.get_logger("sfstream.engine")
 _DRAIN_LIMIT: Final = 5000
+_BACKPRESSURE_LOG_EVERY_S: Final = 10.0
 
 
 @dataclass(slots=True)
@@ -120,6 +121,8 @@ class Pipeline:
         self._lost: list[SubscriptionLost] = []
         self.schemas = schemas
         self._schema_cache: dict[str, tuple[object, Tracked | None]] = {}
+        self.backpressure = 0
+        self._backpressure_logged = -_BACKPRESSURE_LOG_EVERY_S
 
     # -- start ------------------------------------------------------------------------------
 
@@ -267,10 +270,18 @@ class Pipeline:
     async def _consume(self, items: list[StreamItem], batch: _Batch) -> _Batch:
         now = _now()
         max_records = self.settings.max_records
+        tracking = self.schemas is not None
+        cache = self._schema_cache
         for item in items:
             tracked = None
-            if self.schemas is not None and isinstance(item, Event):
-                tracked = await self._track_schema(item, batch)
+            if tracking and isinstance(item, Event):
+                route = self._route(item)
+                if route is not None:
+                    cached = cache.get(route[0].id)
+                    if cached is not None and cached[0] == item.data.get("schema"):
+                        tracked = cached[1]  # the common case: the schema seen last
+                    else:
+                        tracked = await self._track_schema(item, batch)
             self._take(item, batch, now, tracked)
             if batch.records >= max_records:
                 batch = await self._flush(batch)
@@ -369,11 +380,16 @@ class Pipeline:
         for stream, replay_id in batch.last.items():
             batch.messages.append(StateMessage(stream, replay_id))
         if self._batches.full():
-            log.warning(
-                "backpressure",
-                waiting_batches=self._batches.qsize(),
-                client_queue=self.client.queue_depth,
-            )
+            self.backpressure += 1
+            now = self._clock()
+            if now - self._backpressure_logged >= _BACKPRESSURE_LOG_EVERY_S:
+                self._backpressure_logged = now
+                log.warning(
+                    "backpressure",
+                    waiting_batches=self._batches.qsize(),
+                    client_queue=self.client.queue_depth,
+                    times=self.backpressure,
+                )
         await self._hand_over(batch)
         return _Batch()
 
@@ -392,17 +408,35 @@ class Pipeline:
         raise TerminalError(f"the sink writer stopped: {error!r}") from error
 
     async def _write_batches(self) -> None:
-        while True:
-            batch = await self._batches.get()
-            if batch is None:
-                return
-            await self.sink.write(batch.messages)
-            if batch.last:
-                await self.state.commit(batch.last)
-            for stream, replay_id in batch.last.items():
-                stats = self.stats[stream]
-                stats.checkpoint = replay_id
-                stats.checkpoints += 1
+        """Write each batch, then commit its checkpoints.
+
+        A batch's commit runs while the next batch is written: checkpoints still only move
+        over durably written records, and stay in order (each commit waits for the one
+        before). A crash between a write and its commit is covered at start-up by the sink's
+        high-water marks (or, for sinks that cannot tell, by at-least-once delivery).
+        """
+        committing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                batch = await self._batches.get()
+                if batch is None:
+                    break
+                await self.sink.write(batch.messages)
+                if committing is not None:
+                    await committing
+                    committing = None
+                if batch.last:
+                    committing = asyncio.create_task(self._commit(batch))
+        finally:
+            if committing is not None:
+                await committing
+
+    async def _commit(self, batch: _Batch) -> None:
+        await self.state.commit(batch.last)
+        for stream, replay_id in batch.last.items():
+            stats = self.stats[stream]
+            stats.checkpoint = replay_id
+            stats.checkpoints += 1
 
     async def _summaries(self) -> None:
         while True:

@@ -51,9 +51,10 @@ def mapper_for(spec: StreamSpec, run_id: str) -> Mapper:
                 "gap": isinstance(change_type, str) and change_type.startswith("GAP_"),
                 "run_id": run_id,
             }
-            if len(keys) > 1:
-                meta["merged_records"] = len(keys)
             replay_id = event.replay_id if event.replay_id is not None else 0
+            if len(keys) == 1:
+                return [Record(stream, _key(keys[0]), replay_id, payload, meta, now)]
+            meta["merged_records"] = len(keys)
             return [Record(stream, _key(key), replay_id, payload, meta, now) for key in keys]
 
         return change_records

@@ -20,7 +20,7 @@ import structlog
 from sfstream.engine.config import load_config
 from sfstream.errors import SfStreamError
 from sfstream.observability import configure_logging
-from sfstream.runners.connector import Connector, new_run_id
+from sfstream.runners.connector import Connector, new_run_id, tune_garbage_collector
 
 log = structlog.get_logger("sfstream.lambda")
 DEFAULT_MARGIN_S = 20.0
@@ -44,6 +44,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         }
     margin_s = float(os.environ.get("SFSTREAM_LAMBDA_MARGIN_S", DEFAULT_MARGIN_S))
     budget_s = context.get_remaining_time_in_millis() / 1000 - margin_s
+    tune_garbage_collector()
     return asyncio.run(run_until(str(config_path), run_id, budget_s))
 
 

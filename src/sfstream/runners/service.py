@@ -19,7 +19,7 @@ import structlog
 
 from sfstream.engine.config import Config
 from sfstream.errors import ConfigError, SfStreamError
-from sfstream.runners.connector import Connector
+from sfstream.runners.connector import Connector, tune_garbage_collector
 
 log = structlog.get_logger("sfstream.service")
 
@@ -58,6 +58,7 @@ async def serve(
             loop.add_signal_handler(sig, on_signal, sig)
     if early_signals:
         stop.set()  # a signal between the check above and the handlers' installation
+    tune_garbage_collector()
     with structlog.contextvars.bound_contextvars(run_id=run_id):
         try:
             return await _run(config, run_id, stop, forced)

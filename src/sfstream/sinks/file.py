@@ -39,7 +39,7 @@ from typing import Final, Literal
 
 import structlog
 
-from sfstream.engine.messages import Message, encode
+from sfstream.engine.messages import Message, encode_lines
 from sfstream.errors import StorageError
 from sfstream.sinks._io import run_blocking
 from sfstream.sinks._jsonl import (
@@ -134,7 +134,7 @@ class FileSink:
         """
         # Encoded here, before any I/O: the worker thread never touches the caller's objects,
         # and an unencodable message fails the batch before a byte is written.
-        data = b"".join([encode(message) + b"\n" for message in messages])
+        data = encode_lines(messages)
         await run_blocking(self._name, "write to", lambda: self._write_sync(data))
 
     async def high_watermarks(self, streams: Iterable[str]) -> dict[str, int]:

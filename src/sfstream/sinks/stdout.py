@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import BinaryIO
 
-from sfstream.engine.messages import Message, encode
+from sfstream.engine.messages import Message, encode_lines
 from sfstream.errors import StorageError
 from sfstream.sinks._io import run_blocking
 
@@ -60,7 +60,7 @@ class StdoutSink:
                 refuses the write, or the sink is closed.
             StorageUnavailableError: the stream reported a transient condition.
         """
-        data = b"".join([encode(message) + b"\n" for message in messages])
+        data = encode_lines(messages)
         await run_blocking(self._name, "write to", lambda: self._write_sync(data))
 
     async def high_watermarks(self, streams: Iterable[str]) -> dict[str, int]:
