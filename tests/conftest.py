@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from sfstream.emulator import Emulator
 from sfstream.engine.config import Config, load_config
 
 pytest_plugins = ["sfstream.testing.fixtures"]
+
+# `make fuzz` runs tests/fuzz under this profile: 100 times the default number of examples
+# (tests/fuzz/budget.py scales each fuzz test's budget by the same ratio).
+hypothesis_settings.register_profile(
+    "fuzz", max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 MakeConfig = Callable[..., Awaitable[Config]]
 

@@ -241,7 +241,27 @@ def _overlay_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
                 existing = {}
                 target[part] = existing
             target = existing
-        target[path[-1]] = yaml.safe_load(value) if value else value
+        target[path[-1]] = _env_value(name, value)
+
+
+# PyYAML raises more than YAMLError on hostile input: ValueError for scalars it cannot convert
+# (an unquoted `2024-02-30`, an int past Python's 4,300-digit limit), RecursionError for
+# deeply nested collections.
+_YAML_FAILURES = (yaml.YAMLError, ValueError, RecursionError)
+
+
+def _env_value(name: str, value: str) -> Any:
+    """An `SFSTREAM_*` value, read as YAML (`100`, `true`, `[a, b]`); empty stays empty."""
+    if not value:
+        return value
+    try:
+        return yaml.safe_load(value)
+    except _YAML_FAILURES as exc:
+        # The value itself may be a secret: only the variable is named.
+        raise ConfigError(
+            f"environment variable {name} is not a valid YAML value "
+            f"({type(exc).__name__}); quote it to pass a string"
+        ) from None
 
 
 def _secrets_store(raw: dict[str, Any], base_dir: Path) -> SecretsStore:
@@ -302,10 +322,18 @@ async def load_config(path: str | Path, environ: Mapping[str, str] | None = None
         text = await asyncio.to_thread(file.read_text, encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file} is not UTF-8 text (byte {exc.start})") from None
+    except ValueError as exc:  # a path with a NUL byte
+        raise ConfigError(f"cannot read config file {str(file)!r}: {exc}") from None
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file} is not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{file} is not valid YAML: nested too deeply") from None
+    except ValueError as exc:
+        raise ConfigError(f"{file} is not valid YAML: a value cannot be read: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: the configuration is a mapping at the top level")
     _overlay_env(raw, os.environ if environ is None else environ)

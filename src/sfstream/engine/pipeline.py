@@ -73,8 +73,8 @@ class _Batch:
 
 @dataclass(frozen=True, slots=True)
 class PipelineSettings:
-    max_records: int = 500
-    max_wait_s: float = 0.2
+    max_records: int = 2000
+    max_wait_s: float = 0.0
     max_inflight: int = 2
     summary_interval_s: float = 60.0
     continue_on_subscription_lost: bool = False
@@ -395,6 +395,11 @@ class Pipeline:
 
     async def _hand_over(self, batch: _Batch | None) -> None:
         """Queue a batch for the writer, unless the writer has failed (then raise its error)."""
+        if self._writer.done():
+            self._writer_failed()
+        if not self._batches.full():
+            self._batches.put_nowait(batch)
+            return
         put = asyncio.ensure_future(self._batches.put(batch))
         done, _ = await asyncio.wait({put, self._writer}, return_when=asyncio.FIRST_COMPLETED)
         if put not in done:
@@ -421,12 +426,24 @@ class Pipeline:
                 batch = await self._batches.get()
                 if batch is None:
                     break
+                # Group commit: batches that queued up while the sink was busy share one write.
+                ended = False
+                while not self._batches.empty():
+                    more = self._batches.get_nowait()
+                    if more is None:
+                        ended = True
+                        break
+                    batch.messages.extend(more.messages)
+                    batch.last.update(more.last)
+                    batch.records += more.records
                 await self.sink.write(batch.messages)
                 if committing is not None:
                     await committing
                     committing = None
                 if batch.last:
                     committing = asyncio.create_task(self._commit(batch))
+                if ended:
+                    break
         finally:
             if committing is not None:
                 await committing

@@ -70,6 +70,13 @@ class FileSecretsStore:
             text = self.path.read_text(encoding="utf-8")
         except OSError as exc:
             raise SecretError(f"cannot read secrets file {self.path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            # Only the position: the bytes around it may be a secret.
+            raise SecretError(
+                f"secrets file {self.path} is not UTF-8 text (byte {exc.start})"
+            ) from exc
+        except ValueError as exc:  # a path with a NUL byte
+            raise SecretError(f"cannot read secrets file {str(self.path)!r}: {exc}") from exc
         self._values = _parse(text, self.path)
         return self._values
 

@@ -36,6 +36,7 @@ import os
 import platform
 import random
 import secrets
+import shutil
 import signal
 import sys
 import time
@@ -49,6 +50,7 @@ import orjson
 import yaml
 
 from sfstream.emulator import ChaosSettings, Emulator, EmulatorSettings
+from sfstream.errors import ConfigError
 from sfstream.salesforce.channels import ChannelKind, parse_channel, stream_id
 from sfstream.state import SqliteStateStore
 
@@ -78,27 +80,10 @@ _CONFIG_FILE: Final = "sfstream.yaml"
 _SINK_FILE: Final = "records.jsonl"
 _STATE_FILE: Final = "state.db"
 _LOG_DIR: Final = "logs"
+_MARKER: Final = ".sfstream-chaos"
 _POLL_S: Final = 0.25
-_LOG_EVENTS: Final = (
-    "run_started",
-    "handshake",
-    "reconnecting",
-    "reauthenticating",
-    "token_refresh_failed",
-    "backpressure",
-    "sink_ahead_of_checkpoint",
-    "sink.file.torn_tail_repaired",
-    "replay_gap",
-    "gap",
-    "subscription_lost",
-    "session_failed",
-    "run_failed",
-    "shutdown_timeout",
-    "run_stopped",
-)
-"""Connector log events reported by name (every event is counted; these are shown)."""
 
-# Required fields of the objects and events the publisher knows how to raise.
+# Required fields of the objects and events the publisher raises, and a field to update.
 _RECORD_VALUES: Final[Mapping[str, Callable[[int], dict[str, Any]]]] = {
     "Account": lambda n: {"Name": f"Chaos Account {n}", "Industry": "Energy"},
     "Contact": lambda n: {"LastName": f"Chaos {n}", "FirstName": "Contact"},
@@ -109,6 +94,12 @@ _RECORD_VALUES: Final[Mapping[str, Callable[[int], dict[str, Any]]]] = {
         "Amount": n % 250_000,
     },
     "Employee__c": lambda n: {"Name": f"Chaos Employee {n}", "Level__c": n % 10},
+}
+_UPDATE_FIELD: Final = {
+    "Account": "Description",
+    "Contact": "Title",
+    "Opportunity": "NextStep",
+    "Employee__c": "First_Name__c",
 }
 _EVENT_VALUES: Final[Mapping[str, Callable[[int], dict[str, Any]]]] = {
     "Order_Placed__e": lambda n: {"Order_Number__c": f"O-{n}", "Amount__c": n % 1000 + 0.5},
@@ -136,8 +127,8 @@ class ChaosPlan:
     """What a chaos run does.
 
     Attributes:
-        workdir: where the configuration, sink, state and logs go (created; reused files
-            are removed first).
+        workdir: where the configuration, sink, state and logs go: an empty or new
+            directory, or one an earlier chaos run used (it is emptied first).
         events: how many events to publish, spread over `channels`.
         duration_s: how long publishing takes (a steady rate); the kills fall in it.
         kills: how many times the connector is SIGKILLed (and restarted).
@@ -448,6 +439,8 @@ class ChaosReport:
     gaps: int = 0
     truncations: int = 0
     unknown_streams: int = 0
+    kills_while_streaming: int = 0
+    """Kills of a run that had logged `run_started` (the others hit one still starting)."""
     kill_checks: int = 0
     checkpoint_violations: list[str] = field(default_factory=list)
     """Moments where a checkpoint was ahead of the sink (after a kill), or a final
@@ -551,6 +544,7 @@ class ChaosReport:
             "streams": [s.as_json() for s in self.streams],
             "connector": {
                 "kills": self.kills,
+                "kills_while_streaming": self.kills_while_streaming,
                 "runs": self.runs,
                 "unexpected_exits": self.unexpected_exits,
                 "final_exit_code": self.final_exit_code,
@@ -593,7 +587,8 @@ class ChaosReport:
             f"published {self.published:,} events on {len(self.streams)} streams, "
             f"delivered {self.delivered:,}; lost {self.lost}, duplicates {self.duplicates}, "
             f"out of order {self.out_of_order}, gaps {self.gaps}",
-            f"connector: {self.kills} SIGKILLs, {self.runs} runs, final stop exit "
+            f"connector: {self.kills} SIGKILLs ({self.kills_while_streaming} of a running run, the "
+            f"others of one still starting), {self.runs} runs, final stop exit "
             f"{self.final_exit_code}, unexpected exits {self.unexpected_exits or 'none'}",
             f"faults injected: {faults}",
             f"connector recoveries: {self.reconnects} reconnects, "
@@ -625,7 +620,10 @@ class ChaosReport:
 
 def _publisher_for(channel: str) -> tuple[str, str]:
     """("record", entity) or ("event", name) for a channel the publisher can feed."""
-    info = parse_channel(channel)
+    try:
+        info = parse_channel(channel)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from exc
     if info.kind is ChannelKind.CHANGE_EVENTS and info.entity in _RECORD_VALUES:
         return "record", info.entity
     if info.kind is ChannelKind.PLATFORM_EVENT and info.entity in _EVENT_VALUES:
@@ -668,7 +666,7 @@ class _Publisher:
         existing = self._records.setdefault(name, [])
         if existing and self._rng.random() < 0.3:
             record_id = self._rng.choice(existing)
-            self._emu.update_record(name, record_id, {"Description": f"update {number}"})
+            self._emu.update_record(name, record_id, {_UPDATE_FIELD[name]: f"update {number}"})
             return
         existing.append(self._emu.create_record(name, _RECORD_VALUES[name](number)))
 
@@ -682,6 +680,8 @@ class _Connector:
         self.process: asyncio.subprocess.Process | None = None
         self.runs = 0
         self.logs: list[Path] = []
+        self.stderr = plan.workdir / _LOG_DIR / "none"
+        """The current run's stderr."""
         self._document: dict[str, Any] = {}
         env = {k: v for k, v in os.environ.items() if not k.startswith("SFSTREAM_")}
         env["PYTHONUNBUFFERED"] = "1"
@@ -701,6 +701,7 @@ class _Connector:
         stdout_path = logs / f"run-{self.runs:02d}.stdout"
         stderr_path = logs / f"run-{self.runs:02d}.stderr"
         self.logs += [stdout_path, stderr_path]
+        self.stderr = stderr_path
         self.runs += 1
         with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
             self.process = await asyncio.create_subprocess_exec(
@@ -766,14 +767,21 @@ def _published_ids(emu: Emulator, channel: str, limit: int) -> list[int]:
 
 
 def _prepare(workdir: Path) -> None:
+    """Create `workdir`, or empty it if an earlier chaos run left it (and nothing else)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    for name in (_CONFIG_FILE, _SECRETS_FILE, _SINK_FILE, _STATE_FILE):
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            (workdir / (name + suffix)).unlink(missing_ok=True)
-    logs = workdir / _LOG_DIR
-    logs.mkdir(exist_ok=True)
-    for old in logs.glob("run-*"):
-        old.unlink()
+    marker = workdir / _MARKER
+    children = list(workdir.iterdir())
+    if children and not marker.exists():
+        raise ValueError(
+            f"{workdir} holds files of something else than a chaos run; pick an empty directory"
+        )
+    for child in children:
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    marker.touch()
+    (workdir / _LOG_DIR).mkdir()
 
 
 def _output_files(workdir: Path) -> list[Path]:
@@ -853,6 +861,8 @@ class _ChaosRun:
             await self._run_until(begin + moment)
             await connector.kill()
             report.kills += 1
+            if b'"run_started"' in connector.stderr.read_bytes():
+                report.kills_while_streaming += 1
             self.audit.ingest()
             await self._check_after_kill(number)
             self.note(
