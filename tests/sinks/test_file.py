@@ -20,12 +20,13 @@ from sfstream.testing.sinks import SINK_CHECKS, SinkCheck, check_sink, decode_js
 class FileHarness:
     """Sinks on one file; read back from the file's bytes, not through the sink."""
 
-    def __init__(self, path: Path, block_bytes: int = 64 * 1024) -> None:
+    def __init__(self, path: Path, block_bytes: int = 64 * 1024, *, inline: bool = False) -> None:
         self.path = path
         self.block_bytes = block_bytes
+        self.inline = inline
 
     async def open(self) -> Sink:
-        return FileSink(self.path, block_bytes=self.block_bytes)
+        return FileSink(self.path, block_bytes=self.block_bytes, inline_writes=self.inline)
 
     async def read_back(self) -> list[dict[str, Any]]:
         return decode_json_lines(self.path.read_bytes()) if self.path.exists() else []
@@ -40,9 +41,10 @@ def lines(messages: list[Message]) -> bytes:
     return b"".join(encode(m) + b"\n" for m in messages)
 
 
+@pytest.mark.parametrize("inline", [False, True], ids=["thread-writes", "inline-writes"])
 @pytest.mark.parametrize(("name", "check"), SINK_CHECKS, ids=[name for name, _ in SINK_CHECKS])
-async def test_conformance(name: str, check: SinkCheck, tmp_path: Path) -> None:
-    await check(FileHarness(tmp_path / "out.jsonl"))
+async def test_conformance(name: str, check: SinkCheck, inline: bool, tmp_path: Path) -> None:
+    await check(FileHarness(tmp_path / "out.jsonl", inline=inline))
 
 
 async def test_whole_suite_on_one_file_with_small_blocks(tmp_path: Path) -> None:

@@ -22,10 +22,12 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "checkpoints.db"
 
 
-@pytest.fixture
-def factory(db_path: Path) -> StoreFactory:
+@pytest.fixture(params=[False, True], ids=["thread-commits", "inline-commits"])
+def factory(db_path: Path, request: pytest.FixtureRequest) -> StoreFactory:
+    inline: bool = request.param
+
     async def make() -> StateStore:
-        return SqliteStateStore(db_path)
+        return SqliteStateStore(db_path, inline_commits=inline)
 
     return make
 

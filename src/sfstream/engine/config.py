@@ -183,6 +183,10 @@ class RuntimeConfig(_Frozen):
     shutdown_timeout_s: float = Field(default=20.0, gt=0)
     on_subscription_lost: Literal["fail", "continue"] = "fail"
     """End the run (exit 1) when a subscription fails for good, or keep the others going."""
+    disk_io: Literal["inline", "thread"] = "inline"
+    """Where the file sink's write + fsync and the SQLite checkpoint commit run: on the event
+    loop (no thread hand-off: the lowest latency) or in a worker thread (the loop goes on
+    receiving while the disk works: for slow or network file systems)."""
 
 
 class LoggingConfig(_Frozen):

@@ -55,7 +55,7 @@ def open_state(config: Config) -> StateStore:
         return PostgresStateStore(config.state.dsn.get_secret_value())
     from sfstream.state import SqliteStateStore
 
-    return SqliteStateStore(config.state.path)
+    return SqliteStateStore(config.state.path, inline_commits=config.runtime.disk_io == "inline")
 
 
 def open_sink(config: Config) -> Sink:
@@ -63,7 +63,7 @@ def open_sink(config: Config) -> Sink:
 
     if config.sink.type == "file":
         assert config.sink.path is not None
-        return FileSink(config.sink.path)
+        return FileSink(config.sink.path, inline_writes=config.runtime.disk_io == "inline")
     return StdoutSink()
 
 

@@ -80,8 +80,10 @@ def translate_os_errors(target: str, action: str) -> Iterator[None]:
         raise storage_error(exc, target, action) from exc
 
 
-async def run_blocking(target: str, action: str, function: Callable[[], T]) -> T:
-    """Run `function` in a worker thread, translating its OS errors.
+async def run_blocking(
+    target: str, action: str, function: Callable[[], T], *, inline: bool = False
+) -> T:
+    """Run `function` in a worker thread (or on the caller's thread), translating OS errors.
 
     Cancelling the caller does not stop the thread: the sinks therefore hold a
     `threading.Lock` inside `function`, so that an abandoned call still finishes before the
@@ -91,6 +93,10 @@ async def run_blocking(target: str, action: str, function: Callable[[], T]) -> T
         target: what `function` works on, for error messages.
         action: what it does, for error messages.
         function: the blocking work.
+        inline: run it on the event loop's thread: no hand-off to a worker (the lowest
+            latency), but the loop waits for it.
     """
     with translate_os_errors(target, action):
+        if inline:
+            return function()
         return await asyncio.to_thread(function)

@@ -66,16 +66,24 @@ class FileSink:
     Args:
         path: the file; created (mode 0644 less the umask) when missing.
         block_bytes: how much `high_watermarks` and the tail repair read at a time.
+        inline_writes: `write` appends and fsyncs on the event loop's thread instead of a
+            worker thread: no thread hand-off per batch (the lowest latency), but the loop
+            waits for the disk. Opening, scanning and closing always use a worker thread.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, block_bytes: int = DEFAULT_BLOCK_BYTES
+        self,
+        path: str | os.PathLike[str],
+        *,
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+        inline_writes: bool = False,
     ) -> None:
         if block_bytes < 1:
             raise ValueError("block_bytes must be positive")
         self._path = Path(path)
         self._name = str(self._path)
         self._block_bytes = block_bytes
+        self._inline_writes = inline_writes
         # Held by the worker thread for every file operation, so that a call abandoned by a
         # cancelled caller finishes before the next one starts.
         self._lock = threading.Lock()
@@ -135,7 +143,9 @@ class FileSink:
         # Encoded here, before any I/O: the worker thread never touches the caller's objects,
         # and an unencodable message fails the batch before a byte is written.
         data = encode_lines(messages)
-        await run_blocking(self._name, "write to", lambda: self._write_sync(data))
+        await run_blocking(
+            self._name, "write to", lambda: self._write_sync(data), inline=self._inline_writes
+        )
 
     async def high_watermarks(self, streams: Iterable[str]) -> dict[str, int]:
         """The highest replayId in the file per stream, from its RECORD and STATE lines.
@@ -154,7 +164,7 @@ class FileSink:
         """Release the file and its lock; idempotent. Written data is already durable."""
         await run_blocking(self._name, "close", self._close_sync)
 
-    # Everything below runs in a worker thread.
+    # Everything below runs in a worker thread (`_write_sync` on the loop with `inline_writes`).
 
     def _open_sync(self) -> None:
         with self._lock:
