@@ -241,6 +241,7 @@ def write_sfstream_config(
     streams: Sequence[dict[str, Any]],
     *,
     batch: dict[str, Any] | None = None,
+    runtime: dict[str, Any] | None = None,
     level: str = "info",
 ) -> Path:
     """An `sfstream run` configuration: file sink and SQLite state in `directory`."""
@@ -271,6 +272,9 @@ def write_sfstream_config(
     if batch:
         lines.append("batch:")
         lines += [f"  {key}: {value}" for key, value in batch.items()]
+    if runtime:
+        lines.append("runtime:")
+        lines += [f"  {key}: {value}" for key, value in runtime.items()]
     lines += ["logging:", f"  level: {level}", "  format: json", ""]
     path = directory / "sfstream.yaml"
     path.write_text("\n".join(lines))

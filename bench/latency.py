@@ -6,10 +6,14 @@ The emulator runs inside this process (`Emulator(...)`) and a publisher task pub
 carries its publish time (CLOCK_MONOTONIC ns, taken just before the publish call) in
 `Notes__c`. The consumer runs as a subprocess and writes to a file:
 
-- `sfstream` (default batching: 500 records or 200 ms) and `sfstream-eager` (the same with
-  `batch.max_wait_ms: 0`: a batch is cut as soon as nothing more is waiting): `sfstream run`
-  with the file sink and SQLite checkpoints, through bench/consumers/sfstream_probe.py,
-  which notes when each `FileSink.write` returned (the batch is appended and fsynced);
+- `sfstream`: `sfstream run` with its defaults (a batch is written as soon as nothing more
+  is waiting; the file sink's write + fsync and the SQLite commit on the event loop), the
+  file sink and SQLite checkpoints, through bench/consumers/sfstream_probe.py, which notes
+  when each `FileSink.write` returned (the batch is appended and fsynced);
+- `sfstream-thread-io`: the same with `runtime.disk_io: thread` (a worker thread per write
+  and per commit);
+- `sfstream-batched`: the same with `batch.max_records: 500, max_wait_ms: 200` (fewer,
+  larger writes; the latency a batching window costs);
 - `raw-fsync`: the floor, bench/consumers/raw_floor.py writing and fsyncing each response's
   events before the next poll and noting when that returned.
 
@@ -76,31 +80,11 @@ WORK = Path(tempfile.gettempdir()) / f"sfstream-bench-latency-{os.getpid()}"
 CONSUMERS = ROOT / "bench" / "consumers"
 VARIANTS: dict[str, dict[str, Any]] = {
     "sfstream": {"kind": "sfstream", "batch": None},
-    "sfstream-eager": {"kind": "sfstream", "batch": {"max_wait_ms": 0}},
+    "sfstream-thread-io": {"kind": "sfstream", "batch": None, "runtime": {"disk_io": "thread"}},
+    "sfstream-batched": {"kind": "sfstream", "batch": {"max_records": 500, "max_wait_ms": 200}},
     "raw-fsync": {"kind": "raw", "batch": None},
-    # An experiment, not sfstream as shipped: sfstream-eager with aiohttp's trust_env off.
-    "experiment-eager-no-trust-env": {
-        "kind": "sfstream",
-        "batch": {"max_wait_ms": 0},
-        "env": {"SFSTREAM_PROBE_EXPERIMENT": "no-trust-env"},
-    },
 }
-VARIANTS["experiment-eager-no-thread-hops"] = {
-    "kind": "sfstream",
-    "batch": {"max_wait_ms": 0},
-    "env": {"SFSTREAM_PROBE_EXPERIMENT": "no-trust-env,inline-io"},
-}
-VARIANTS["experiment-eager-switch-interval"] = {
-    "kind": "sfstream",
-    "batch": {"max_wait_ms": 0},
-    "env": {"SFSTREAM_PROBE_EXPERIMENT": "switch-interval"},
-}
-VARIANTS["experiment-eager-no-trust-env-switch-interval"] = {
-    "kind": "sfstream",
-    "batch": {"max_wait_ms": 0},
-    "env": {"SFSTREAM_PROBE_EXPERIMENT": "no-trust-env,switch-interval"},
-}
-DEFAULT_VARIANTS = ("sfstream", "sfstream-eager", "raw-fsync")
+DEFAULT_VARIANTS = ("sfstream", "sfstream-thread-io", "sfstream-batched", "raw-fsync")
 
 
 def consumer_argv(variant: str, url: str, directory: Path) -> list[str]:
@@ -114,7 +98,9 @@ def consumer_argv(variant: str, url: str, directory: Path) -> list[str]:
             *("--probe", str(probe)),
         ]
     stream = {"channel": CHANNEL, "key_field": "Order_Number__c", "initial_replay": "earliest"}
-    config = write_sfstream_config(directory, url, [stream], batch=spec["batch"])
+    config = write_sfstream_config(
+        directory, url, [stream], batch=spec["batch"], runtime=spec.get("runtime")
+    )
     return [
         PYTHON,
         str(CONSUMERS / "sfstream_probe.py"),
@@ -367,15 +353,10 @@ def docs_section(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     names = {
-        "sfstream": "**sfstream run**, default batching (500 records / 200 ms)",
-        "sfstream-eager": "sfstream run, `batch.max_wait_ms: 0`",
+        "sfstream": "**sfstream run** (defaults)",
+        "sfstream-thread-io": "sfstream run, `runtime.disk_io: thread`",
+        "sfstream-batched": "sfstream run, `batch.max_records: 500, max_wait_ms: 200`",
         "raw-fsync": "raw floor: write + fsync per response",
-        "experiment-eager-no-trust-env": "experiment: eager, aiohttp `trust_env=False`",
-        "experiment-eager-no-thread-hops": "experiment: eager, no `trust_env`, sink and "
-        "SQLite on the loop thread",
-        "experiment-eager-switch-interval": "experiment: eager, GIL switch interval 0.5 ms",
-        "experiment-eager-no-trust-env-switch-interval": "experiment: eager, no `trust_env`, "
-        "GIL switch interval 0.5 ms",
     }
     for variant, row in result["summary"].items():
         rows.append(
@@ -452,7 +433,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
 async def profile_runs(variants: list[str], args: argparse.Namespace) -> dict[str, Any]:
     """A shorter run (20 s at most) of each sfstream variant under py-spy, not counted."""
     profiles = {}
-    for variant in [v for v in variants if v in ("sfstream", "sfstream-eager")]:
+    for variant in [v for v in variants if v == "sfstream"]:
         raw = ROOT / "bench" / "results" / f"profile_latency_{variant}.txt"
         await run_variant(variant, args.rate, min(args.duration, 20), args.warmup, profile_to=raw)
         profiles[variant] = summarize_profile(raw)
@@ -465,7 +446,7 @@ def profile_only(args: argparse.Namespace) -> None:
     result = json.loads(path.read_text())
     args.rate, args.duration, args.warmup = result["rate"], result["duration_s"], result["warmup_s"]
     try:
-        result["profile"] = asyncio.run(profile_runs(["sfstream", "sfstream-eager"], args))
+        result["profile"] = asyncio.run(profile_runs(["sfstream"], args))
     finally:
         shutil.rmtree(WORK, ignore_errors=True)
     result["profile_machine"] = machine()
@@ -511,7 +492,7 @@ def main() -> None:
     runs = outcome["runs"]
     summary = summarize(runs)
     targets = {}
-    for variant in ("sfstream", "sfstream-eager"):
+    for variant in ("sfstream",):
         if variant in summary:
             p99, p50 = summary[variant]["durable_p99_ms"], summary[variant]["durable_p50_ms"]
             targets[f"{variant} p99 <= 25 ms"] = {"value": p99, "met": p99 <= 25}

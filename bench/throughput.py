@@ -287,8 +287,9 @@ def docs_section(result: dict[str, Any]) -> str:
         "user + sys (`os.wait4`, threads included), the median of "
         f"{result['rounds']} alternated runs; the fixed cost is the median of runs that "
         "start, log in, subscribe and stop without an event, and the marginal figure "
-        "subtracts it. sfstream runs with its defaults (batches of 500 records or 200 ms, "
-        "file sink fsynced and SQLite checkpoint committed after every batch).",
+        "subtracts it. sfstream runs with its defaults (a batch of up to 2,000 records is "
+        "written as soon as nothing more is waiting; the file sink fsynced and the SQLite "
+        "checkpoint committed after every batch).",
         "",
         *rows,
         "",
