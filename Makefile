@@ -12,7 +12,7 @@ help:
 	@echo "make demo      run the connector end to end against the bundled emulator"
 	@echo "make test      lint, type-check and run the test suite"
 	@echo "make emulator  start the Salesforce emulator on port 8787"
-	@echo "make bench     run the benchmarks under bench/ (about 13 minutes)"
+	@echo "make bench     run the benchmarks under bench/ (about 15 minutes)"
 	@echo "make chaos     100,000 events under seeded faults and 20 SIGKILLs, then an audit"
 	@echo "make fuzz      the hypothesis fuzz tests (tests/fuzz) with many more examples"
 
@@ -49,7 +49,7 @@ demo: $(STAMP)
 emulator: $(STAMP)
 	$(BIN)/sfstream emulator --port 8787
 
-# About 13 minutes on 2 cores (the docs' latency figures use --rounds 3); each script takes
+# About 15 minutes on 2 cores; each script takes
 # --quick for a smoke run. py-spy is only for the profiles (--profile), so it is installed
 # here rather than declared in pyproject.toml.
 bench: $(STAMP)

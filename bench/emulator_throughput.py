@@ -23,10 +23,7 @@ import asyncio
 import json
 import os
 import platform
-import re
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,32 +31,11 @@ from typing import Any
 import aiohttp
 import orjson
 
+from benchlib import start_emulator
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 CHANNEL = "/data/AccountChangeEvent"
-
-
-def start_emulator() -> tuple[subprocess.Popen[str], str]:
-    command = [
-        sys.executable,
-        "-m",
-        "sfstream.cli",
-        "emulator",
-        "--port",
-        "0",
-        "--poll-timeout",
-        "5",
-        "--seed",
-        "1",
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    match = re.search(r"listening on (\S+)", line)
-    if match is None:
-        process.kill()
-        raise SystemExit(f"emulator did not start: {line!r}")
-    return process, match.group(1)
 
 
 async def token(http: aiohttp.ClientSession, base: str) -> str:

@@ -485,5 +485,6 @@ class Pipeline:
 
 
 def _now() -> str:
-    moment = datetime.now(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """UTC now as `2024-05-01T12:00:00.123Z`."""
+    # isoformat: several times faster than strftime, and this runs for every chunk of events.
+    return datetime.now(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
