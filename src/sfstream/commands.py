@@ -89,7 +89,9 @@ def run(config_path: Path, run_id: str | None) -> None:
         # Until the event loop takes over, a stop request is remembered, not fatal.
         signal.signal(sig, lambda signum, _frame: early.append(signum))
     config = load(config_path)
-    sys.exit(asyncio.run(serve(config, run_id or new_run_id(), early_signals=early)))
+    sys.exit(
+        asyncio.run(serve(config, run_id or new_run_id(), early_signals=early, exit_process=True))
+    )
 
 
 @click.command()

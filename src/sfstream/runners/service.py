@@ -2,7 +2,11 @@
 
 Runs until SIGTERM or SIGINT, then stops polling, writes what was received, commits,
 disconnects and exits 0 within `runtime.shutdown_timeout_s`. A second signal, or a shutdown
-that takes longer, exits at once: whatever was not committed is delivered again next time.
+that takes longer, exits 1 at once: whatever was not committed is delivered again next time.
+When the process is ours (`exit_process`, as under `sfstream run`), a teardown that still
+hangs after that (a worker thread blocked on a stdout reader that stopped reading, or on a
+hung file system, keeps the interpreter from exiting) ends with `os._exit(1)` after
+`LAST_RESORT_S`: committed checkpoints are already durable, so nothing is lost.
 
 Exit codes: 0 stopped cleanly, 1 terminal error, 2 configuration error.
 """
@@ -14,6 +18,8 @@ import contextlib
 import os
 import signal
 import sys
+import threading
+from typing import Final
 
 import structlog
 
@@ -26,6 +32,8 @@ log = structlog.get_logger("sfstream.service")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+LAST_RESORT_S: Final = 5.0
+"""How long a forced stop may spend tearing down before the process exits regardless."""
 
 
 async def serve(
@@ -33,10 +41,13 @@ async def serve(
     run_id: str,
     stop: asyncio.Event | None = None,
     early_signals: list[int] | None = None,
+    *,
+    exit_process: bool = False,
 ) -> int:
     """Run the connector until stopped; returns the process exit code.
 
-    `early_signals` holds stop requests that arrived before the event loop ran.
+    `early_signals` holds stop requests that arrived before the event loop ran. With
+    `exit_process`, a forced stop whose teardown hangs ends the process (see the module).
     """
     stop = stop or asyncio.Event()
     if early_signals:
@@ -61,14 +72,21 @@ async def serve(
     tune_garbage_collector()
     with structlog.contextvars.bound_contextvars(run_id=run_id):
         try:
-            return await _run(config, run_id, stop, forced)
+            return await _run(config, run_id, stop, forced, exit_process=exit_process)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
 
 
-async def _run(config: Config, run_id: str, stop: asyncio.Event, forced: asyncio.Event) -> int:
+async def _run(
+    config: Config,
+    run_id: str,
+    stop: asyncio.Event,
+    forced: asyncio.Event,
+    *,
+    exit_process: bool,
+) -> int:
     try:
         async with Connector(config, run_id) as connector:
             task = asyncio.create_task(connector.run(stop))
@@ -82,9 +100,14 @@ async def _run(config: Config, run_id: str, stop: asyncio.Event, forced: asyncio
                     timeout_s=config.runtime.shutdown_timeout_s,
                     note="events not yet committed will be delivered again",
                 )
+                if exit_process:
+                    _arm_last_resort(EXIT_FAILED, LAST_RESORT_S)
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, SfStreamError):
-                    await task
+                # A task stuck behind a blocked worker thread may not finish: wait a little.
+                await asyncio.wait({task}, timeout=LAST_RESORT_S)
+                if task.done() and not task.cancelled():
+                    with contextlib.suppress(SfStreamError):
+                        task.result()
                 return EXIT_FAILED
             deadline.cancel()
             result = task.result()
@@ -108,6 +131,20 @@ async def _shutdown_deadline(stop: asyncio.Event, forced: asyncio.Event, timeout
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout_s):
             await forced.wait()
+
+
+def _arm_last_resort(code: int, after_s: float) -> None:
+    """Exit the process with `code` in `after_s` seconds unless it has exited by then."""
+
+    def fire() -> None:
+        log.error("exit_forced", after_s=after_s, note="the teardown did not finish")
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(code)
+
+    timer = threading.Timer(after_s, fire)
+    timer.daemon = True
+    timer.start()
 
 
 def _stdout_gone(error: SfStreamError) -> bool:

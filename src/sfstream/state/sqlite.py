@@ -22,6 +22,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -223,8 +224,25 @@ def _make_private(path: Path) -> None:
     os.chmod(path, _PRIVATE)
 
 
+def _journal_mode_wal(conn: sqlite3.Connection) -> str:
+    """Switch to WAL, waiting out another connection that is doing the same.
+
+    SQLite answers SQLITE_BUSY at once, without calling the busy handler, when two
+    connections change the journal mode of a new database together; retry it until the busy
+    timeout has passed.
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _configure(conn: sqlite3.Connection, path: Path) -> None:
-    journal = str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+    journal = _journal_mode_wal(conn)
     if journal.lower() != "wal":
         raise StorageError(
             f"state database {path} cannot use a write-ahead log (journal mode {journal}); "
