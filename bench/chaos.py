@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from sfstream.emulator import ChaosSettings
 from sfstream.testing.chaos import DEFAULT_CHANNELS, ChaosPlan, default_faults, run_chaos
+from sfstream_emulator import ChaosSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

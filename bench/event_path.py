@@ -41,11 +41,11 @@ import orjson
 
 from benchlib import finish_machine, machine, write_result
 from sfstream.bayeux import parse
-from sfstream.emulator import Emulator, EmulatorSettings
 from sfstream.engine.discovery import StreamSpec
 from sfstream.engine.messages import encode
 from sfstream.engine.records import mapper_for
 from sfstream.salesforce.channels import ChannelKind
+from sfstream_emulator import Emulator, EmulatorSettings
 
 CHANNEL = "/data/AccountChangeEvent"
 RUN_ID = "0" * 32

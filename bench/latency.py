@@ -72,7 +72,7 @@ from benchlib import (
     write_result,
     write_sfstream_config,
 )
-from sfstream.emulator import Emulator, EmulatorSettings
+from sfstream_emulator import Emulator, EmulatorSettings
 
 CHANNEL = "/event/Order_Placed__e"
 EVENT = "Order_Placed__e"

@@ -12,10 +12,10 @@ import yaml
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from sfstream.emulator import Emulator
 from sfstream.engine.config import Config, load_config
+from sfstream_emulator import Emulator
 
-pytest_plugins = ["sfstream.testing.fixtures"]
+pytest_plugins = ["sfstream_emulator.pytest_plugin"]
 
 # `make fuzz` runs tests/fuzz under this profile: 100 times the default number of examples
 # (tests/fuzz/budget.py scales each fuzz test's budget by the same ratio).

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sfstream.emulator import Emulator
+from sfstream_emulator import Emulator
 from tests.conftest import MakeConfig
 
 
@@ -174,8 +174,8 @@ async def test_missing_config_file_exits_2(tmp_path: Path) -> None:
 async def test_schema_list_show_history(
     sfstream_emulator: Emulator, make_config: MakeConfig, tmp_path: Path
 ) -> None:
-    from sfstream.emulator import FieldDef
     from sfstream.runners.connector import Connector
+    from sfstream_emulator import FieldDef
 
     emu = sfstream_emulator
     config = await make_config(

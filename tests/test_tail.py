@@ -8,7 +8,7 @@ import sys
 import orjson
 import pytest
 
-from sfstream.emulator import Emulator
+from sfstream_emulator import Emulator
 
 
 async def tail(emu: Emulator, *args: str) -> tuple[int, list[bytes], str]:

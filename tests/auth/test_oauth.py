@@ -17,8 +17,8 @@ from sfstream.auth import (
     TokenResponse,
     token_flow,
 )
-from sfstream.emulator import Emulator
 from sfstream.errors import AuthenticationError, ConfigError, ProtocolError, TransportError
+from sfstream_emulator import Emulator
 
 SECRET = "s3cr3t-value"
 REFRESH = "r3fr3sh-value"

@@ -14,13 +14,13 @@ from pydantic import SecretStr
 from sfstream.auth import OAuthCredentials
 from sfstream.bayeux import Event, Gap, ReplayPolicy, SubscriptionLost
 from sfstream.client import ClientSettings, StreamingClient
-from sfstream.emulator import ChaosSettings, Emulator, EmulatorSettings, Fault, FaultKind
 from sfstream.errors import (
     AllocationExceededError,
     AuthenticationError,
     ChannelNotFoundError,
     InvalidReplayIdError,
 )
+from sfstream_emulator import ChaosSettings, Emulator, EmulatorSettings, Fault, FaultKind
 
 CHANNEL = "/data/AccountChangeEvent"
 EVENT_CHANNEL = "/event/Order_Placed__e"

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sfstream.emulator.bus import (
+from sfstream_emulator.bus import (
     CDC_STREAM,
     HOUR_S,
     Channel,
@@ -20,7 +20,7 @@ from sfstream.emulator.bus import (
     EventBus,
     Stream,
 )
-from sfstream.emulator.clock import Clock
+from sfstream_emulator.clock import Clock
 
 T0 = 1_700_000_000.0
 

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from sfstream.emulator import Emulator, EmulatorSettings
+from sfstream_emulator import Emulator, EmulatorSettings
 from tests.emulator.conftest import Bayeux
 
 UNSUPPORTED = (

@@ -9,7 +9,7 @@ import aiohttp
 import orjson
 import pytest
 
-from sfstream.emulator import Emulator, EmulatorSettings
+from sfstream_emulator import Emulator, EmulatorSettings
 from tests.emulator.conftest import Bayeux
 
 ACCOUNTS = "/data/AccountChangeEvent"

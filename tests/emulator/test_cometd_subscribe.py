@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sfstream.emulator import Emulator, EmulatorSettings, load_org
+from sfstream_emulator import Emulator, EmulatorSettings, load_org
 from tests.emulator.conftest import Bayeux
 
 ACCOUNTS = "/data/AccountChangeEvent"

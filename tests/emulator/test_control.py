@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sfstream.emulator import Emulator, EmulatorSettings
+from sfstream_emulator import Emulator, EmulatorSettings
 from tests.emulator.conftest import Bayeux
 
 ACCOUNTS = "/data/AccountChangeEvent"

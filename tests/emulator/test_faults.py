@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sfstream.emulator import ChaosSettings, Emulator, EmulatorSettings, Fault, FaultKind
+from sfstream_emulator import ChaosSettings, Emulator, EmulatorSettings, Fault, FaultKind
 from tests.emulator.conftest import Bayeux
 
 ACCOUNTS = "/data/AccountChangeEvent"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sfstream.emulator.ids import EMPTY_ID, IdFactory, checksum_suffix, is_valid_id, to18
+from sfstream_emulator.ids import EMPTY_ID, IdFactory, checksum_suffix, is_valid_id, to18
 
 BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 id15 = st.text(alphabet=BASE62, min_size=15, max_size=15)

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from sfstream.emulator import Clock, Emulator, EmulatorSettings
+from sfstream_emulator import Clock, Emulator, EmulatorSettings
 
 FROZEN_AT = 1_700_000_000.25
 SESSION_INVALID = [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]

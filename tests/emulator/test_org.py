@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sfstream.emulator import Emulator, OrgError, load_org
-from sfstream.emulator.org import component_key
+from sfstream_emulator import Emulator, OrgError, load_org
+from sfstream_emulator.org import component_key
 
 
 def write(tmp_path: Path, data: Any, name: str = "org.yaml") -> Path:
@@ -136,7 +136,7 @@ def test_loads_are_independent() -> None:
 
 
 def test_default_org_file_loads_from_a_path(tmp_path: Path) -> None:
-    text = resources.files("sfstream.emulator").joinpath("default_org.yaml").read_text()
+    text = resources.files("sfstream_emulator").joinpath("default_org.yaml").read_text()
     assert load_org(write(tmp_path, text)) == load_org()
 
 

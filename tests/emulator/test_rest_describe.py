@@ -10,7 +10,7 @@ import aiohttp
 import fastavro
 import pytest
 
-from sfstream.emulator import Emulator, FieldDef
+from sfstream_emulator import Emulator, FieldDef
 
 V = "62.0"
 NOT_FOUND = [{"message": "The requested resource does not exist", "errorCode": "NOT_FOUND"}]

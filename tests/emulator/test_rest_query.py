@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sfstream.emulator import Emulator
+from sfstream_emulator import Emulator
 
 V = "62.0"
 BASE = f"/services/data/v{V}"

@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sfstream.emulator import Emulator
-from sfstream.emulator.ids import is_valid_id
+from sfstream_emulator import Emulator
+from sfstream_emulator.ids import is_valid_id
 from tests.emulator.conftest import Bayeux
 
 V = "62.0"

@@ -1,4 +1,4 @@
-from sfstream.emulator import Emulator
+from sfstream_emulator import Emulator
 from tests.emulator.conftest import Bayeux
 
 

@@ -8,7 +8,7 @@ from xml.etree import ElementTree as ET
 import aiohttp
 import pytest
 
-from sfstream.emulator import Emulator
+from sfstream_emulator import Emulator
 from tests.emulator.conftest import Bayeux
 
 V = "62.0"

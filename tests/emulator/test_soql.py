@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sfstream.emulator.soql import Query, SoqlError, parse, run
+from sfstream_emulator.soql import Query, SoqlError, parse, run
 
 
 def test_parse_parts() -> None:

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sfstream.emulator.org import FieldDef
-from sfstream.emulator.values import FieldValueError, coerce, format_datetime, rest_value
+from sfstream_emulator.org import FieldDef
+from sfstream_emulator.values import FieldValueError, coerce, format_datetime, rest_value
 
 
 def field(type_: Any, **kwargs: Any) -> FieldDef:

@@ -7,7 +7,6 @@ import pytest
 from pydantic import SecretStr
 
 from sfstream.auth import OAuthCredentials, TokenProvider
-from sfstream.emulator import Emulator
 from sfstream.engine.discovery import (
     check_streams,
     discover,
@@ -16,6 +15,7 @@ from sfstream.engine.discovery import (
 )
 from sfstream.errors import ConfigError
 from sfstream.salesforce.rest import RestClient
+from sfstream_emulator import Emulator
 from tests.conftest import MakeConfig
 
 

@@ -11,7 +11,6 @@ import pytest
 from structlog.testing import capture_logs
 
 from sfstream.bayeux import Event
-from sfstream.emulator import Emulator, EmulatorSettings, Fault, FaultKind
 from sfstream.engine.config import Config
 from sfstream.engine.discovery import streams_from_config
 from sfstream.engine.messages import Message
@@ -19,6 +18,7 @@ from sfstream.engine.pipeline import RunResult
 from sfstream.errors import AllocationExceededError, InvalidReplayIdError
 from sfstream.runners.connector import Connector, open_state
 from sfstream.sinks import FileSink
+from sfstream_emulator import Emulator, EmulatorSettings, Fault, FaultKind
 from tests.conftest import MakeConfig
 
 ACCOUNTS = "/data/AccountChangeEvent"

@@ -36,11 +36,11 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sfstream.emulator import Emulator, EmulatorSettings
 from sfstream.engine.config import load_config
 from sfstream.runners.connector import Connector
 from sfstream.salesforce.channels import stream_id
 from sfstream.state import SqliteStateStore
+from sfstream_emulator import Emulator, EmulatorSettings
 from tests.fuzz.budget import fuzz_settings
 
 CHANNELS = ("/event/Order_Placed__e", "/event/Low_Ink__e", "/data/AccountChangeEvent")

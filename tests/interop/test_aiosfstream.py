@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiosfstream_ng import Client, RefreshTokenAuthenticator, ReplayMarker, ReplayOption
 
-from sfstream.emulator import Emulator, EmulatorSettings
+from sfstream_emulator import Emulator, EmulatorSettings
 
 pytestmark = [
     pytest.mark.interop,

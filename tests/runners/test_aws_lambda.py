@@ -7,8 +7,8 @@ from pathlib import Path
 
 import orjson
 
-from sfstream.emulator import Emulator
 from sfstream.runners.aws_lambda import handler, run_until
+from sfstream_emulator import Emulator
 from tests.conftest import MakeConfig
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sfstream.emulator import ChaosSettings
 from sfstream.testing.chaos import (
     ChaosPlan,
     ChaosReport,
@@ -25,6 +24,7 @@ from sfstream.testing.chaos import (
     run_chaos,
     scan_for_secrets,
 )
+from sfstream_emulator import ChaosSettings
 
 SEED = 6
 # Denser than the full run's defaults: a 5,000-event run makes a few hundred requests, and

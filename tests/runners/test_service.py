@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 import pytest
 
-from sfstream.emulator import Emulator, EmulatorSettings
 from sfstream.engine.config import Config
+from sfstream_emulator import Emulator, EmulatorSettings
 from tests.conftest import MakeConfig
 
 CHANNELS = {

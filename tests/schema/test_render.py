@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sfstream.emulator.describe import describe_change_event, describe_event, describe_object
-from sfstream.emulator.org import load_org
-from sfstream.emulator.schemas import event_schema
 from sfstream.schema.model import FieldModel, RecordModel, from_describe, from_event_schema
 from sfstream.schema.render import canonical_bytes, fingerprint, to_avro, to_json_schema
+from sfstream_emulator.describe import describe_change_event, describe_event, describe_object
+from sfstream_emulator.org import load_org
+from sfstream_emulator.schemas import event_schema
 
 # (Salesforce type, expected JSON Schema of a nullable field, without annotations)
 TYPES: list[tuple[str, dict[str, Any]]] = [

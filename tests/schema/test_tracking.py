@@ -9,10 +9,10 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from sfstream.emulator import Emulator, EmulatorSettings, Fault, FaultKind, FieldDef
 from sfstream.engine.config import Config
 from sfstream.runners.connector import Connector, open_registry
 from sfstream.schema.tracker import SchemaChangeError
+from sfstream_emulator import Emulator, EmulatorSettings, Fault, FaultKind, FieldDef
 from tests.conftest import MakeConfig
 
 ACCOUNTS = "sf.event.account_changes"

@@ -1,7 +1,7 @@
-"""Test support for sfstream users and backends.
+"""Test support for sfstream backends: the conformance suites.
 
-- `sfstream.testing.fixtures`: pytest fixtures (`sfstream_emulator`, ...); enable them with
-  `pytest_plugins = ["sfstream.testing.fixtures"]` in a `conftest.py`.
+The emulator's pytest fixtures are in `sfstream_emulator.pytest_plugin`.
+
 - `sfstream.testing.state`: `check_state_store(factory)`, the conformance suite every
   `StateStore` backend passes.
 - `sfstream.testing.sinks`: `check_sink(harness)`, the conformance suite every `Sink` passes.

@@ -49,10 +49,10 @@ from typing import Any, Final
 import orjson
 import yaml
 
-from sfstream.emulator import ChaosSettings, Emulator, EmulatorSettings
 from sfstream.errors import ConfigError
 from sfstream.salesforce.channels import ChannelKind, parse_channel, stream_id
 from sfstream.state import SqliteStateStore
+from sfstream_emulator import ChaosSettings, Emulator, EmulatorSettings
 
 __all__ = [
     "DEFAULT_CHANNELS",

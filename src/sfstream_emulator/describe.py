@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from sfstream.emulator.org import EventDef, FieldDef, ObjectDef, OrgSpec
-from sfstream.emulator.schemas import change_event_fields
+from sfstream_emulator.org import EventDef, FieldDef, ObjectDef, OrgSpec
+from sfstream_emulator.schemas import change_event_fields
 
 _SOAP_TYPE: Final = {
     "id": "tns:ID",

@@ -14,9 +14,9 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from sfstream.emulator.ids import is_valid_id, to18
-from sfstream.emulator.oauth import TokenService
-from sfstream.emulator.records import RecordError, RecordStore
+from sfstream_emulator.ids import is_valid_id, to18
+from sfstream_emulator.oauth import TokenService
+from sfstream_emulator.records import RecordError, RecordStore
 
 _ENV_NS: Final = "http://schemas.xmlsoap.org/soap/envelope/"
 _PARTNER_NS: Final = "urn:partner.soap.sforce.com"

@@ -1,4 +1,4 @@
-"""`sfstream emulator` as a real subprocess."""
+"""`sfstream-emulator` (the emulator's own command) as a real subprocess."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 import pytest_asyncio
 from click.testing import CliRunner
 
-from sfstream.cli import main
+from sfstream_emulator.cli import main
 
-COMMAND = [sys.executable, "-m", "sfstream.cli", "emulator"]
+COMMAND = [sys.executable, "-m", "sfstream_emulator.cli"]
 
 
 async def _run(*args: str) -> tuple[int, str, str]:
@@ -162,7 +162,7 @@ async def test_bad_org_file_in_a_subprocess(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", list(BAD_ORGS))
 def test_bad_org_files(tmp_path: Path, name: str) -> None:
     path = _bad_org(tmp_path, name)
-    result = CliRunner().invoke(main, ["emulator", "--port", "0", "--org", str(path)])
+    result = CliRunner().invoke(main, ["--port", "0", "--org", str(path)])
     assert result.exit_code == 2, result.output
     assert isinstance(result.exception, SystemExit)
     assert result.stdout == ""

@@ -22,8 +22,8 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from sfstream.emulator.ids import to18
-from sfstream.emulator.org import EventDef, FieldDef, ObjectDef, component_key
+from sfstream_emulator.ids import to18
+from sfstream_emulator.org import EventDef, FieldDef, ObjectDef, component_key
 
 PayloadFormat = Literal["EXPANDED", "COMPACT"]
 NAMESPACE: Final = "com.sforce.eventbus"

@@ -528,7 +528,7 @@ def _no_duplicates(section: str, names: list[str]) -> None:
 
 def _check_push_topic(org: OrgSpec, topic: PushTopicDef) -> None:
     """A PushTopic's query must parse and name an object and fields of this org."""
-    from sfstream.emulator.soql import SoqlError, parse
+    from sfstream_emulator.soql import SoqlError, parse
 
     try:
         query = parse(topic.query)
@@ -561,7 +561,7 @@ def _parse_yaml(text: str, source: str) -> Any:
 @functools.cache
 def _default_org_data() -> Any:
     """The parsed bundled org; parsed once per process, copied for every load."""
-    text = resources.files("sfstream.emulator").joinpath("default_org.yaml").read_text()
+    text = resources.files("sfstream_emulator").joinpath("default_org.yaml").read_text()
     return _parse_yaml(text, "default_org.yaml")
 
 

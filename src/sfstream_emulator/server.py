@@ -21,21 +21,21 @@ from typing import Any, Final, Self
 import orjson
 from aiohttp import web
 
-from sfstream.emulator.bus import ChannelKind, EventBus
-from sfstream.emulator.clock import Clock
-from sfstream.emulator.cometd import CometdServer
-from sfstream.emulator.control import ControlApi
-from sfstream.emulator.faults import FaultInjector, FaultKind, FaultTarget
-from sfstream.emulator.ids import IdFactory
-from sfstream.emulator.oauth import OAuthError, OAuthSettings, TokenService
-from sfstream.emulator.org import FieldDef, OrgError, OrgSpec, load_org
-from sfstream.emulator.records import RecordError, RecordStore
-from sfstream.emulator.rest import RestApi, rest_error
-from sfstream.emulator.runtime import OrgRuntime
-from sfstream.emulator.settings import API_VERSIONS, EmulatorSettings
-from sfstream.emulator.soap import SoapApi
+from sfstream_emulator.bus import ChannelKind, EventBus
+from sfstream_emulator.clock import Clock
+from sfstream_emulator.cometd import CometdServer
+from sfstream_emulator.control import ControlApi
+from sfstream_emulator.faults import FaultInjector, FaultKind, FaultTarget
+from sfstream_emulator.ids import IdFactory
+from sfstream_emulator.oauth import OAuthError, OAuthSettings, TokenService
+from sfstream_emulator.org import FieldDef, OrgError, OrgSpec, load_org
+from sfstream_emulator.records import RecordError, RecordStore
+from sfstream_emulator.rest import RestApi, rest_error
+from sfstream_emulator.runtime import OrgRuntime
+from sfstream_emulator.settings import API_VERSIONS, EmulatorSettings
+from sfstream_emulator.soap import SoapApi
 
-log = logging.getLogger("sfstream.emulator")
+log = logging.getLogger("sfstream_emulator")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _SWEEP_EVERY_S: Final = 5.0
 _VERSIONS: Final = frozenset(API_VERSIONS)
@@ -139,7 +139,7 @@ class Emulator:
         runner = web.AppRunner(
             self.build_app(),
             handler_cancellation=True,
-            access_log=logging.getLogger("sfstream.emulator.access") if access_log else None,
+            access_log=logging.getLogger("sfstream_emulator.access") if access_log else None,
         )
         await runner.setup()
         try:

@@ -29,11 +29,11 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from sfstream.emulator.bus import ChannelKind, Cursor
-from sfstream.emulator.faults import Fault, FaultInjector, FaultKind
-from sfstream.emulator.oauth import AccessToken, TokenService
-from sfstream.emulator.runtime import OrgRuntime, SubscribeError
-from sfstream.emulator.settings import EmulatorSettings
+from sfstream_emulator.bus import ChannelKind, Cursor
+from sfstream_emulator.faults import Fault, FaultInjector, FaultKind
+from sfstream_emulator.oauth import AccessToken, TokenService
+from sfstream_emulator.runtime import OrgRuntime, SubscribeError
+from sfstream_emulator.settings import EmulatorSettings
 
 Message = dict[str, Any]
 

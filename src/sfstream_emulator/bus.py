@@ -27,7 +27,7 @@ from enum import StrEnum
 from operator import attrgetter
 from typing import Final
 
-from sfstream.emulator.clock import Clock
+from sfstream_emulator.clock import Clock
 
 HOUR_S: Final = 3600.0
 CDC_STREAM: Final = "ChangeEvents"

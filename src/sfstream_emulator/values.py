@@ -15,8 +15,8 @@ import re
 from datetime import UTC, date, datetime, time
 from typing import Any, Final
 
-from sfstream.emulator.ids import is_valid_id, to18
-from sfstream.emulator.org import FieldDef
+from sfstream_emulator.ids import is_valid_id, to18
+from sfstream_emulator.org import FieldDef
 
 _EMAIL: Final = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _DATE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}(?:T.*)?$")

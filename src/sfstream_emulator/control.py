@@ -13,11 +13,11 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sfstream.emulator.faults import ChaosSettings, Fault
-from sfstream.emulator.org import FieldDef
+from sfstream_emulator.faults import ChaosSettings, Fault
+from sfstream_emulator.org import FieldDef
 
 if TYPE_CHECKING:
-    from sfstream.emulator.server import Emulator
+    from sfstream_emulator.server import Emulator
 
 PREFIX: Final = "/_emulator/v1"
 

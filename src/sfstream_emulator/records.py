@@ -19,12 +19,12 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from sfstream.emulator.ids import is_valid_id, to18
-from sfstream.emulator.org import FieldDef, ObjectDef, component_key
-from sfstream.emulator.runtime import ChangeEvent, OrgRuntime
-from sfstream.emulator.schemas import CDC_EXCLUDED
-from sfstream.emulator.soql import Query, parse
-from sfstream.emulator.values import FieldValueError, coerce, format_datetime, rest_value
+from sfstream_emulator.ids import is_valid_id, to18
+from sfstream_emulator.org import FieldDef, ObjectDef, component_key
+from sfstream_emulator.runtime import ChangeEvent, OrgRuntime
+from sfstream_emulator.schemas import CDC_EXCLUDED
+from sfstream_emulator.soql import Query, parse
+from sfstream_emulator.values import FieldValueError, coerce, format_datetime, rest_value
 
 ChangeType = Literal["CREATE", "UPDATE", "DELETE", "UNDELETE"]
 _TOPIC_EVENT: Final = {

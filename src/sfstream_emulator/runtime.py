@@ -17,12 +17,12 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from sfstream.emulator.bus import CDC_STREAM, BusEvent, Channel, ChannelKind, EventBus, Stream
-from sfstream.emulator.clock import Clock
-from sfstream.emulator.ids import EMPTY_ID, IdFactory
-from sfstream.emulator.org import EventDef, FieldDef, ObjectDef, OrgSpec
-from sfstream.emulator.schemas import event_schema, schema_id
-from sfstream.emulator.values import FieldValueError, coerce, format_datetime
+from sfstream_emulator.bus import CDC_STREAM, BusEvent, Channel, ChannelKind, EventBus, Stream
+from sfstream_emulator.clock import Clock
+from sfstream_emulator.ids import EMPTY_ID, IdFactory
+from sfstream_emulator.org import EventDef, FieldDef, ObjectDef, OrgSpec
+from sfstream_emulator.schemas import event_schema, schema_id
+from sfstream_emulator.values import FieldValueError, coerce, format_datetime
 
 DAY_S: Final = 86400.0
 GAP_TYPES: Final = ("GAP_CREATE", "GAP_UPDATE", "GAP_DELETE", "GAP_UNDELETE", "GAP_OVERFLOW")
@@ -593,7 +593,7 @@ def _transaction_key() -> str:
 
 
 def _topic_entity(query: str) -> str:
-    from sfstream.emulator.soql import parse
+    from sfstream_emulator.soql import parse
 
     return parse(query).entity
 

@@ -16,7 +16,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from sfstream.emulator.describe import (
+from sfstream_emulator.describe import (
     STREAMING_SOBJECTS,
     describe_change_event,
     describe_event,
@@ -26,13 +26,13 @@ from sfstream.emulator.describe import (
     sobject_basic_info,
     streaming_sobject_fields,
 )
-from sfstream.emulator.ids import is_valid_id, to18
-from sfstream.emulator.org import FieldDef, ObjectDef, PushTopicDef, StreamingChannelDef
-from sfstream.emulator.records import RecordError, RecordStore, Transaction
-from sfstream.emulator.runtime import OrgRuntime
-from sfstream.emulator.settings import API_VERSIONS
-from sfstream.emulator.soql import Query, SoqlError, parse, run
-from sfstream.emulator.values import FieldValueError, coerce
+from sfstream_emulator.ids import is_valid_id, to18
+from sfstream_emulator.org import FieldDef, ObjectDef, PushTopicDef, StreamingChannelDef
+from sfstream_emulator.records import RecordError, RecordStore, Transaction
+from sfstream_emulator.runtime import OrgRuntime
+from sfstream_emulator.settings import API_VERSIONS
+from sfstream_emulator.soql import Query, SoqlError, parse, run
+from sfstream_emulator.values import FieldValueError, coerce
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_COMPOSITE_RECORDS: Final = 200

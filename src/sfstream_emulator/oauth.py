@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sfstream.emulator.clock import Clock
+from sfstream_emulator.clock import Clock
 
 SCOPE: Final = "refresh_token api id"
 

@@ -1,6 +1,6 @@
 """pytest fixtures that run the bundled Salesforce emulator.
 
-Enable with `pytest_plugins = ["sfstream.testing.fixtures"]`; they need pytest-asyncio.
+Enable with `pytest_plugins = ["sfstream_emulator.pytest_plugin"]`; they need pytest-asyncio.
 Override `sfstream_emulator_settings` in your own conftest to change timings or limits.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from sfstream.emulator import Emulator, EmulatorSettings
+from sfstream_emulator import Emulator, EmulatorSettings
 
 
 @pytest.fixture
