@@ -8,7 +8,7 @@ of `--repeat` runs (the minimum: the least disturbed by other work on the machin
 - `decode`: `orjson.loads` of the response bytes (the raw floor does this too);
 - `parse`: `sfstream.bayeux.parse` (typed `Reply` and `Event` values);
 - `map`: the stream's mapper (`sfstream.engine.records.mapper_for`), event -> `Record`;
-- `encode`: `sfstream.engine.messages.encode` of each record + a newline, joined (what
+- `encode`: `sfstream.protocol.encode` of each record + a newline, joined (what
   `FileSink.write` does before it writes);
 - `raw_dumps`: `orjson.dumps` of each decoded message + a newline, joined (the raw floor);
 
@@ -41,10 +41,9 @@ import orjson
 
 from benchlib import finish_machine, machine, write_result
 from sfstream.bayeux import parse
-from sfstream.engine.discovery import StreamSpec
-from sfstream.engine.messages import encode
 from sfstream.engine.records import mapper_for
-from sfstream.salesforce.channels import ChannelKind
+from sfstream.protocol import encode
+from sfstream.streams import ChannelKind, StreamSpec
 from sfstream_emulator import Emulator, EmulatorSettings
 
 CHANNEL = "/data/AccountChangeEvent"

@@ -220,7 +220,7 @@ def state_show(config_path: Path, as_json: bool) -> None:
 def state_set(config_path: Path, stream: str, replay_id: int) -> None:
     """Set STREAM's checkpoint to REPLAY_ID: the next run resumes after that event."""
     from sfstream.runners.connector import open_state
-    from sfstream.salesforce.channels import check_stream_id
+    from sfstream.streams import check_stream_id
 
     config = load(config_path, log_level="warning")
     try:

@@ -18,9 +18,9 @@ from sfstream.engine.config import (
     StateConfig,
     StreamConfig,
 )
-from sfstream.engine.messages import GAP, RECORD, SCHEMA, STATE
 from sfstream.errors import ConfigError
-from sfstream.salesforce.channels import ChannelKind
+from sfstream.protocol import GAP, RECORD, SCHEMA, STATE
+from sfstream.streams import ChannelKind
 
 
 class _Open(BaseModel):

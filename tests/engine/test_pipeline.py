@@ -13,9 +13,9 @@ from structlog.testing import capture_logs
 from sfstream.bayeux import Event
 from sfstream.engine.config import Config
 from sfstream.engine.discovery import streams_from_config
-from sfstream.engine.messages import Message
 from sfstream.engine.pipeline import RunResult
 from sfstream.errors import AllocationExceededError, InvalidReplayIdError
+from sfstream.protocol import Message
 from sfstream.runners.connector import Connector, open_state
 from sfstream.sinks import FileSink
 from sfstream_emulator import Emulator, EmulatorSettings, Fault, FaultKind

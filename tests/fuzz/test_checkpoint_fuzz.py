@@ -38,8 +38,8 @@ from hypothesis import strategies as st
 
 from sfstream.engine.config import load_config
 from sfstream.runners.connector import Connector
-from sfstream.salesforce.channels import stream_id
 from sfstream.state import SqliteStateStore
+from sfstream.streams import stream_id
 from sfstream_emulator import Emulator, EmulatorSettings
 from tests.fuzz.budget import fuzz_settings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sfstream.errors import ConfigError
-from sfstream.salesforce.channels import (
+from sfstream.streams import (
     ChannelKind,
     check_stream_id,
     parse_channel,

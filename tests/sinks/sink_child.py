@@ -21,8 +21,8 @@ import resource
 import signal
 import sys
 
-from sfstream.engine.messages import Record
 from sfstream.errors import SfStreamError
+from sfstream.protocol import Record
 from sfstream.sinks import FileSink
 
 BATCH = 50

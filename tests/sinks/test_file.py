@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from sfstream.engine.messages import GapMessage, Message, Record, StateMessage, encode
 from sfstream.errors import StorageError
+from sfstream.protocol import GapMessage, Message, Record, StateMessage, encode
 from sfstream.sinks import FileSink, Sink
 from sfstream.testing.sinks import SINK_CHECKS, SinkCheck, check_sink, decode_json_lines
 

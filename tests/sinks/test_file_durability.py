@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sfstream.engine.messages import Record, StateMessage, decode, encode
+from sfstream.protocol import Record, StateMessage, decode, encode
 from sfstream.sinks import FileSink
 from tests.sinks import sink_child
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from sfstream.engine.messages import Record, StateMessage, encode
 from sfstream.errors import StorageError
+from sfstream.protocol import Record, StateMessage, encode
 from sfstream.sinks import Sink, StdoutSink
 from sfstream.testing.sinks import SINK_CHECKS, SinkCheck, check_sink, decode_json_lines
 

@@ -27,8 +27,8 @@ from pydantic import (
 )
 
 from sfstream.errors import ConfigError, SecretError
-from sfstream.salesforce.channels import check_stream_id, parse_channel
 from sfstream.secrets import EnvSecretsStore, FileSecretsStore, SecretsStore
+from sfstream.streams import check_stream_id, parse_channel
 
 ENV_PREFIX: Final = "SFSTREAM_"
 _SECRET_REF: Final = re.compile(r"^\$\{secret:([A-Za-z0-9_.\-/]+)\}$")

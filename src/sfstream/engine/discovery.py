@@ -15,41 +15,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any, Literal
+from typing import Literal
 
 from sfstream.bayeux import EARLIEST, LATEST, ReplayPolicy
 from sfstream.engine.config import Config, Replay, StreamConfig
 from sfstream.errors import ConfigError, SfStreamError
-from sfstream.salesforce.channels import ChannelKind, parse_channel, stream_id
 from sfstream.salesforce.rest import RestClient
-
-
-@dataclass(frozen=True, slots=True)
-class StreamSpec:
-    """One stream the connector runs."""
-
-    id: str
-    channel: str
-    kind: ChannelKind
-    entity: str
-    key_field: str | None = None
-    initial_replay: int = LATEST
-    on_invalid_replay: ReplayPolicy = ReplayPolicy.FAIL
-    source: Literal["config", "metadata"] = "config"
-    on_breaking_change: Literal["warn", "fail"] = "warn"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "channel": self.channel,
-            "kind": self.kind.value,
-            "entity": self.entity,
-            "key_field": self.key_field,
-            "initial_replay": self.initial_replay,
-            "on_invalid_replay": self.on_invalid_replay.value,
-            "on_breaking_change": self.on_breaking_change,
-            "source": self.source,
-        }
+from sfstream.streams import ChannelKind, StreamSpec, parse_channel, stream_id
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,13 +25,13 @@ import structlog
 
 from sfstream.bayeux import Event, Gap, SubscriptionLost
 from sfstream.client import StreamingClient, StreamItem
-from sfstream.engine.discovery import StreamSpec
-from sfstream.engine.messages import GapMessage, Message, SchemaMessage, StateMessage
 from sfstream.engine.records import Mapper, mapper_for
 from sfstream.errors import SfStreamError, SubscriptionError, TerminalError
+from sfstream.protocol import GapMessage, Message, SchemaMessage, StateMessage
 from sfstream.schema.tracker import SchemaTracker, Tracked
 from sfstream.sinks.base import Sink
 from sfstream.state.base import StateStore
+from sfstream.streams import StreamSpec
 
 log = structlog.get_logger("sfstream.engine")
 _DRAIN_LIMIT: Final = 5000

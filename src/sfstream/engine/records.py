@@ -16,9 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from sfstream.bayeux import Event
-from sfstream.engine.discovery import StreamSpec
-from sfstream.engine.messages import Record
-from sfstream.salesforce.channels import ChannelKind
+from sfstream.protocol import Record
+from sfstream.streams import ChannelKind, StreamSpec
 
 Mapper = Callable[[Event, str], list[Record]]
 

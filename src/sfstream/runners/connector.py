@@ -22,13 +22,14 @@ import structlog
 from sfstream.auth import OAuthCredentials, TokenProvider
 from sfstream.client import ClientSettings, StreamingClient
 from sfstream.engine.config import Config
-from sfstream.engine.discovery import StreamSpec, discover
+from sfstream.engine.discovery import discover
 from sfstream.engine.pipeline import Pipeline, PipelineSettings, RunResult
 from sfstream.salesforce.rest import RestClient
 from sfstream.schema.registry import SchemaRegistry, SqliteSchemaRegistry
 from sfstream.schema.tracker import SchemaTracker
 from sfstream.sinks.base import Sink
 from sfstream.state.base import StateStore
+from sfstream.streams import StreamSpec
 
 log = structlog.get_logger("sfstream.connector")
 

@@ -1,6 +1,4 @@
-"""Salesforce specifics: channel names and stream ids (`channels`), and the REST calls we
-make (`rest`, imported on demand: it needs aiohttp, which configuration checks do not)."""
+"""Salesforce REST calls the connector makes (`rest`): describe, eventSchema, queries.
 
-from sfstream.salesforce.channels import ChannelInfo, ChannelKind, parse_channel, stream_id
-
-__all__ = ["ChannelInfo", "ChannelKind", "parse_channel", "stream_id"]
+Channel names and stream ids are in `sfstream.streams`.
+"""

@@ -23,15 +23,14 @@ from typing import Final, Literal, TypeVar
 import structlog
 
 from sfstream.bayeux import Event
-from sfstream.engine.discovery import StreamSpec
-from sfstream.engine.messages import SchemaMessage
 from sfstream.errors import SfStreamError, TerminalError
-from sfstream.salesforce.channels import ChannelKind, snake
+from sfstream.protocol import SchemaMessage
 from sfstream.salesforce.rest import RestClient
 from sfstream.schema.compat import diff, is_breaking
 from sfstream.schema.model import Kind, RecordModel, from_describe, from_event_schema, generic_model
 from sfstream.schema.registry import SchemaRegistry, SchemaVersion
 from sfstream.schema.render import to_avro, to_json_schema
+from sfstream.streams import ChannelKind, StreamSpec, snake
 
 log = structlog.get_logger("sfstream.schema")
 _RETRIES: Final = 3

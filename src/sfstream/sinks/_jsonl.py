@@ -12,8 +12,8 @@ import os
 from collections.abc import Iterator, Set
 from typing import Any, Final
 
-from sfstream.engine.messages import GAP, RECORD, STATE, decode
 from sfstream.errors import StorageError
+from sfstream.protocol import GAP, RECORD, STATE, decode
 
 DEFAULT_BLOCK_BYTES: Final = 64 * 1024
 _NEWLINE: Final = b"\n"

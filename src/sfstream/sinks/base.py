@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
-from sfstream.engine.messages import Message
+from sfstream.protocol import Message
 
 
 @runtime_checkable

@@ -39,8 +39,8 @@ from typing import Final, Literal
 
 import structlog
 
-from sfstream.engine.messages import Message, encode_lines
 from sfstream.errors import StorageError
+from sfstream.protocol import Message, encode_lines
 from sfstream.sinks._io import run_blocking
 from sfstream.sinks._jsonl import (
     DEFAULT_BLOCK_BYTES,

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import BinaryIO
 
-from sfstream.engine.messages import Message, encode_lines
 from sfstream.errors import StorageError
+from sfstream.protocol import Message, encode_lines
 from sfstream.sinks._io import run_blocking
 
 

@@ -50,8 +50,8 @@ import orjson
 import yaml
 
 from sfstream.errors import ConfigError
-from sfstream.salesforce.channels import ChannelKind, parse_channel, stream_id
 from sfstream.state import SqliteStateStore
+from sfstream.streams import ChannelKind, parse_channel, stream_id
 from sfstream_emulator import ChaosSettings, Emulator, EmulatorSettings
 
 __all__ = [

@@ -25,7 +25,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, Protocol
 
-from sfstream.engine.messages import (
+from sfstream.errors import StorageError
+from sfstream.protocol import (
     GapMessage,
     Message,
     Record,
@@ -33,7 +34,6 @@ from sfstream.engine.messages import (
     StateMessage,
     decode,
 )
-from sfstream.errors import StorageError
 from sfstream.sinks.base import Sink
 
 __all__ = ["SINK_CHECKS", "SinkCheck", "SinkHarness", "check_sink", "decode_json_lines"]

@@ -1,4 +1,5 @@
-"""Channel names, what they carry, and the stable stream ids they map to.
+"""Streams: channel names, what they carry, the stable stream ids they map to, and the
+`StreamSpec` every layer shares (a leaf: it imports only errors and Bayeux constants).
 
 | channel | kind | stream id |
 |---|---|---|
@@ -22,8 +23,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final, Literal
 
+from sfstream.bayeux.session import LATEST, ReplayPolicy
 from sfstream.errors import ConfigError
 
 _CAMEL: Final = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
@@ -161,3 +163,31 @@ def check_stream_id(value: str) -> str:
             "dot-separated parts (like sf.event.account_changes)"
         )
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """One stream the connector runs."""
+
+    id: str
+    channel: str
+    kind: ChannelKind
+    entity: str
+    key_field: str | None = None
+    initial_replay: int = LATEST
+    on_invalid_replay: ReplayPolicy = ReplayPolicy.FAIL
+    source: Literal["config", "metadata"] = "config"
+    on_breaking_change: Literal["warn", "fail"] = "warn"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "channel": self.channel,
+            "kind": self.kind.value,
+            "entity": self.entity,
+            "key_field": self.key_field,
+            "initial_replay": self.initial_replay,
+            "on_invalid_replay": self.on_invalid_replay.value,
+            "on_breaking_change": self.on_breaking_change,
+            "source": self.source,
+        }
