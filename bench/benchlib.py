@@ -362,7 +362,7 @@ def summarize_profile(raw: Path, top: int = 20) -> dict[str, Any]:
 
 
 _AREAS = (
-    ("sfstream/engine/messages.py", "sfstream: encode records (orjson.dumps per line)"),
+    ("sfstream/protocol.py", "sfstream: encode records (orjson.dumps per line)"),
     ("sfstream/sinks/", "sfstream: file sink (join, hand-off to the writer thread)"),
     ("sfstream/state/", "sfstream: SQLite checkpoint commit"),
     ("sfstream/engine/records.py", "sfstream: map events to records"),
@@ -371,7 +371,7 @@ _AREAS = (
     ("sfstream/bayeux/", "sfstream: Bayeux parse and session"),
     ("sfstream/client/", "sfstream: streaming client (HTTP, decode, queue)"),
     ("sfstream/observability/", "logging"),
-    ("sfstream/commands.py", "asyncio event loop (scheduling, callbacks)"),
+    ("sfstream/cli/", "asyncio event loop (scheduling, callbacks)"),
     ("sfstream/runners/", "asyncio event loop (scheduling, callbacks)"),
     ("sfstream/", "sfstream: other"),
     ("structlog/", "logging"),

@@ -133,7 +133,7 @@ def main() -> None:
     if "gc-threshold" in experiments:
         gc.set_threshold(50_000, 20, 100)
     if "gc-freeze" in experiments:
-        import sfstream.commands
+        import sfstream.cli.run
         import sfstream.runners.service
         import sfstream.sinks
         import sfstream.state  # the run path, imported before the freeze

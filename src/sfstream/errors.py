@@ -30,7 +30,7 @@ carry the channel and replayId they concern, when known, and the server's text.
 from __future__ import annotations
 
 import re
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import ClassVar, Final
 
 
@@ -208,3 +208,14 @@ def classify(
     if code is not None and 400 <= code < 500:
         return TerminalError(text, channel=channel, replay_id=replay_id, server_text=text)
     return TransportError(text, channel=channel, replay_id=replay_id, server_text=text)
+
+
+class ExitCode(IntEnum):
+    """How every `sfstream` command and runner ends: the one table of exit codes."""
+
+    OK = 0
+    """Success, or stopped cleanly (SIGTERM/SIGINT, `--max-messages`)."""
+    FAILURE = 1
+    """A runtime failure: a terminal error, `check` found problems, a forced stop."""
+    USAGE = 2
+    """A usage or configuration error: fix the command line or the configuration."""

@@ -16,7 +16,8 @@ from sfstream.engine.discovery import streams_from_config
 from sfstream.engine.pipeline import RunResult
 from sfstream.errors import AllocationExceededError, InvalidReplayIdError
 from sfstream.protocol import Message
-from sfstream.runners.connector import Connector, open_state
+from sfstream.runners.connector import Connector
+from sfstream.runners.wiring import open_state
 from sfstream.sinks import FileSink
 from sfstream_emulator import Emulator, EmulatorSettings, Fault, FaultKind
 from tests.conftest import MakeConfig

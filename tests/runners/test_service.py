@@ -96,7 +96,7 @@ async def test_sigterm_flushes_commits_and_exits_0(
 
 
 async def _checkpoints(config: Config) -> dict[str, int]:
-    from sfstream.runners.connector import open_state
+    from sfstream.runners.wiring import open_state
 
     store = open_state(config)
     try:

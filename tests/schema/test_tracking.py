@@ -10,7 +10,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from sfstream.engine.config import Config
-from sfstream.runners.connector import Connector, open_registry
+from sfstream.runners.connector import Connector
+from sfstream.runners.wiring import open_registry
 from sfstream.schema.tracker import SchemaChangeError
 from sfstream_emulator import Emulator, EmulatorSettings, Fault, FaultKind, FieldDef
 from tests.conftest import MakeConfig

@@ -1,7 +1,8 @@
-"""Wiring: from a `Config` to a running pipeline, and back down cleanly.
+"""A run of the connector: from a `Config` to a running pipeline, and back down cleanly.
 
 `Connector` owns every resource of a run (HTTP session and token provider shared by REST and
-streaming, the state store, the sink, the streaming client) as one async context manager.
+streaming, the state store, the sink, the streaming client) as one async context manager;
+`sfstream.runners.wiring` builds each of them from the configuration.
 Both runners use it: the service runs it until a signal, the Lambda handler until its
 deadline.
 """
@@ -12,67 +13,25 @@ import asyncio
 import contextlib
 import gc
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import structlog
 
-from sfstream.auth import OAuthCredentials, TokenProvider
 from sfstream.client import ClientSettings, StreamingClient
 from sfstream.engine.config import Config
 from sfstream.engine.discovery import discover
 from sfstream.engine.pipeline import Pipeline, PipelineSettings, RunResult
-from sfstream.salesforce.rest import RestClient
-from sfstream.schema.registry import SchemaRegistry, SqliteSchemaRegistry
+from sfstream.runners.wiring import (
+    credentials_of,
+    open_registry,
+    open_sink,
+    open_state,
+    org_session,
+)
 from sfstream.schema.tracker import SchemaTracker
-from sfstream.sinks.base import Sink
-from sfstream.state.base import StateStore
 from sfstream.streams import StreamSpec
 
 log = structlog.get_logger("sfstream.connector")
-
-
-def credentials_of(config: Config) -> OAuthCredentials:
-    sf = config.salesforce
-    return OAuthCredentials(
-        login_url=sf.login_url,
-        client_id=sf.client_id,
-        client_secret=sf.client_secret,
-        grant_type=sf.grant_type,
-        refresh_token=sf.refresh_token,
-        username=sf.username,
-        password=sf.password,
-    )
-
-
-def open_state(config: Config) -> StateStore:
-    """The configured state store (not yet connected)."""
-    if config.state.backend == "postgres":
-        from sfstream.state import PostgresStateStore
-
-        assert config.state.dsn is not None
-        return PostgresStateStore(config.state.dsn.get_secret_value())
-    from sfstream.state import SqliteStateStore
-
-    return SqliteStateStore(config.state.path, inline_commits=config.runtime.disk_io == "inline")
-
-
-def open_sink(config: Config) -> Sink:
-    from sfstream.sinks import FileSink, StdoutSink
-
-    if config.sink.type == "file":
-        assert config.sink.path is not None
-        return FileSink(config.sink.path, inline_writes=config.runtime.disk_io == "inline")
-    return StdoutSink()
-
-
-def open_registry(config: Config) -> SchemaRegistry:
-    """The configured schema registry."""
-    path = config.schema_registry.path
-    assert path is not None  # set by load_config
-    return SqliteSchemaRegistry(path)
 
 
 def tune_garbage_collector() -> None:
@@ -90,23 +49,6 @@ def tune_garbage_collector() -> None:
 
 def new_run_id() -> str:
     return uuid.uuid4().hex
-
-
-@dataclass
-class Session:
-    """An authenticated connection to the org for REST calls."""
-
-    http: aiohttp.ClientSession
-    tokens: TokenProvider
-    rest: RestClient
-
-
-@contextlib.asynccontextmanager
-async def org_session(config: Config) -> AsyncIterator[Session]:
-    """An HTTP session with a token provider and a REST client (token fetched lazily)."""
-    async with aiohttp.ClientSession(trust_env=True) as http:
-        tokens = TokenProvider(credentials_of(config), http)
-        yield Session(http, tokens, RestClient(http, tokens, config.salesforce.api_version))
 
 
 class Connector:

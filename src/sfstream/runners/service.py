@@ -8,7 +8,7 @@ hangs after that (a worker thread blocked on a stdout reader that stopped readin
 hung file system, keeps the interpreter from exiting) ends with `os._exit(1)` after
 `LAST_RESORT_S`: committed checkpoints are already durable, so nothing is lost.
 
-Exit codes: 0 stopped cleanly, 1 terminal error, 2 configuration error.
+Exit codes (`ExitCode`): 0 stopped cleanly, 1 terminal error, 2 configuration error.
 """
 
 from __future__ import annotations
@@ -24,14 +24,11 @@ from typing import Final
 import structlog
 
 from sfstream.engine.config import Config
-from sfstream.errors import ConfigError, SfStreamError
+from sfstream.errors import ConfigError, ExitCode, SfStreamError
 from sfstream.runners.connector import Connector, tune_garbage_collector
 
 log = structlog.get_logger("sfstream.service")
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
 LAST_RESORT_S: Final = 5.0
 """How long a forced stop may spend tearing down before the process exits regardless."""
 
@@ -52,7 +49,7 @@ async def serve(
     stop = stop or asyncio.Event()
     if early_signals:
         log.info("stopped_before_start", signal=signal.Signals(early_signals[0]).name)
-        return EXIT_OK
+        return ExitCode.OK
     loop = asyncio.get_running_loop()
     forced = asyncio.Event()
 
@@ -101,29 +98,29 @@ async def _run(
                     note="events not yet committed will be delivered again",
                 )
                 if exit_process:
-                    _arm_last_resort(EXIT_FAILED, LAST_RESORT_S)
+                    _arm_last_resort(ExitCode.FAILURE, LAST_RESORT_S)
                 task.cancel()
                 # A task stuck behind a blocked worker thread may not finish: wait a little.
                 await asyncio.wait({task}, timeout=LAST_RESORT_S)
                 if task.done() and not task.cancelled():
                     with contextlib.suppress(SfStreamError):
                         task.result()
-                return EXIT_FAILED
+                return ExitCode.FAILURE
             deadline.cancel()
             result = task.result()
     except ConfigError as exc:
         log.error("config_error", error=str(exc))  # noqa: TRY400 - no traceback for users
-        return EXIT_CONFIG
+        return ExitCode.USAGE
     except SfStreamError as exc:
         log.error("run_failed", error=str(exc), retryable=exc.retryable)  # noqa: TRY400
-        return EXIT_FAILED
+        return ExitCode.FAILURE
     if result.error is not None and _stdout_gone(result.error):
-        return EXIT_FAILED
+        return ExitCode.FAILURE
     if result.error is not None:
         log.error("run_failed", error=str(result.error), retryable=result.error.retryable)
-        return EXIT_FAILED
+        return ExitCode.FAILURE
     log.info("run_stopped")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 async def _shutdown_deadline(stop: asyncio.Event, forced: asyncio.Event, timeout_s: float) -> None:

@@ -2,16 +2,43 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from sfstream.cli.common import CONFIG_OPTION, load
 from sfstream.engine.config import Config
-from sfstream.engine.discovery import check_streams, discover, read_metadata
-from sfstream.errors import SfStreamError
-from sfstream.runners.connector import open_state, org_session
+from sfstream.errors import ExitCode, SfStreamError
 
 CheckResult = tuple[bool, str, str]
 
 
+@click.command()
+@CONFIG_OPTION
+def check(config_path: Path) -> None:
+    """Verify everything a run needs, without streaming.
+
+    The configuration, the login, every stream (an entity without change events enabled, a
+    missing channel or topic, a wrong key field), the state store and the sink location.
+    Exit 0 when all is well, 1 when something needs fixing.
+    """
+    config = load(config_path, log_level="warning")
+    results = asyncio.run(run_checks(config))
+    failed = False
+    for ok, label, detail in results:
+        mark = "ok  " if ok else "FAIL"
+        failed = failed or not ok
+        click.echo(f"{mark}  {label}" + (f": {detail}" if detail else ""))
+    sys.exit(ExitCode.FAILURE if failed else ExitCode.OK)
+
+
 async def run_checks(config: Config) -> list[CheckResult]:
     """(ok, what, detail) for the login, each stream, the state store and the sink."""
+    from sfstream.engine.discovery import check_streams, discover, read_metadata
+    from sfstream.runners.wiring import org_session
+
     results: list[CheckResult] = [(True, "configuration", "")]
     async with org_session(config) as session:
         try:
@@ -43,6 +70,8 @@ async def run_checks(config: Config) -> list[CheckResult]:
 
 
 async def _check_state(config: Config) -> CheckResult:
+    from sfstream.runners.wiring import open_state
+
     label = f"state store ({config.state.backend})"
     try:
         store = open_state(config)

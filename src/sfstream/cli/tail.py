@@ -1,31 +1,99 @@
-"""The `sfstream` command.
+"""`sfstream tail`: print a channel's events as JSON lines, like kafka-console-consumer.
 
-Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error, 130 interrupted.
+Each line on stdout is one message as Salesforce delivered it (`{"channel", "data"}`, with
+`data.event.replayId`). Gaps and recoveries are logged on stderr.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import BinaryIO
 
 import click
+import orjson
+import structlog
 
-from sfstream import __version__
+from sfstream.auth import OAuthCredentials
+from sfstream.bayeux import Event, Gap, ReplayPolicy, SubscriptionLost
+from sfstream.client import ClientSettings, StreamingClient
+from sfstream.errors import ConfigError, ExitCode, SfStreamError
+from sfstream.secrets import EnvSecretsStore, FileSecretsStore, SecretsStore
 
-if TYPE_CHECKING:
-    from sfstream.auth import OAuthCredentials
-
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
+log = structlog.get_logger("sfstream.tail")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="sfstream")
-def main() -> None:
-    """Stream Salesforce Change Data Capture and platform events into your data platform."""
+@dataclass(frozen=True, slots=True)
+class TailRequest:
+    channels: tuple[str, ...]
+    replay_from: int
+    on_invalid_replay: ReplayPolicy
+    max_messages: int | None
+    api_version: str
+
+
+async def follow(credentials: OAuthCredentials, request: TailRequest, out: BinaryIO) -> int:
+    """Stream until interrupted or `max_messages` printed; returns the exit code."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    printed = 0
+    lost = 0
+    settings = ClientSettings(api_version=request.api_version)
+    async with StreamingClient(credentials, settings) as client:
+        for channel in request.channels:
+            await client.subscribe(channel, request.replay_from, request.on_invalid_replay)
+        iterator = aiter(client)
+        while not stop.is_set():
+            next_item = asyncio.ensure_future(anext(iterator))
+            stopper = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({next_item, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if next_item not in done:
+                next_item.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await next_item
+                break
+            stopper.cancel()
+            item = next_item.result()
+            if isinstance(item, Event):
+                out.write(orjson.dumps({"channel": item.channel, "data": item.data}) + b"\n")
+                out.flush()
+                printed += 1
+                if request.max_messages is not None and printed >= request.max_messages:
+                    break
+            elif isinstance(item, Gap):
+                log.warning(
+                    "replay_gap",
+                    channel=item.channel,
+                    replay_id=item.replay_id,
+                    fallback=item.fallback,
+                )
+            elif isinstance(item, SubscriptionLost):
+                lost += 1
+                log.error("subscription_lost", channel=item.channel, error=str(item.error))
+                if lost == len(request.channels):
+                    return ExitCode.FAILURE
+    log.info("tail_stopped", messages=printed)
+    return ExitCode.OK
+
+
+def run_tail(credentials: OAuthCredentials, request: TailRequest) -> int:
+    """Run `tail` to completion; terminal errors become exit code 1 with one log line."""
+    try:
+        return asyncio.run(follow(credentials, request, sys.stdout.buffer))
+    except SfStreamError as exc:
+        # One clear line, no traceback: the error says what to fix.
+        log.error("tail_failed", error=str(exc), retryable=exc.retryable)  # noqa: TRY400
+        return ExitCode.FAILURE
+    except BrokenPipeError:
+        return ExitCode.OK
 
 
 def _login_options(function: Callable[..., None]) -> Callable[..., None]:
@@ -92,8 +160,6 @@ def _credentials(
     from pydantic import SecretStr
 
     from sfstream.auth import OAuthCredentials
-    from sfstream.errors import ConfigError
-    from sfstream.secrets import EnvSecretsStore, FileSecretsStore, SecretsStore
     from sfstream_emulator.settings import (
         DEFAULT_CLIENT_ID,
         DEFAULT_CLIENT_SECRET,
@@ -138,7 +204,7 @@ def _credentials(
         raise click.UsageError(str(exc)) from exc
 
 
-@main.command()
+@click.command()
 @click.option(
     "--channel",
     "channels",
@@ -195,10 +261,7 @@ def tail(
     Logs go to stderr. Exit codes: 0 when stopped (Ctrl+C, --max-messages), 1 when
     Salesforce refuses the login or every subscription, 2 for a usage error.
     """
-    from sfstream.bayeux import ReplayPolicy
-    from sfstream.errors import ConfigError
     from sfstream.observability import configure_logging
-    from sfstream.tail import TailRequest, run_tail
 
     if replay_from < -2:
         raise click.BadParameter("must be -1, -2 or a replayId", param_hint="--replay")
@@ -226,18 +289,3 @@ def tail(
         channels, replay_from, ReplayPolicy(on_invalid_replay), max_messages, api_version
     )
     sys.exit(run_tail(credentials, request))
-
-
-def _register() -> None:
-    from sfstream.commands import COMMANDS
-    from sfstream_emulator.cli import main as emulator
-
-    for command in COMMANDS:
-        main.add_command(command)
-    main.add_command(emulator, "emulator")
-
-
-_register()
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
