@@ -12,7 +12,10 @@ Behaviour and error texts follow the Streaming API (see `docs/emulator.md` for t
 - a client that stays silent longer than the reconnect window after a response is forgotten
   (`403::Unknown client`, advice `handshake`); a revoked token gives
   `401::Authentication invalid` (advice `none`) on connect and `403::Handshake denied` with
-  `ext.sfdc.failureReason` on handshake.
+  `ext.sfdc.failureReason` on handshake;
+- the session of a connected client never expires: each `/meta/connect` (and the end of a
+  held one) extends its token's lifetime, so only a token left idle longer than its lifetime
+  expires, and then gets the same errors as a revoked one.
 """
 
 from __future__ import annotations
@@ -493,6 +496,8 @@ class CometdServer:
         token: AccessToken,
     ) -> None:
         self.stats["connects"] += 1
+        # Connecting is activity: the session does not expire while its client connects.
+        self.tokens.keep_alive(token)
         session = self._live_session(message.get("clientId"))
         if session is None or (fault is not None and fault.kind is FaultKind.UNKNOWN_CLIENT):
             if session is not None:
@@ -539,7 +544,8 @@ class CometdServer:
                 _error(message, UNKNOWN_CLIENT, advice={"interval": 0, "reconnect": "handshake"})
             )
             return
-        if not token.valid(self.runtime.clock.now()):
+        # The client stayed connected through the hold, so only a revocation ends its session.
+        if not self.tokens.keep_alive(token):
             outcome.add(self._auth_failure(message))
             return
         transport = request.transport
@@ -553,6 +559,11 @@ class CometdServer:
                 outcome.add(_error(message, DAILY_LIMIT, session.client_id))
                 session.last_seen = self.runtime.clock.now()
                 return
+        outcome.add(self._connect_reply(message, session, first))
+        session.last_seen = self.runtime.clock.now()
+
+    def _connect_reply(self, message: Message, session: ClientSession, first: bool) -> Message:
+        """A successful connect reply; the first one of a client carries the advice."""
         reply: Message = {"clientId": session.client_id}
         if first:
             reply["advice"] = {
@@ -564,8 +575,7 @@ class CometdServer:
         if "id" in message:
             reply["id"] = message["id"]
         reply["successful"] = True
-        outcome.add(reply)
-        session.last_seen = self.runtime.clock.now()
+        return reply
 
     def _hold_seconds(self, message: Message, first: bool) -> float:
         if first:

@@ -2,24 +2,71 @@
 
 It lives under `/_emulator/v1/`, a path Salesforce never uses, and needs no token: the
 emulator is a local development tool. Every endpoint takes and returns JSON; mistakes get
-HTTP 400 with `{"error": "..."}`. The same operations exist on the `Emulator` object.
+HTTP 400 with `{"error": "..."}`. The same operations exist on the `Emulator` object,
+which `ControlApi` drives through the `Controlled` protocol: this module never imports the
+server that serves it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sfstream_emulator.faults import ChaosSettings, Fault
+from sfstream_emulator.faults import ChaosSettings, Fault, FaultInjector
 from sfstream_emulator.org import FieldDef
-
-if TYPE_CHECKING:
-    from sfstream_emulator.server import Emulator
+from sfstream_emulator.runtime import Allocation
 
 PREFIX: Final = "/_emulator/v1"
+AllocationKind = Literal["events", "streaming"]
+
+
+class Controlled(Protocol):
+    """The operations the control API drives; `Emulator` has them all."""
+
+    faults: FaultInjector
+
+    def status(self) -> dict[str, Any]: ...
+
+    def advance(self, seconds: float) -> float: ...
+
+    def channel_summary(self) -> list[dict[str, Any]]: ...
+
+    def published(
+        self, channel: str, after: int = -2, limit: int = 10000
+    ) -> list[dict[str, Any]]: ...
+
+    def generate(self, target: str, count: int, payload_bytes: int = 1024) -> list[int]: ...
+
+    def emit_gap(self, entity: str, change_type: str, record_ids: list[str]) -> int: ...
+
+    def revoke_access_tokens(self) -> int: ...
+
+    def revoke_refresh_tokens(self) -> int: ...
+
+    def restore_refresh_token(self) -> None: ...
+
+    def expire_clients(self) -> int: ...
+
+    def restart(self) -> int: ...
+
+    def set_allocation(
+        self, kind: AllocationKind, maximum: int | None = None, exhaust: bool = False
+    ) -> Allocation: ...
+
+    def alter_fields(
+        self,
+        entity: str,
+        add: list[FieldDef] | None = None,
+        remove: list[str] | None = None,
+        retype: dict[str, str] | None = None,
+    ) -> str: ...
+
+    def select_change_events(self, entity: str, selected: bool) -> list[str]: ...
+
+    def undelete_record(self, record_id: str) -> None: ...
 
 
 class _Generate(BaseModel):
@@ -93,7 +140,7 @@ async def _model(request: web.Request, model: type[_M]) -> _M | web.Response:
 class ControlApi:
     """Routes under `/_emulator/v1`."""
 
-    def __init__(self, emulator: Emulator) -> None:
+    def __init__(self, emulator: Controlled) -> None:
         self.emulator = emulator
 
     def routes(self) -> list[web.RouteDef]:
@@ -212,7 +259,7 @@ class ControlApi:
         return _ok({"revoked": self.emulator.revoke_access_tokens()})
 
     async def restore(self, request: web.Request) -> web.StreamResponse:
-        self.emulator.tokens.restore_refresh_token()
+        self.emulator.restore_refresh_token()
         return _ok({"restored": True})
 
     async def expire(self, request: web.Request) -> web.StreamResponse:
@@ -225,16 +272,8 @@ class ControlApi:
         body = await _model(request, _Allocation)
         if isinstance(body, web.Response):
             return body
-        allocations = self.emulator.runtime.allocations
-        target = (
-            allocations.event_deliveries
-            if body.kind == "events"
-            else allocations.streaming_deliveries
-        )
-        if body.exhaust:
-            target.maximum = target.used
-        else:
-            target.maximum = body.maximum
+        kind: AllocationKind = "streaming" if body.kind == "streaming" else "events"
+        target = self.emulator.set_allocation(kind, body.maximum, body.exhaust)
         return _ok({"kind": body.kind, "maximum": target.maximum, "used": target.used})
 
     async def alter(self, request: web.Request) -> web.StreamResponse:
@@ -254,10 +293,10 @@ class ControlApi:
         if isinstance(body, web.Response):
             return body
         try:
-            self.emulator.select_change_events(body.entity, body.selected)
+            selected = self.emulator.select_change_events(body.entity, body.selected)
         except ValueError as exc:
             return _bad(str(exc))
-        return _ok({"change_events": self.emulator.runtime.spec.change_events})
+        return _ok({"change_events": selected})
 
     async def undelete(self, request: web.Request) -> web.StreamResponse:
         try:

@@ -5,6 +5,10 @@
 auth. Success is the JSON Salesforce returns (no `expires_in`: an access token lives as long
 as the org's session timeout, here a setting). Failures are HTTP 400 with
 `{"error", "error_description"}` using Salesforce's codes and texts.
+
+An access token is its session: it lives `access_token_ttl_s` after issue, and each
+`/meta/connect` made with it restarts that time (see `TokenService.keep_alive`). A token
+that no client connects with expires; a revoked one stays revoked.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class AccessToken:
     value: str
     issued_at: float
     expires_at: float
+    """When the session ends unless a CometD connect extends it."""
     client_id: str
     revoked: bool = False
     grant: str | None = None
@@ -248,6 +253,23 @@ class TokenService:
     def restore_refresh_token(self) -> None:
         """Make the configured refresh token valid again."""
         self.refresh_tokens[self.settings.refresh_token] = True
+
+    def keep_alive(self, token: AccessToken) -> bool:
+        """A CometD client is connected with `token`: its session lasts a full lifetime more.
+
+        Salesforce never expires the session of a CometD client that stays connected: it
+        keeps extending the timeout while the client is connected (Streaming API Developer
+        Guide, "Handling Streaming API Errors"). A session nobody connects with still ends
+        `access_token_ttl_s` after its last use, for REST calls and new handshakes alike.
+
+        Returns:
+            False for a revoked token: revocation ends a session however busy it is.
+        """
+        if token.revoked:
+            return False
+        renewed = self.clock.now() + self.settings.access_token_ttl_s
+        token.expires_at = max(token.expires_at, renewed)
+        return True
 
 
 def bearer_token(authorization: str | None) -> str | None:

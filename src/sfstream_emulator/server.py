@@ -16,7 +16,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Literal, Self
 
 import orjson
 from aiohttp import web
@@ -30,8 +30,9 @@ from sfstream_emulator.ids import IdFactory
 from sfstream_emulator.oauth import OAuthError, OAuthSettings, TokenService
 from sfstream_emulator.org import FieldDef, OrgError, OrgSpec, load_org
 from sfstream_emulator.records import RecordError, RecordStore
-from sfstream_emulator.rest import RestApi, rest_error
-from sfstream_emulator.runtime import OrgRuntime
+from sfstream_emulator.rest.api import RestApi
+from sfstream_emulator.rest.common import not_found, rest_error
+from sfstream_emulator.runtime import Allocation, OrgRuntime
 from sfstream_emulator.settings import API_VERSIONS, EmulatorSettings
 from sfstream_emulator.soap import SoapApi
 
@@ -253,6 +254,24 @@ class Emulator:
     def revoke_refresh_tokens(self) -> int:
         return self.tokens.revoke_refresh_tokens()
 
+    def restore_refresh_token(self) -> None:
+        """Make the configured refresh token valid again."""
+        self.tokens.restore_refresh_token()
+
+    def set_allocation(
+        self,
+        kind: Literal["events", "streaming"],
+        maximum: int | None = None,
+        exhaust: bool = False,
+    ) -> Allocation:
+        """Set a daily delivery allocation (None: unlimited), or spend what is left of it."""
+        allocations = self.runtime.allocations
+        target = (
+            allocations.event_deliveries if kind == "events" else allocations.streaming_deliveries
+        )
+        target.maximum = target.used if exhaust else maximum
+        return target
+
     def create_record(self, sobject: str, values: dict[str, Any], origin: str | None = None) -> str:
         """Insert a record (raises `RecordError` as the REST API would refuse it)."""
         obj = self.runtime.spec.object(sobject)
@@ -335,8 +354,8 @@ class Emulator:
         """Change a definition's fields; returns the new schema id."""
         return self.runtime.alter_fields(entity, add or [], remove or [], retype or {})
 
-    def select_change_events(self, entity: str, selected: bool) -> None:
-        """Add or remove an entity from the standard change event channel."""
+    def select_change_events(self, entity: str, selected: bool) -> list[str]:
+        """Add or remove an entity from the standard change event channel; returns them all."""
         spec = self.runtime.spec
         obj = spec.object(entity)
         if obj is None or not obj.supports_cdc:
@@ -346,6 +365,7 @@ class Emulator:
         elif not selected and obj.name in spec.change_events:
             spec.change_events.remove(obj.name)
         self.runtime.rebuild_channels()
+        return list(spec.change_events)
 
     def published(self, channel: str, after: int = -2, limit: int = 10000) -> list[dict[str, Any]]:
         """Retained messages of `channel` as subscribers receive them (after replay `after`)."""
@@ -456,7 +476,7 @@ class Emulator:
             return await handler(request)
         except web.HTTPNotFound:
             if request.path.startswith("/services/"):
-                return rest_error(404, "NOT_FOUND", "The requested resource does not exist")
+                return not_found()
             raise
         except web.HTTPMethodNotAllowed as exc:
             if request.path.startswith("/services/"):
@@ -497,12 +517,12 @@ class Emulator:
                     request.transport.abort()
                     return web.Response(status=500)
         if path.startswith("/services/data/v"):
-            self.rest.requests += 1
+            self.rest.count_request()
             if self.tokens.check(request.headers.get("Authorization")) is None:
                 return rest_error(401, "INVALID_SESSION_ID", "Session expired or invalid")
             version = path.split("/")[3][1:]
             if version not in _VERSIONS:
-                return rest_error(404, "NOT_FOUND", "The requested resource does not exist")
+                return not_found()
         return await handler(request)
 
 

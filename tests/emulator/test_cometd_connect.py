@@ -312,14 +312,17 @@ async def test_token_revoked_during_a_held_connect(emu: Emulator, bayeux: Bayeux
 
 @pytest.mark.parametrize(
     "sfstream_emulator_settings",
-    [EmulatorSettings(poll_timeout_s=30.0, access_token_ttl_s=60.0, seed=7)],
+    # A reconnect window longer than the token's lifetime keeps the client known while its
+    # token runs out between two connects (each connect extends the session; see
+    # test_session_lifetime.py).
+    [EmulatorSettings(poll_timeout_s=30.0, access_token_ttl_s=60.0, reconnect_gap_s=120.0, seed=7)],
 )
 async def test_expired_token_gives_authentication_invalid(emu: Emulator, bayeux: Bayeux) -> None:
     await bayeux.start(ACCOUNTS)
     emu.advance(30)  # the client keeps polling within the reconnect window
     _, reply = await bayeux.connect(advice={"timeout": 0})
     assert reply["successful"] is True
-    emu.advance(31)
+    emu.advance(61)  # longer than the token's lifetime without a connect
     _, reply = await bayeux.connect(advice={"timeout": 0})
     assert reply["error"] == "401::Authentication invalid"
     assert reply["advice"] == {"reconnect": "none", "interval": 0}

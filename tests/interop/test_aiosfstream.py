@@ -3,7 +3,9 @@
 aiosfstream-ng (with aiocometd-ng underneath) was written for real Salesforce. It gets its
 token from the emulator's OAuth endpoint, builds the CometD URL from the returned
 `instance_url`, and must receive exactly the published events, in order, whether it
-subscribes with replay -2 or resumes from a stored replayId.
+subscribes with replay -2 or resumes from a stored replayId, and it must stay connected
+past the token's lifetime without re-authenticating, as on Salesforce, where the session of
+a connected CometD client does not expire.
 """
 
 from __future__ import annotations
@@ -26,15 +28,24 @@ CHANNEL = "/data/AccountChangeEvent"
 
 
 class EmulatorAuthenticator(RefreshTokenAuthenticator):
-    """aiosfstream's refresh-token authenticator, pointed at the emulator's login URL."""
+    """aiosfstream's refresh-token authenticator, pointed at the emulator's login URL.
+
+    It counts its authentications: aiocometd re-authenticates silently and resends when the
+    server answers a message with a 401 or 403 error.
+    """
 
     def __init__(self, token_url: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._emulator_token_url = token_url
+        self.authentications = 0
 
     @property
     def _token_url(self) -> str:
         return self._emulator_token_url
+
+    async def authenticate(self) -> None:
+        self.authentications += 1
+        await super().authenticate()
 
 
 @pytest.fixture
@@ -119,3 +130,41 @@ async def test_platform_events_carry_event_uuid(sfstream_emulator: Emulator) -> 
         f"O-{i}" for i in range(4)
     ]
     assert [m["data"]["event"]["EventUuid"] for m in received] == uuids
+
+
+TOKEN_TTL_S = 30.0
+STEP_S = 20.0
+"""Shorter than the token's lifetime and than the 40 s reconnect window."""
+
+
+@pytest.mark.parametrize(
+    "sfstream_emulator_settings",
+    [EmulatorSettings(poll_timeout_s=2.0, access_token_ttl_s=TOKEN_TTL_S, seed=11)],
+)
+async def test_stays_connected_past_the_token_lifetime(sfstream_emulator: Emulator) -> None:
+    emu = sfstream_emulator
+    authenticator = _authenticator(emu)
+    steps = 6  # 120 s of emulated time: four token lifetimes
+    async with Client(authenticator, replay=ReplayOption.NEW_EVENTS) as client:
+        await client.subscribe(CHANNEL)
+        (client_id,) = emu.cometd.sessions
+        during: list[dict[str, Any]] = []
+        for step in range(steps):
+            # Time passes while the client waits in a held connect; the event then ends the
+            # poll and the client connects again.
+            async with asyncio.timeout(10):
+                await emu.cometd.wait_held(client_id)
+            emu.advance(STEP_S)
+            emu.create_record("Account", {"Name": f"During {step}"})
+            during += await _receive(client, 1)
+        assert emu.clock.offset_s > 2 * TOKEN_TTL_S
+        for index in range(3):
+            emu.create_record("Account", {"Name": f"After {index}"})
+        after = await _receive(client, 3)
+
+    assert _names(during) == [f"During {step}" for step in range(steps)]
+    assert _names(after) == [f"After {index}" for index in range(3)]
+    # One token, one client: no 401 made the client authenticate or handshake again.
+    assert authenticator.authentications == 1
+    assert len(emu.tokens.access_tokens) == 1
+    assert emu.cometd.stats["handshakes"] == 1
