@@ -60,8 +60,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/footprint.py
 
 # CHAOS_ARGS passes options through, e.g. make chaos CHAOS_ARGS="--seed 7 --kills 30".
+# bench/chaos/ is a package, run as a module from the repository root.
 chaos: $(STAMP)
-	$(BIN)/python bench/chaos.py $(CHAOS_ARGS)
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
 # The `fuzz` hypothesis profile (tests/conftest.py) runs each fuzz test far longer.
 fuzz: $(STAMP)

@@ -6,10 +6,11 @@ at a steady rate across four channels and `sfstream run` (file sink, SQLite stat
 SIGKILLed and restarted at random moments. The last run catches up and is stopped with
 SIGTERM. Then every published event must be in the sink exactly once, in replayId order
 per stream, with the checkpoints at the last replayIds and no secret in any output file.
-The work is done by `sfstream.testing.chaos`, which the CI test uses too.
+The work is done by the rest of this package (`bench.chaos`), which the CI test
+(`tests/bench/test_chaos.py`) uses too. Run it from the repository root:
 
     make chaos
-    .venv/bin/python bench/chaos.py [--events 100000] [--duration 180] [--kills 20] [--seed 1]
+    .venv/bin/python -m bench.chaos [--events 100000] [--duration 180] [--kills 20] [--seed 1]
 
 Prints a summary, writes bench/results/chaos.json, and exits 1 on any loss, duplicate,
 ordering violation, checkpoint violation, crash or leaked secret.
@@ -26,15 +27,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from sfstream.testing.chaos import DEFAULT_CHANNELS, ChaosPlan, default_faults, run_chaos
+from bench.chaos import DEFAULT_CHANNELS, ChaosPlan, default_faults, run_chaos
 from sfstream_emulator import ChaosSettings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
+PROG = "python -m bench.chaos"
 RESULTS = ROOT / "bench" / "results"
 
 
 def arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100_000, help="events to publish")
     parser.add_argument("--duration", type=float, default=180.0, help="publishing seconds")
     parser.add_argument("--kills", type=int, default=20, help="SIGKILLs of the connector")
@@ -104,7 +106,7 @@ async def main() -> int:
     except ValueError as exc:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-        print(f"bench/chaos.py: {exc}", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     try:
         report = await run_chaos(plan, say)
@@ -112,7 +114,7 @@ async def main() -> int:
         if scratch is not None:  # the files stay only in a --workdir
             shutil.rmtree(scratch, ignore_errors=True)
     result = report.as_json()
-    result["command"] = " ".join(["bench/chaos.py", *sys.argv[1:]])
+    result["command"] = " ".join([PROG, *sys.argv[1:]])
     result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

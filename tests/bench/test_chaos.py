@@ -1,8 +1,8 @@
 """The chaos run, reduced for CI, and the audit it relies on.
 
-`make chaos` (bench/chaos.py) publishes 100,000 events while the emulator injects seeded
-faults and the connector is SIGKILLed 20 times. This test runs the same code
-(`sfstream.testing.chaos`) with 5,000 events, 3 kills and denser faults, and fails on any
+`make chaos` (`python -m bench.chaos`) publishes 100,000 events while the emulator injects
+seeded faults and the connector is SIGKILLed 20 times. This test runs the same code
+(`bench.chaos`) with 5,000 events, 3 kills and denser faults, and fails on any
 lost, duplicated or reordered event, a checkpoint ahead of the sink, a crash, or a secret
 in any file the connector wrote. The audit's own checks are tested below on files written
 by hand, so that a silent audit cannot pass a broken run.
@@ -14,8 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from sfstream.testing.chaos import (
+from bench.chaos import (
     ChaosPlan,
     ChaosReport,
     SinkAudit,
@@ -24,6 +23,7 @@ from sfstream.testing.chaos import (
     run_chaos,
     scan_for_secrets,
 )
+
 from sfstream_emulator import ChaosSettings
 
 SEED = 6
