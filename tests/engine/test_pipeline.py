@@ -364,16 +364,10 @@ async def test_events_at_or_below_the_last_emitted_replay_id_are_dropped(
         pipeline = connector.pipeline
         assert pipeline is not None
         await pipeline.positions()
-        batch = pipeline_batch()
         for replay_id in (10, 12, 12, 11, 15):
-            pipeline._take(Event(ACCOUNTS, replay_id, {"payload": {}}), batch, "now")
+            pipeline._take(Event(ACCOUNTS, replay_id, {"payload": {}}), "now")
+        batch = pipeline._batch
     stats = pipeline.stats[spec.id]
     assert [m.replay_id for m in batch.messages] == [10, 12, 15]  # type: ignore[union-attr]
     assert stats.deduplicated == 2
     assert stats.received == 5
-
-
-def pipeline_batch() -> Any:
-    from sfstream.engine.pipeline import _Batch
-
-    return _Batch()

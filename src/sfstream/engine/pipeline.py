@@ -1,11 +1,12 @@
 """The at-least-once pipeline: events -> records -> batches -> sink -> checkpoints.
 
-Two tasks share the work. The receiver takes what the client has received, drops events at
-or below each stream's last emitted replayId (counted), maps the rest to records, and cuts
-batches by size or age. The writer hands each batch to the sink and, only once the sink
-returns (the batch is durable), commits the batch's checkpoints. Between them sits a bounded
-queue: a slow sink fills it, the receiver waits, the client's own queue fills, and the client
-stops polling; each step of that is logged as backpressure.
+Two tasks share the work, in one task group. The receiver takes what the client has
+received, drops events at or below each stream's last emitted replayId (counted), maps the
+rest to records, and cuts batches by size or age. The writer hands each batch to the sink
+and, only once the sink returns (the batch is durable), commits the checkpoints that the
+`CheckpointLedger` (the commit rule, without I/O) releases for it. Between them sits a
+bounded queue: a slow sink fills it, the receiver waits, the client's own queue fills, and
+the client stops polling; each step of that is logged as backpressure.
 
 Where a stream starts: the higher of its checkpoint and what the sink says it already holds
 (a crash between a write and its checkpoint leaves the sink ahead); else its initial replay.
@@ -14,7 +15,6 @@ Where a stream starts: the higher of its checkpoint and what the sink says it al
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +25,7 @@ import structlog
 
 from sfstream.bayeux import Event, Gap, SubscriptionLost
 from sfstream.client import StreamingClient, StreamItem
+from sfstream.engine.ledger import CheckpointLedger
 from sfstream.engine.records import Mapper, mapper_for
 from sfstream.errors import SfStreamError, SubscriptionError, TerminalError
 from sfstream.protocol import GapMessage, Message, SchemaMessage, StateMessage
@@ -66,9 +67,10 @@ class RunResult:
 @dataclass(slots=True)
 class _Batch:
     messages: list[Message] = field(default_factory=list)
-    last: dict[str, int] = field(default_factory=dict)
     records: int = 0
     started: float = 0.0
+    seqs: list[int] = field(default_factory=list)
+    """The ledger's sequence numbers of the batches this write carries."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,16 +117,33 @@ class Pipeline:
         self._mappers: dict[str, tuple[StreamSpec, Mapper]] = {
             spec.channel: (spec, mapper_for(spec, run_id)) for spec in specs
         }
-        self._emitted: dict[str, int | None] = {}
+        self.ledger = CheckpointLedger({})
+        self._positions: dict[str, int] | None = None
+        self._announced: list[SchemaMessage] = []
+        self._batch = _Batch()
         self._batches: asyncio.Queue[_Batch | None] = asyncio.Queue(settings.max_inflight)
-        self._writer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lost: list[SubscriptionLost] = []
+        self._draining = False
         self.schemas = schemas
         self._schema_cache: dict[str, tuple[object, Tracked | None]] = {}
         self.backpressure = 0
         self._backpressure_logged = -_BACKPRESSURE_LOG_EVERY_S
 
     # -- start ------------------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """What a run needs before it subscribes: positions, and the schemas to announce.
+
+        It reads the state store and the sink and asks Salesforce for schemas, so it fails
+        with a retryable error while any of them is unreachable; runners call it during
+        start-up, where such failures are retried. Calling it again does nothing.
+        """
+        if self._positions is not None:
+            return
+        positions = await self.positions()
+        if self.schemas is not None:
+            self._announced = list(await self.schemas.start(self.specs.values()))
+        self._positions = positions
 
     async def positions(self) -> dict[str, int]:
         """Where each stream resumes: checkpoint, sink high-water mark, or initial replay."""
@@ -133,6 +152,7 @@ class Pipeline:
         held = await self.sink.high_watermarks(ids)
         ahead: dict[str, int] = {}
         positions: dict[str, int] = {}
+        start: dict[str, int | None] = {}
         for spec in self.specs.values():
             checkpoint = checkpoints.get(spec.id)
             stored = checkpoint.replay_id if checkpoint is not None else None
@@ -140,22 +160,29 @@ class Pipeline:
             if sink_mark is not None and (stored is None or sink_mark > stored):
                 ahead[spec.id] = sink_mark
                 stored = sink_mark
-            self._emitted[spec.id] = stored
+            start[spec.id] = stored
             self.stats[spec.id].checkpoint = stored
             positions[spec.id] = stored if stored is not None else spec.initial_replay
+        self.ledger = CheckpointLedger(start)
         if ahead:
             # The sink got a batch whose checkpoint never landed: record that it has it.
             log.warning("sink_ahead_of_checkpoint", streams=ahead)
             await self.state.commit(ahead)
         return positions
 
-    async def subscribe_all(self, positions: dict[str, int]) -> None:
+    async def subscribe_all(
+        self, positions: dict[str, int], stop: asyncio.Event | None = None
+    ) -> None:
         for spec in self.specs.values():
             replay_from = positions[spec.id]
             try:
                 await self.client.subscribe(spec.channel, replay_from, spec.on_invalid_replay)
             except SubscriptionError as exc:
                 self._subscription_lost(SubscriptionLost(spec.channel, exc))
+            except SfStreamError:
+                if stop is not None and stop.is_set():
+                    return  # stopped while subscribing: the client is closing
+                raise
             else:
                 log.info(
                     "stream_started", stream=spec.id, channel=spec.channel, replay_id=replay_from
@@ -171,6 +198,8 @@ class Pipeline:
             error=lost.error.server_text or str(lost.error),
         )
         self._lost.append(lost)
+        if self._draining:
+            return
         if not self.settings.continue_on_subscription_lost:
             raise lost.error
         if len(self._lost) == len(self.specs):
@@ -179,95 +208,100 @@ class Pipeline:
     # -- run --------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> RunResult:
-        """Stream until `stop` is set or a terminal error; always flushes and commits."""
+        """Stream until `stop` is set or a terminal error; always flushes and commits.
+
+        Three tasks in one task group: this one receives and cuts batches, the writer writes
+        each batch and then commits its checkpoints, and a watcher closes the client when
+        `stop` is set (everything already received is still written). The first failure of
+        any of them ends the run.
+        """
         error: SfStreamError | None = None
-        writer = asyncio.create_task(self._write_batches(), name="sfstream-writer")
-        self._writer = writer
-        summary = asyncio.create_task(self._summaries(), name="sfstream-summary")
         try:
-            positions = await self.positions()
-            if self.schemas is not None:
-                announced = await self.schemas.start(self.specs.values())
-                if announced:
-                    await self._hand_over(_Batch(messages=list(announced)))
-            await self.subscribe_all(positions)
-            await self._receive(stop)
-        except SfStreamError as exc:
-            error = exc
+            await self.prepare()
+            async with asyncio.TaskGroup() as tasks:
+                writer = tasks.create_task(self._write_batches(), name="sfstream-writer")
+                watcher = tasks.create_task(self._close_on(stop), name="sfstream-stop")
+                summary = tasks.create_task(self._summaries(), name="sfstream-summary")
+                try:
+                    if self._announced:
+                        await self._hand_over(_Batch(messages=list(self._announced)))
+                    assert self._positions is not None
+                    await self.subscribe_all(self._positions, stop)
+                    await self._receive(stop)
+                except SfStreamError as exc:
+                    # Kept, not raised: raising here would cancel the writer before it has
+                    # written what was received.
+                    error = exc
+                finally:
+                    watcher.cancel()
+                    summary.cancel()
+                    await self._finish(writer)
+        except* SfStreamError as failures:
+            first = _first(failures)
+            assert isinstance(first, SfStreamError)
+            error = error or first
+        except* Exception as failures:
+            crash = _first(failures)
+            log.error("pipeline_crashed", error=repr(crash), exc_info=crash)  # noqa: TRY400
+            error = TerminalError(f"the pipeline stopped: {crash!r}")
         finally:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.client.close()
-            try:
-                # Events received before the stop (or the failure) are still written.
-                await self._drain_client()
-            except SfStreamError as exc:
-                error = error or exc
-            if not writer.done():
-                await self._hand_over(None)
-            try:
-                await writer
-            except SfStreamError as exc:
-                error = error or exc
-            summary.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await summary
             self._log_summary(final=True)
         return RunResult(self.stats, error, self._lost)
 
+    async def _close_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        await self.client.close()
+
+    async def _finish(self, writer: asyncio.Task[None]) -> None:
+        """Stop receiving; write what was received (unless the writer failed); end the writer."""
+        await self.client.close()
+        if writer.done():
+            return  # the writer failed: the task group reports why
+        # Events received before the stop (or a failure) are still written; a subscription
+        # lost among them is recorded, and the run's first error stays the one reported.
+        self._draining = True
+        await self._consume_ready()
+        if self._batch.messages or self.ledger.open_positions:
+            await self._hand_over(self._flush())
+        await self._hand_over(None)
+
     async def _receive(self, stop: asyncio.Event) -> None:
-        batch = _Batch()
-        stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
-        try:
-            while not stop.is_set():
-                items = self.client.take_nowait(_DRAIN_LIMIT)
-                if not items:
-                    if batch.messages and self._clock() - batch.started >= self.settings.max_wait_s:
-                        batch = await self._flush(batch)
-                        continue
-                    timeout = None
-                    if batch.messages:
-                        timeout = max(0.0, batch.started + self.settings.max_wait_s - self._clock())
-                    item = await self._next(stopper, timeout)
-                    if item is None:
-                        continue
-                    items = [item]
-                batch = await self._consume(items, batch)
-        finally:
-            stopper.cancel()
-            if batch.messages:
-                await self._flush(batch)
-
-    async def _next(self, stopper: asyncio.Future[Any], wait_s: float | None) -> StreamItem | None:
-        getter: asyncio.Future[Any] = asyncio.ensure_future(anext(aiter(self.client)))
-        done, _ = await asyncio.wait(
-            {getter, stopper, self._writer}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
-        )
-        if self._writer in done:
-            getter.cancel()
-            self._writer_failed()
-        if getter in done:
-            try:
-                item: StreamItem = getter.result()
-            except StopAsyncIteration:
-                raise TerminalError("the streaming client stopped") from None
-            return item
-        getter.cancel()
-        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-            await getter
-        return None
-
-    async def _drain_client(self) -> None:
-        """After close: everything already received still gets written."""
-        batch = _Batch()
+        """Take items until the client ends: closed by `stop` (normal) or failed (raised)."""
+        max_wait_s = self.settings.max_wait_s
+        client = self.client
         while True:
-            items = self.client.take_nowait(_DRAIN_LIMIT)
-            if not items:
-                break
-            batch = await self._consume(items, batch)
-        if batch.messages:
-            await self._flush(batch)
+            if await self._consume_ready():
+                continue
+            batch = self._batch
+            if batch.messages and self._clock() - batch.started >= max_wait_s:
+                await self._hand_over(self._flush())
+                continue
+            try:
+                if batch.messages:
+                    wait_s = max(0.0, batch.started + max_wait_s - self._clock())
+                    async with asyncio.timeout(wait_s):
+                        item = await anext(client)
+                else:
+                    item = await anext(client)
+            except TimeoutError:
+                continue
+            except StopAsyncIteration:
+                if stop.is_set():
+                    return
+                raise TerminalError("the streaming client stopped") from None
+            await self._consume([item])
 
-    async def _consume(self, items: list[StreamItem], batch: _Batch) -> _Batch:
+    async def _consume_ready(self) -> bool:
+        """Consume what the client has already received; whether there was anything."""
+        items = self.client.take_nowait(_DRAIN_LIMIT)
+        if not items:
+            return False
+        while items:
+            await self._consume(items)
+            items = self.client.take_nowait(_DRAIN_LIMIT)
+        return True
+
+    async def _consume(self, items: list[StreamItem]) -> None:
         now = _now()
         max_records = self.settings.max_records
         tracking = self.schemas is not None
@@ -281,18 +315,17 @@ class Pipeline:
                     if cached is not None and cached[0] == item.data.get("schema"):
                         tracked = cached[1]  # the common case: the schema seen last
                     else:
-                        tracked = await self._track_schema(item, batch)
-            self._take(item, batch, now, tracked)
-            if batch.records >= max_records:
-                batch = await self._flush(batch)
-        return batch
+                        tracked = await self._track_schema(item)
+            self._take(item, now, tracked)
+            if self._batch.records >= max_records:
+                await self._hand_over(self._flush())
 
     def _route(self, event: Event) -> tuple[StreamSpec, Mapper] | None:
         return self._mappers.get(event.channel) or self._mappers.get(
             event.channel.partition("?")[0]
         )
 
-    async def _track_schema(self, event: Event, batch: _Batch) -> Tracked | None:
+    async def _track_schema(self, event: Event) -> Tracked | None:
         """The schema version of `event`; a SCHEMA message goes first when it is new."""
         route = self._route(event)
         if route is None:
@@ -308,21 +341,23 @@ class Pipeline:
             await tracker.observe(spec, event)
         tracked = tracker.lookup(spec, event)
         if tracked is not None:
-            self._announce(batch, await tracker.transition(spec, tracked))
+            self._announce(await tracker.transition(spec, tracked))
         self._schema_cache[spec.id] = (schema_id, tracked)
         return tracked
 
-    def _announce(self, batch: _Batch, message: SchemaMessage | None) -> None:
+    def _announce(self, message: SchemaMessage | None) -> None:
         if message is None:
             return
+        self._append(message)
+        self._schema_cache.clear()
+
+    def _append(self, message: Message) -> None:
+        batch = self._batch
         if not batch.messages:
             batch.started = self._clock()
         batch.messages.append(message)
-        self._schema_cache.clear()
 
-    def _take(
-        self, item: StreamItem, batch: _Batch, now: str, tracked: Tracked | None = None
-    ) -> None:
+    def _take(self, item: StreamItem, now: str, tracked: Tracked | None = None) -> None:
         if isinstance(item, Event):
             route = self._route(item)
             if route is None:
@@ -331,10 +366,10 @@ class Pipeline:
             stats = self.stats[spec.id]
             stats.received += 1
             replay_id = item.replay_id
-            last = self._emitted.get(spec.id)
-            if replay_id is not None and last is not None and replay_id <= last:
+            if replay_id is not None and not self.ledger.admit(spec.id, replay_id):
                 stats.deduplicated += 1
                 return
+            batch = self._batch
             if not batch.messages:
                 batch.started = self._clock()
             records = mapper(item, now)
@@ -346,18 +381,12 @@ class Pipeline:
             batch.messages.extend(records)
             batch.records += len(records)
             stats.emitted += len(records)
-            if replay_id is not None:
-                self._emitted[spec.id] = replay_id
-                batch.last[spec.id] = replay_id
         elif isinstance(item, Gap):
             spec = self.specs[item.channel]
             self.stats[spec.id].gaps += 1
             # The stream restarts from the fallback: ids below the old position are new.
-            self._emitted[spec.id] = None
-            batch.last.pop(spec.id, None)
-            if not batch.messages:
-                batch.started = self._clock()
-            batch.messages.append(
+            self.ledger.restart(spec.id)
+            self._append(
                 GapMessage(
                     spec.id,
                     "replay_id_rejected",
@@ -376,81 +405,77 @@ class Pipeline:
         elif isinstance(item, SubscriptionLost):
             self._subscription_lost(item)
 
-    async def _flush(self, batch: _Batch) -> _Batch:
-        for stream, replay_id in batch.last.items():
+    def _flush(self) -> _Batch:
+        """Seal the open batch: its STATE messages say what it reaches; start a new one."""
+        batch = self._batch
+        self._batch = _Batch()
+        sealed = self.ledger.seal()
+        batch.seqs.append(sealed.seq)
+        for stream, replay_id in sealed.positions.items():
             batch.messages.append(StateMessage(stream, replay_id))
-        if self._batches.full():
+        return batch
+
+    async def _hand_over(self, batch: _Batch | None) -> None:
+        """Queue a batch (or the end, None) for the writer; waits while the sink is behind.
+
+        If the writer fails meanwhile, the task group cancels this wait and reports why.
+        """
+        if batch is not None and not batch.messages and not batch.seqs:
+            return
+        queue = self._batches
+        if queue.full():
             self.backpressure += 1
             now = self._clock()
             if now - self._backpressure_logged >= _BACKPRESSURE_LOG_EVERY_S:
                 self._backpressure_logged = now
                 log.warning(
                     "backpressure",
-                    waiting_batches=self._batches.qsize(),
+                    waiting_batches=queue.qsize(),
                     client_queue=self.client.queue_depth,
                     times=self.backpressure,
                 )
-        await self._hand_over(batch)
-        return _Batch()
-
-    async def _hand_over(self, batch: _Batch | None) -> None:
-        """Queue a batch for the writer, unless the writer has failed (then raise its error)."""
-        if self._writer.done():
-            self._writer_failed()
-        if not self._batches.full():
-            self._batches.put_nowait(batch)
-            return
-        put = asyncio.ensure_future(self._batches.put(batch))
-        done, _ = await asyncio.wait({put, self._writer}, return_when=asyncio.FIRST_COMPLETED)
-        if put not in done:
-            put.cancel()
-            self._writer_failed()
-
-    def _writer_failed(self) -> None:
-        error = self._writer.exception()
-        if isinstance(error, SfStreamError):
-            raise error
-        raise TerminalError(f"the sink writer stopped: {error!r}") from error
+            await queue.put(batch)
+        else:
+            queue.put_nowait(batch)
 
     async def _write_batches(self) -> None:
-        """Write each batch, then commit its checkpoints.
+        """Write each batch, then commit the checkpoints the ledger releases for it.
 
         A batch's commit runs while the next batch is written: checkpoints still only move
         over durably written records, and stay in order (each commit waits for the one
         before). A crash between a write and its commit is covered at start-up by the sink's
         high-water marks (or, for sinks that cannot tell, by at-least-once delivery).
         """
-        committing: asyncio.Task[None] | None = None
-        try:
-            while True:
+        async with asyncio.TaskGroup() as commits:
+            committing: asyncio.Task[None] | None = None
+            ended = False
+            while not ended:
                 batch = await self._batches.get()
                 if batch is None:
                     break
                 # Group commit: batches that queued up while the sink was busy share one write.
-                ended = False
                 while not self._batches.empty():
                     more = self._batches.get_nowait()
                     if more is None:
                         ended = True
                         break
                     batch.messages.extend(more.messages)
-                    batch.last.update(more.last)
+                    batch.seqs.extend(more.seqs)
                     batch.records += more.records
-                await self.sink.write(batch.messages)
+                if batch.messages:
+                    await self.sink.write(batch.messages)
+                release: dict[str, int] = {}
+                for seq in batch.seqs:
+                    release.update(self.ledger.written(seq))
                 if committing is not None:
                     await committing
                     committing = None
-                if batch.last:
-                    committing = asyncio.create_task(self._commit(batch))
-                if ended:
-                    break
-        finally:
-            if committing is not None:
-                await committing
+                if release:
+                    committing = commits.create_task(self._commit(release))
 
-    async def _commit(self, batch: _Batch) -> None:
-        await self.state.commit(batch.last)
-        for stream, replay_id in batch.last.items():
+    async def _commit(self, checkpoints: dict[str, int]) -> None:
+        await self.state.commit(checkpoints)
+        for stream, replay_id in checkpoints.items():
             stats = self.stats[stream]
             stats.checkpoint = replay_id
             stats.checkpoints += 1
@@ -482,6 +507,14 @@ class Pipeline:
             backpressure_waits=client.backpressure_waits,
             final=final,
         )
+
+
+def _first(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first error of a (possibly nested) exception group."""
+    found: BaseException = group
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found
 
 
 def _now() -> str:
