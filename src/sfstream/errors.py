@@ -10,6 +10,8 @@ SfStreamError                     retryable?  recovery
 │   ├── UnknownClientError        yes         REHANDSHAKE     403::Unknown client
 │   ├── ClientLimitError          yes         REHANDSHAKE     concurrent client limit
 │   ├── AuthExpiredError          yes         REAUTHENTICATE  401::Authentication invalid
+│   ├── MalformedEventError       yes         REHANDSHAKE     an event's envelope breaks the
+│   │                                                         protocol (bad replayId)
 │   └── StorageUnavailableError   yes         RECONNECT       state store or sink unreachable
 └── TerminalError                 no
     ├── AuthenticationError       no          NONE            invalid_grant, bad client
@@ -18,8 +20,11 @@ SfStreamError                     retryable?  recovery
     │   ├── ChannelNotFoundError  no          NONE            channel does not exist
     │   └── PermissionDeniedError no          NONE            403 restricted / no access
     ├── AllocationExceededError   no          NONE            daily event limit spent
+    ├── AllSubscriptionsLostError no          NONE            every subscription refused or lost
     ├── ProtocolError             no          NONE            a reply we cannot understand
-    └── StorageError              no          NONE            state store or sink refused
+    ├── StorageError              no          NONE            state store or sink refused
+    ├── EncodingError             no          NONE            an event the sink cannot encode
+    └── StartupTimeoutError       no          NONE            start-up retried past its limit
 ```
 
 `classify()` maps a Bayeux error string (`"403::Unknown client"`) to its class through one
@@ -121,6 +126,33 @@ class AuthExpiredError(RetryableError):
     recovery = Recovery.REAUTHENTICATE
 
 
+class MalformedEventError(RetryableError):
+    """An event whose envelope breaks the protocol: its `data.event.replayId` is missing on a
+    channel with replay, not an integer, or outside 0..2**63-1.
+
+    Nothing of it reaches the consumer; the client handshakes again and resubscribes from the
+    last good replayId. The same failure again and again, with no progress in between, ends
+    the subscription with a `ProtocolError`.
+
+    Attributes:
+        value_type: the JSON type of the offending value (`"str"`, `"float"`, `"missing"`, ...),
+            never the value or the payload.
+    """
+
+    recovery = Recovery.REHANDSHAKE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        channel: str | None = None,
+        replay_id: int | None = None,
+        value_type: str | None = None,
+    ) -> None:
+        super().__init__(message, channel=channel, replay_id=replay_id)
+        self.value_type = value_type
+
+
 class StorageUnavailableError(RetryableError):
     """A state store or sink cannot be reached right now (connection refused, timeout)."""
 
@@ -151,6 +183,14 @@ class PermissionDeniedError(SubscriptionError):
 
 class AllocationExceededError(TerminalError):
     """The org's daily event delivery allocation is spent."""
+
+
+class AllSubscriptionsLostError(TerminalError):
+    """Every subscription of the client was refused or lost: nothing is left to stream.
+
+    The client has sent `/meta/disconnect` (freeing one of the org's concurrent-client slots)
+    and ends; each loss was reported first (`SubscriptionLost`).
+    """
 
 
 class ProtocolError(TerminalError):
@@ -208,6 +248,14 @@ def classify(
     if code is not None and 400 <= code < 500:
         return TerminalError(text, channel=channel, replay_id=replay_id, server_text=text)
     return TransportError(text, channel=channel, replay_id=replay_id, server_text=text)
+
+
+class EncodingError(TerminalError):
+    """An event cannot be written in the output format (for example, nested too deeply)."""
+
+
+class StartupTimeoutError(TerminalError):
+    """Start-up kept failing with retryable errors past `runtime.startup_timeout_s`."""
 
 
 class ExitCode(IntEnum):

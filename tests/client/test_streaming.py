@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import pytest_asyncio
 from pydantic import SecretStr
+from structlog.testing import capture_logs
 
 from sfstream.auth import OAuthCredentials
 from sfstream.bayeux import Event, Gap, ReplayPolicy, SubscriptionLost
 from sfstream.client import ClientSettings, StreamingClient
 from sfstream.errors import (
     AllocationExceededError,
+    AllSubscriptionsLostError,
     AuthenticationError,
     ChannelNotFoundError,
     InvalidReplayIdError,
+    ProtocolError,
 )
 from sfstream_emulator import ChaosSettings, Emulator, EmulatorSettings, Fault, FaultKind
+from tests.client.proxy import RewritingProxy
 
 CHANNEL = "/data/AccountChangeEvent"
 EVENT_CHANNEL = "/event/Order_Placed__e"
@@ -64,6 +70,17 @@ async def collect(client: StreamingClient, count: int, timeout_s: float = 15.0) 
             if sum(isinstance(i, Event) for i in items) >= count:
                 break
     return items
+
+
+async def drain(client: StreamingClient, items: list[Any], timeout_s: float = 15.0) -> None:
+    """Append every item to `items` until the iteration ends (raising what it raises)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            try:
+                item = await anext(client)
+            except StopAsyncIteration:
+                return
+            items.append(item)  # kept even when the next read raises
 
 
 def names(items: list[Any]) -> list[str]:
@@ -363,3 +380,351 @@ async def test_close_sends_disconnect(sfstream_emulator: Emulator) -> None:
         await streaming.subscribe(CHANNEL, -1)
         assert len(sfstream_emulator.cometd.sessions) == 1
     assert sfstream_emulator.cometd.sessions == {}
+
+
+# -- retries back off on one schedule -------------------------------------------------------
+
+
+async def test_token_refresh_failures_back_off_on_the_session_schedule(
+    sfstream_emulator: Emulator,
+) -> None:
+    emu = sfstream_emulator
+    settings = ClientSettings(
+        backoff_base_s=0.05, backoff_cap_s=0.4, network_margin_s=1.0, request_timeout_s=2.0
+    )
+    async with StreamingClient(credentials(emu), settings, rng=random.Random(4)) as client:
+        await client.subscribe(CHANNEL, -1)
+        create(emu, "before")
+        received = await collect(client, 1)
+        # The token is revoked and the token endpoint is down for a while.
+        emu.faults.add(Fault(kind=FaultKind.HTTP_503, target="oauth", count=5))
+        with capture_logs() as logs:
+            emu.revoke_access_tokens()
+            create(emu, "after")
+            received += await collect(client, 1)
+    assert names(received) == ["before", "after"]
+    assert client.stats.token_refresh_failures == 5
+    waits = [e["retry_in_s"] for e in logs if e["event"] == "token_refresh_failed"]
+    assert len(waits) == 5
+    assert all(0 <= w <= 0.4 for w in waits)
+    assert len(set(waits)) > 1, "jittered, never a fixed pace"
+
+
+class TopOfRange(random.Random):
+    """Jitter that always picks the top of its range."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+async def test_close_does_not_wait_for_a_token_refresh_backoff(
+    sfstream_emulator: Emulator,
+) -> None:
+    emu = sfstream_emulator
+    settings = ClientSettings(
+        backoff_base_s=20.0, backoff_cap_s=60.0, network_margin_s=1.0, request_timeout_s=2.0
+    )
+    client = StreamingClient(credentials(emu), settings, rng=TopOfRange())
+    await client.open()
+    try:
+        await client.subscribe(CHANNEL, -1)
+        emu.faults.add(Fault(kind=FaultKind.HTTP_503, target="oauth", count=10))
+        with capture_logs() as logs:
+            emu.revoke_access_tokens()
+            create(emu, "x")  # the held connect returns, the next one meets the revoked token
+            async with asyncio.timeout(10):
+                while not any(e["event"] == "reauthenticating" for e in logs):
+                    await asyncio.sleep(0.05)
+    finally:
+        started = asyncio.get_running_loop().time()
+        await client.close()
+        took = asyncio.get_running_loop().time() - started
+    (reauth,) = [e for e in logs if e["event"] == "reauthenticating"]
+    assert reauth["delay_s"] == 20.0, "the refresh waits on the retry schedule"
+    assert took < 2.0, f"close waited {took:.1f} s for a backoff"
+
+
+# -- a -1 stream across a re-handshake before its first event --------------------------------
+
+
+def _label(kind: str, item: Event) -> str:
+    data = item.data
+    if kind == "cdc":
+        return str(data["payload"]["Name"])
+    if kind == "platform_event":
+        return str(data["payload"]["Order_Number__c"])
+    if kind == "push_topic":
+        return str(data["sobject"]["Name"])
+    return str(data["payload"])
+
+
+def _publish(emu: Emulator, kind: str, label: str) -> None:
+    if kind == "cdc":
+        emu.create_record("Account", {"Name": label})
+    elif kind == "platform_event":
+        emu.publish_event("Order_Placed__e", {"Order_Number__c": label})
+    elif kind == "push_topic":
+        emu.create_record(
+            "Opportunity",
+            {
+                "Name": label,
+                "Amount": 250000,
+                "StageName": "Prospecting",
+                "CloseDate": "2030-01-01",
+            },
+        )
+    else:
+        emu.push("/u/Notifications", label)
+
+
+LATEST_KINDS = {
+    "cdc": CHANNEL,  # payload.ChangeEventHeader.commitTimestamp
+    "platform_event": EVENT_CHANNEL,  # payload.CreatedDate
+    "push_topic": "/topic/HighValueDeals",  # event.createdDate
+    "generic": "/u/Notifications",  # event.createdDate
+}
+
+
+@pytest.mark.parametrize("kind", list(LATEST_KINDS))
+async def test_a_latest_stream_loses_nothing_across_a_rehandshake_before_its_first_event(
+    sfstream_emulator: Emulator, kind: str
+) -> None:
+    emu = sfstream_emulator
+    channel = LATEST_KINDS[kind]
+    _publish(emu, kind, "before-1")
+    _publish(emu, kind, "before-2")
+    emu.advance(600)  # the events above are ten minutes older than the subscribe
+    async with StreamingClient(
+        credentials(emu), FAST, rng=random.Random(2), wall_clock=emu.clock.now
+    ) as client:
+        assert await client.subscribe(channel, -1) == -1
+        # Nothing arrives; the server forgets the client, and events are published before
+        # it comes back: a resubscribe at -1 would skip them.
+        emu.expire_clients()
+        _publish(emu, kind, "during-1")
+        _publish(emu, kind, "during-2")
+        items = await collect(client, 2, timeout_s=10.0)
+        _publish(emu, kind, "after")
+        items += await collect(client, 1, timeout_s=10.0)
+        # Once the stream has delivered an event, it resumes by replayId again.
+        emu.expire_clients()
+        _publish(emu, kind, "later")
+        items += await collect(client, 1, timeout_s=10.0)
+    events = [i for i in items if isinstance(i, Event)]
+    assert [_label(kind, e) for e in events] == ["during-1", "during-2", "after", "later"]
+    assert [e.replay_id for e in events] == [
+        m["data"]["event"]["replayId"] for m in emu.published(channel)[2:]
+    ]
+    assert client.stats.replay_skipped == 2
+    assert client.stats.rehandshakes >= 2
+
+
+# -- corrupt events --------------------------------------------------------------------------
+
+CORRUPTIONS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "string": lambda e: e.update(replayId=str(e["replayId"])),
+    "float": lambda e: e.update(replayId=float(e["replayId"])),
+    "huge-float": lambda e: e.update(replayId=1e300),
+    "minus-one": lambda e: e.update(replayId=-1),
+    "two-to-the-63": lambda e: e.update(replayId=2**63),
+    "bool": lambda e: e.update(replayId=True),
+    "null": lambda e: e.update(replayId=None),
+    "missing": lambda e: e.pop("replayId"),
+}
+
+
+@dataclass
+class Corrupter:
+    """Rewrites the replayId of the event named `marker` on `channel` (`times` times, or
+    always when None), and notes what followed it on the channel in the same response."""
+
+    channel: str
+    marker: str
+    corrupt: Callable[[dict[str, Any]], None]
+    times: int | None = 1
+    done: int = 0
+    followers: list[list[str]] = field(default_factory=list)
+
+    def __call__(self, messages: list[Any]) -> list[Any]:
+        if not isinstance(messages, list):
+            return messages
+        for index, message in enumerate(messages):
+            if not isinstance(message, dict) or message.get("channel") != self.channel:
+                continue
+            data = message["data"]
+            if data["payload"].get("Name") != self.marker:
+                continue
+            if self.times is not None and self.done >= self.times:
+                continue
+            self.done += 1
+            self.corrupt(data["event"])
+            self.followers.append(
+                [
+                    m["data"]["payload"].get("Name")
+                    for m in messages[index + 1 :]
+                    if m.get("channel") == self.channel
+                ]
+            )
+        return messages
+
+
+@pytest.mark.parametrize("variant", list(CORRUPTIONS))
+async def test_a_corrupt_event_is_never_delivered_and_its_stream_resumes_before_it(
+    sfstream_emulator: Emulator, variant: str
+) -> None:
+    emu = sfstream_emulator
+    corrupter = Corrupter(CHANNEL, "poison", CORRUPTIONS[variant])
+    async with RewritingProxy(emu.url, corrupter) as proxy:
+        creds = credentials(emu, login_url=proxy.url)
+        async with StreamingClient(creds, FAST, rng=random.Random(3)) as client:
+            await client.subscribe(CHANNEL, -1)
+            create(emu, "before")
+            items = await collect(client, 1)
+            with capture_logs() as logs:
+                create(emu, "good-1", "poison", "good-2")  # one /meta/connect response
+                items += await collect(client, 3)
+    assert corrupter.done == 1
+    assert corrupter.followers == [["good-2"]], "the event after it came in the same response"
+    # The corrupt copy never became an event; the event itself came again, in its place.
+    assert names(items) == ["before", "good-1", "poison", "good-2"]
+    assert replay_ids(items) == [m["data"]["event"]["replayId"] for m in emu.published(CHANNEL)]
+    assert client.stats.protocol_errors == 1
+    assert client.stats.rehandshakes >= 1
+    (logged,) = [e for e in logs if e["event"] == "protocol_error"]
+    assert logged["channel"] == CHANNEL
+    assert (
+        logged["value_type"]
+        == {
+            "string": "str",
+            "float": "float",
+            "huge-float": "float",
+            "minus-one": "int",
+            "two-to-the-63": "int",
+            "bool": "bool",
+            "null": "null",
+            "missing": "missing",
+        }[variant]
+    )
+    assert "poison" not in repr(logged), "the payload stays out of the logs"
+
+
+async def test_an_event_corrupt_every_time_ends_its_subscription_not_the_others(
+    sfstream_emulator: Emulator,
+) -> None:
+    emu = sfstream_emulator
+    settings = dataclasses.replace(FAST, protocol_error_limit=3)
+    corrupter = Corrupter(CHANNEL, "poison", CORRUPTIONS["string"], times=None)
+    async with RewritingProxy(emu.url, corrupter) as proxy:
+        creds = credentials(emu, login_url=proxy.url)
+        async with StreamingClient(creds, settings, rng=random.Random(3)) as client:
+            await client.subscribe(CHANNEL, -1)
+            await client.subscribe(EVENT_CHANNEL, -1)
+            with capture_logs() as logs:
+                create(emu, "good", "poison", "never")
+                items: list[Any] = []
+                async with asyncio.timeout(15):
+                    async for item in client:
+                        items.append(item)
+                        if isinstance(item, SubscriptionLost):
+                            break
+            emu.publish_event("Order_Placed__e", {"Order_Number__c": "still-flowing"})
+            items += await collect(client, 1)
+    (lost,) = [i for i in items if isinstance(i, SubscriptionLost)]
+    assert lost.channel == CHANNEL
+    assert isinstance(lost.error, ProtocolError)
+    assert lost.error.replay_id == emu.published(CHANNEL)[0]["data"]["event"]["replayId"]
+    events = [i for i in items if isinstance(i, Event)]
+    assert [e.data["payload"].get("Name") for e in events if e.channel == CHANNEL] == ["good"]
+    assert [e.channel for e in events][-1] == EVENT_CHANNEL
+    assert corrupter.done == 3
+    assert client.stats.protocol_errors == 3
+    # It did not spin: each attempt waited on the backoff schedule first.
+    waits = [e["delay_s"] for e in logs if e["event"] == "reconnecting"]
+    assert len(waits) >= 2
+    assert all(0 <= w <= FAST.backoff_cap_s for w in waits)
+
+
+async def test_when_the_only_subscription_is_lost_to_corrupt_events_the_client_ends(
+    sfstream_emulator: Emulator,
+) -> None:
+    emu = sfstream_emulator
+    settings = dataclasses.replace(FAST, protocol_error_limit=2)
+    corrupter = Corrupter(CHANNEL, "poison", CORRUPTIONS["two-to-the-63"], times=None)
+    items: list[Any] = []
+    async with RewritingProxy(emu.url, corrupter) as proxy:
+        creds = credentials(emu, login_url=proxy.url)
+        async with StreamingClient(creds, settings, rng=random.Random(3)) as client:
+            await client.subscribe(CHANNEL, -1)
+            create(emu, "poison")
+            with pytest.raises(AllSubscriptionsLostError):
+                await drain(client, items)
+            assert emu.cometd.sessions == {}, "the client disconnected"
+    assert [type(i) for i in items] == [SubscriptionLost]
+    assert isinstance(items[0].error, ProtocolError)
+
+
+# -- nothing left to stream ------------------------------------------------------------------
+
+
+async def test_a_client_whose_every_subscription_is_refused_disconnects_and_ends(
+    sfstream_emulator: Emulator, client: StreamingClient
+) -> None:
+    emu = sfstream_emulator
+    await client.subscribe("/event/Nope__e", -1, wait=False)
+    await client.subscribe("/topic/Nope", -1, wait=False)
+    items: list[Any] = []
+    with pytest.raises(AllSubscriptionsLostError, match="nothing left to stream"):
+        await drain(client, items, 10.0)
+    assert sorted(i.channel for i in items if isinstance(i, SubscriptionLost)) == [
+        "/event/Nope__e",
+        "/topic/Nope",
+    ]
+    assert all(isinstance(i.error, ChannelNotFoundError) for i in items)
+    assert emu.cometd.sessions == {}, "the client sent /meta/disconnect"
+    with pytest.raises(AllSubscriptionsLostError):
+        await client.subscribe(CHANNEL, -1)
+
+
+async def test_a_client_whose_last_subscription_is_lost_after_a_rehandshake_ends(
+    sfstream_emulator: Emulator, client: StreamingClient
+) -> None:
+    emu = sfstream_emulator
+    create(emu, "old")
+    stored = emu.published(CHANNEL)[0]["data"]["event"]["replayId"]
+    await client.subscribe(CHANNEL, stored)  # policy fail
+    clients_before = emu.status()["clients"]
+    assert clients_before == 1
+    emu.advance(73 * 3600)  # the stored replayId leaves the retention window
+    emu.expire_clients()  # and the resubscribe offers it again
+    items: list[Any] = []
+    with pytest.raises(AllSubscriptionsLostError):
+        await drain(client, items, 10.0)
+    (lost,) = items
+    assert isinstance(lost, SubscriptionLost)
+    assert isinstance(lost.error, InvalidReplayIdError)
+    assert emu.status()["clients"] == 0
+
+
+async def test_a_refusal_raised_by_subscribe_leaves_the_client_open_for_others(
+    sfstream_emulator: Emulator, client: StreamingClient
+) -> None:
+    with pytest.raises(ChannelNotFoundError):
+        await client.subscribe("/event/Nope__e", -1)
+    await asyncio.sleep(0.3)
+    assert await client.subscribe(CHANNEL, -1) == -1
+    create(sfstream_emulator, "flowing")
+    assert names(await collect(client, 1)) == ["flowing"]
+
+
+async def test_a_client_without_subscriptions_stays_open_until_it_subscribes(
+    sfstream_emulator: Emulator, client: StreamingClient
+) -> None:
+    await asyncio.sleep(2.5)  # more than one empty long poll
+    assert sfstream_emulator.status()["clients"] == 1
+    await client.subscribe(EVENT_CHANNEL, -1)
+    await client.unsubscribe(EVENT_CHANNEL)
+    await asyncio.sleep(0.3)
+    assert sfstream_emulator.status()["clients"] == 1, "unsubscribing is not losing"
+    await client.subscribe(CHANNEL, -1)
+    create(sfstream_emulator, "late")
+    assert names(await collect(client, 1)) == ["late"]

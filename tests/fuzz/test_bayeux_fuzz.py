@@ -36,8 +36,10 @@ from sfstream.bayeux import (
     EARLIEST,
     LATEST,
     Event,
+    EventRejected,
     Gap,
     Handshaken,
+    MalformedEvent,
     MetaChannel,
     Phase,
     Reauthenticate,
@@ -417,7 +419,7 @@ def mutated_body(choose: Chooser, body: list[dict[str, Any]]) -> Any:
     return result
 
 
-def checked_parse(body: Any) -> tuple[list[Reply], list[Event]]:
+def checked_parse(body: Any) -> tuple[list[Reply], list[Event | MalformedEvent]]:
     """`parse`, asserting the shape of what it returns."""
     replies, events = parse(body)
     for reply in replies:
@@ -433,8 +435,18 @@ def checked_parse(body: Any) -> tuple[list[Reply], list[Event]]:
     for event in events:
         assert isinstance(event.channel, str)
         assert not event.channel.startswith("/meta/")
+        if isinstance(event, MalformedEvent):
+            assert isinstance(event.problem, str)
+            assert isinstance(event.value_type, str)
+            continue
         assert event.replay_id is None or (
             isinstance(event.replay_id, int) and not isinstance(event.replay_id, bool)
+        )
+        # A replayId that reaches an Event fits the checkpoint store (int64, not negative),
+        # and only generic channels may lack one.
+        assert event.replay_id is None or 0 <= event.replay_id <= 2**63 - 1
+        assert event.replay_id is not None or not event.channel.startswith(
+            ("/data/", "/event/", "/topic/")
         )
         assert isinstance(event.data, dict)
     return replies, events
@@ -477,7 +489,7 @@ class Driver:
     def want(self, channel: str) -> None:
         start = self.choose.choice((LATEST, EARLIEST, 0, 1_000, 1_005))
         policy = self.choose.choice(list(ReplayPolicy))
-        self.session.subscribe(channel, start, policy)
+        self.session.subscribe(channel, start, policy, awaited=self.choose.chance(30))
         self.last[channel] = None
 
     def run(self, steps: int) -> None:
@@ -540,7 +552,9 @@ class Driver:
 
     def poll(self, *, connect: bool) -> None:
         session = self.session
-        requests = session.poll(self.now, connect=connect)
+        # Wall-clock time, when given, anchors -1 streams (their events are from 2016-2019).
+        wall = 1_700_000_000 + self.now if self.choose.chance(80) else None
+        requests = session.poll(self.now, connect=connect, wall=wall)
         for request in requests:
             orjson.dumps(request.messages)  # what goes on the wire is JSON
             assert request.timeout_s > 0
@@ -609,23 +623,31 @@ class Driver:
                 | Unsubscribed
                 | Gap
                 | SubscriptionLost
+                | EventRejected
                 | Reauthenticate
                 | Recovering
                 | SessionFailed
                 | Handshaken,
             )
-            if isinstance(notice, Gap | SubscriptionLost | Reauthenticate | Recovering):
+            if isinstance(
+                notice, Gap | SubscriptionLost | EventRejected | Reauthenticate | Recovering
+            ):
                 assert isinstance(notice.error, SfStreamError)
+            if isinstance(notice, Reauthenticate):
+                assert math.isfinite(notice.delay_s)
+                assert 0 <= notice.delay_s <= 2.0  # the cap of the driver's sessions
             if isinstance(notice, SessionFailed):
                 assert isinstance(notice.error, SfStreamError)
                 assert not notice.error.retryable
                 self.failed = True
+                assert session.failure is notice.error
             if isinstance(notice, Gap):
                 assert notice.fallback in (LATEST, EARLIEST)
                 self.last[notice.channel] = None  # the stream restarts from the fallback
             if isinstance(notice, Recovering):
                 assert math.isfinite(notice.delay_s)
                 assert notice.delay_s >= 0
+                assert notice.delay_s <= 2.0  # never beyond the cap, whatever the error
 
     def check(self) -> None:
         session = self.session

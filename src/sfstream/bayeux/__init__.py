@@ -6,11 +6,12 @@ over HTTP.
 """
 
 from sfstream.bayeux.backoff import Backoff
-from sfstream.bayeux.messages import Advice, Event, MetaChannel, Reply, parse
+from sfstream.bayeux.messages import Advice, Event, MalformedEvent, MetaChannel, Reply, parse
 from sfstream.bayeux.session import (
     EARLIEST,
     LATEST,
     Counters,
+    EventRejected,
     Gap,
     Handshaken,
     Notice,
@@ -37,8 +38,10 @@ __all__ = [
     "Backoff",
     "Counters",
     "Event",
+    "EventRejected",
     "Gap",
     "Handshaken",
+    "MalformedEvent",
     "MetaChannel",
     "Notice",
     "Phase",

@@ -1,13 +1,40 @@
-"""Exponential backoff with full jitter, bounded, reset after success.
+"""Exponential backoff with full jitter, bounded, reset after success: the one retry policy.
 
 Delay before attempt n (n = 1, 2, ...) is uniform in [0, min(cap, base * 2**(n-1))]: the
-"full jitter" schedule, which spreads reconnecting clients best.
+"full jitter" schedule, which spreads reconnecting clients best. Every retry the streaming
+client makes once it runs draws its delay here (reconnects, re-handshakes, re-authentications
+and the token refreshes they need, resent subscribes), so none of them can run at a fixed pace.
+
+Some refusals ask for a longer wait than the schedule's first steps (Salesforce's concurrent
+client limit frees up only when another client leaves): `floor_s` then raises the lower
+bound and the ceiling with it, so the delays stay jittered instead of all equal to the floor.
+No delay ever exceeds the cap.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+
+
+def ceiling_s(base_s: float, cap_s: float, attempt: int, floor_s: float = 0.0) -> float:
+    """The largest delay of the `attempt`-th consecutive failure (1 is the first)."""
+    ceiling: float = min(cap_s, base_s * 2.0 ** min(max(attempt, 1) - 1, 32))
+    if floor_s > 0:
+        ceiling = min(cap_s, max(ceiling, 2 * floor_s))
+    return ceiling
+
+
+def jittered_s(
+    rng: random.Random, base_s: float, cap_s: float, attempt: int, floor_s: float = 0.0
+) -> float:
+    """A delay for the `attempt`-th consecutive failure: uniform up to its ceiling."""
+    ceiling = ceiling_s(base_s, cap_s, attempt, floor_s)
+    low = 0.0
+    if floor_s > 0:
+        # Above the cap the floor gives way: the cap is the one promise that always holds.
+        low = floor_s if floor_s <= ceiling else ceiling / 2
+    return rng.uniform(low, ceiling)
 
 
 @dataclass(slots=True)
@@ -25,11 +52,21 @@ class Backoff:
     rng: random.Random = field(default_factory=random.Random)
     failures: int = 0
 
-    def next_delay(self) -> float:
+    def __post_init__(self) -> None:
+        if not self.base_s > 0 or not self.cap_s >= self.base_s:
+            raise ValueError(
+                f"backoff needs 0 < base <= cap, got base {self.base_s} s, cap {self.cap_s} s"
+            )
+
+    def next_delay(self, *, floor_s: float = 0.0) -> float:
         """Count a failure and return how long to wait before the next attempt."""
         self.failures += 1
-        ceiling = min(self.cap_s, self.base_s * 2 ** min(self.failures - 1, 32))
-        return self.rng.uniform(0.0, ceiling)
+        return jittered_s(self.rng, self.base_s, self.cap_s, self.failures, floor_s)
 
-    def reset(self) -> None:
-        self.failures = 0
+    def delay_for(self, attempt: int) -> float:
+        """A delay for the `attempt`-th retry of something counted elsewhere (no state)."""
+        return jittered_s(self.rng, self.base_s, self.cap_s, attempt)
+
+    def reset(self, failures: int = 0) -> None:
+        """Forget the failures (a success), or all but `failures` of them."""
+        self.failures = failures

@@ -36,6 +36,7 @@ from sfstream.auth import AccessToken, OAuthCredentials, TokenProvider
 from sfstream.bayeux import (
     LATEST,
     Event,
+    EventRejected,
     Gap,
     Handshaken,
     Reauthenticate,
@@ -50,7 +51,7 @@ from sfstream.bayeux import (
     SubscriptionLost,
     parse,
 )
-from sfstream.bayeux.messages import Reply
+from sfstream.bayeux.messages import MalformedEvent, Reply
 from sfstream.errors import (
     AuthenticationError,
     ProtocolError,
@@ -79,6 +80,16 @@ class ClientSettings:
             resubscribe from the last received replayId, never an event).
         network_margin_s: added to the advised poll timeout to get a connect's read timeout.
         request_timeout_s: read timeout of handshakes, subscribes and token requests.
+        backoff_base_s: the ceiling of the first retry delay; each consecutive failure
+            doubles it (every retry: reconnects, re-handshakes, token refreshes).
+        backoff_cap_s: the largest retry delay.
+        latest_clock_skew_s: when a stream subscribed at `-1` that has received nothing yet
+            is resumed at `-2` after a re-handshake, replayed events up to this much older
+            than its first subscribe are still delivered (Salesforce's clock may be behind
+            ours, and an event's own time precedes its publication). Too small can lose
+            events; too large only delivers a few from before the subscribe.
+        protocol_error_limit: malformed events on one channel in a row, with no progress in
+            between, before that subscription is lost with a `ProtocolError`.
         proxy: an HTTP(S) proxy URL; when None, `HTTPS_PROXY` and friends are honoured.
         tcp_keepalive_s: idle seconds before TCP keepalive probes (below NAT idle timeouts).
         ssl: TLS verification: True (system CAs), or an `ssl.SSLContext` for a private CA.
@@ -90,6 +101,8 @@ class ClientSettings:
     request_timeout_s: float = 30.0
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
+    latest_clock_skew_s: float = 30.0
+    protocol_error_limit: int = 5
     proxy: str | None = None
     tcp_keepalive_s: int = 60
     ssl: ssl.SSLContext | bool = True
@@ -110,6 +123,11 @@ class ClientStats:
     reconnects: int = 0
     reauthentications: int = 0
     token_requests: int = 0
+    token_refresh_failures: int = 0
+    protocol_errors: int = 0
+    """Events dropped because their envelope broke the protocol (bad or missing replayId)."""
+    replay_skipped: int = 0
+    """Events replayed to resume a `-1` stream that predate its first subscribe."""
     queue_depth: int = 0
 
 
@@ -122,7 +140,7 @@ class _End:
 _END: Final = _End()
 
 
-_Outcome = tuple[list[Reply], list[Event]] | SfStreamError
+_Outcome = tuple[list[Reply], list[Event | MalformedEvent]] | SfStreamError
 
 
 class _Waits:
@@ -194,6 +212,8 @@ class StreamingClient:
         settings: network and flow control.
         rng: backoff jitter source (seed it in tests).
         clock: monotonic seconds (injected in tests).
+        wall_clock: seconds since the epoch, to compare with the time Salesforce puts in
+            events (injected in tests).
         tokens: a token provider to share (with REST calls); one of its own otherwise.
     """
 
@@ -204,6 +224,7 @@ class StreamingClient:
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         tokens: TokenProvider | None = None,
     ) -> None:
         self.credentials = credentials
@@ -215,9 +236,11 @@ class StreamingClient:
             backoff_cap_s=s.backoff_cap_s,
             network_margin_s=s.network_margin_s,
             request_timeout_s=s.request_timeout_s,
+            latest_clock_skew_s=s.latest_clock_skew_s,
+            protocol_error_limit=s.protocol_error_limit,
         )
         self._clock = clock
-        self._rng = rng or random.Random()  # noqa: S311 - jitter
+        self._wall_clock = wall_clock
         self.stats = ClientStats()
         # Items travel in chunks, one per response, so a large batch costs one queue
         # operation; `_buffer` holds the rest of the chunk being consumed.
@@ -227,6 +250,7 @@ class StreamingClient:
         self._proxy: str | None = None
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
         self._tokens: TokenProvider | None = tokens
         self._own_tokens = tokens is None
@@ -234,7 +258,7 @@ class StreamingClient:
         self._subscribe_waiters: dict[str, asyncio.Future[int]] = {}
         self._last_token: AccessToken | None = None
         self._error: SfStreamError | None = None
-        self._closed = False
+        self._closed: asyncio.Future[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -286,23 +310,41 @@ class StreamingClient:
         self._driver = asyncio.create_task(self._drive(), name="sfstream-streaming-client")
 
     async def close(self) -> None:
-        """Disconnect (best effort, bounded) and release the connection."""
-        if self._closed:
+        """Disconnect (best effort, bounded) and release the connection.
+
+        Every caller returns once the client is closed: what it received is queued by then.
+        Subscriptions still waiting for their confirmation fail with a retryable error.
+        """
+        if self._closed is not None:
+            await asyncio.shield(self._closed)
             return
-        self._closed = True
-        self.session.close()
-        self._wake.set()
-        if self._driver is not None:
-            try:
-                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
-                    await asyncio.shield(self._driver)
-            except (TimeoutError, asyncio.CancelledError):
-                self._driver.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._driver
-        if self._http is not None:
-            await self._http.close()
-        self._queue.put_nowait(_END)
+        self._closed = asyncio.get_running_loop().create_future()
+        try:
+            self.session.close()
+            self._stopping.set()
+            self._wake.set()
+            if self._driver is not None:
+                try:
+                    async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                        await asyncio.shield(self._driver)
+                except (TimeoutError, asyncio.CancelledError):
+                    self._driver.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await self._driver
+            if self._http is not None:
+                await self._http.close()
+        finally:
+            for channel, waiter in self._subscribe_waiters.items():
+                if not waiter.done():
+                    waiter.set_exception(
+                        TransportError(
+                            "the client closed before the subscription was confirmed",
+                            channel=channel,
+                        )
+                    )
+            self._subscribe_waiters.clear()
+            self._queue.put_nowait(_END)
+            self._closed.set_result(None)
 
     # -- subscriptions ----------------------------------------------------------------------
 
@@ -316,7 +358,10 @@ class StreamingClient:
     ) -> int:
         """Subscribe to `channel` from `replay_from` (-1 new, -2 all retained, or an id).
 
-        Returns the replay value the server accepted (after any fallback).
+        Returns the replay value the server accepted (after any fallback). A refusal is
+        raised here and the client forgets that subscription, so the caller can go on with
+        others. With `wait=False` it returns at once and a refusal comes through the
+        stream as a `SubscriptionLost` item instead.
 
         Raises:
             SubscriptionError: the server refused the subscription (channel, replayId and
@@ -325,12 +370,14 @@ class StreamingClient:
         """
         if self._error is not None:
             raise self._error
-        self.session.subscribe(channel, replay_from, ReplayPolicy(on_invalid_replay))
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._subscribe_waiters[channel] = future
+        if self.session.failure is not None:
+            raise self.session.failure
+        self.session.subscribe(channel, replay_from, ReplayPolicy(on_invalid_replay), awaited=wait)
         self._wake.set()
         if not wait:
             return replay_from
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._subscribe_waiters[channel] = future
         return await future
 
     async def unsubscribe(self, channel: str) -> None:
@@ -420,6 +467,10 @@ class StreamingClient:
         except Exception as exc:
             self._fail(TerminalError(f"streaming client crashed: {exc!r}"))
             log.exception("client_crashed")
+        else:
+            failure = self.session.failure
+            if failure is not None and self._error is None:
+                self._fail(failure)
         finally:
             waits.cancel()
             for future in pending:
@@ -431,7 +482,9 @@ class StreamingClient:
     def _launch(
         self, pending: dict[asyncio.Future[_Outcome], Request], connect_allowed: bool
     ) -> None:
-        for request in self.session.poll(self._clock(), connect=connect_allowed):
+        for request in self.session.poll(
+            self._clock(), connect=connect_allowed, wall=self._wall_clock()
+        ):
             self.stats.requests += 1
             pending[asyncio.ensure_future(self._send(request))] = request
 
@@ -493,6 +546,8 @@ class StreamingClient:
         counters = self.session.counters
         self.stats.events = counters.events
         self.stats.duplicates = counters.duplicates
+        self.stats.protocol_errors = counters.protocol_errors
+        self.stats.replay_skipped = counters.replay_skipped
         for notice in step.notices:
             if isinstance(notice, Subscribed):
                 log.info("subscribed", channel=notice.channel, replay_id=notice.replay_from)
@@ -520,6 +575,16 @@ class StreamingClient:
                     waiter.set_exception(notice.error)
                 else:
                     chunk.append(notice)
+            elif isinstance(notice, EventRejected):
+                # The channel and the offending value's type, never the payload.
+                log.error(
+                    "protocol_error",
+                    channel=notice.channel,
+                    problem=str(notice.error),
+                    value_type=notice.error.value_type,
+                    replay_id=notice.error.replay_id,
+                    consecutive=notice.consecutive,
+                )
             elif isinstance(notice, Recovering):
                 self.stats.reconnects += 1
                 log.warning(
@@ -539,22 +604,38 @@ class StreamingClient:
         return deferred
 
     async def _reauthenticate(self, notice: Reauthenticate) -> None:
+        """Refresh the token, waiting first as the session's retry schedule says, and again
+        (on the same schedule) after each transient failure of the token endpoint."""
         assert self._tokens is not None
         self.stats.reauthentications += 1
-        log.warning("reauthenticating", error=notice.error.server_text or str(notice.error))
-        delay = self.settings.backoff_base_s
+        log.warning(
+            "reauthenticating",
+            error=notice.error.server_text or str(notice.error),
+            delay_s=round(notice.delay_s, 3),
+        )
+        delay = notice.delay_s
         while True:
+            if not await self._pause(delay):
+                return  # closing: the session disconnects without a new token
             try:
                 await self._tokens.refresh(self._last_token)
                 break
             except AuthenticationError:
                 raise
             except TransportError as exc:
-                log.warning("token_refresh_failed", error=str(exc), retry_in_s=round(delay, 2))
-                await asyncio.sleep(self._rng.uniform(0, delay))
-                delay = min(delay * 2, self.settings.backoff_cap_s)
+                self.stats.token_refresh_failures += 1
+                delay = self.session.authentication_failed(self._clock(), exc).delay_s
+                log.warning("token_refresh_failed", error=str(exc), retry_in_s=round(delay, 3))
         self.stats.token_requests = self._tokens.refreshes
         self.session.authenticated(self._clock())
+
+    async def _pause(self, delay_s: float) -> bool:
+        """Wait `delay_s` unless the client closes first; False if it is closing."""
+        if delay_s > 0 and not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay_s):
+                    await self._stopping.wait()
+        return not self._stopping.is_set()
 
     def _fail(self, error: SfStreamError) -> None:
         if self._error is None:
@@ -599,7 +680,7 @@ class StreamingClient:
         return _decode(status, raw)
 
 
-def _decode(status: int, raw: bytes) -> tuple[list[Reply], list[Event]] | SfStreamError:
+def _decode(status: int, raw: bytes) -> _Outcome:
     if status == 503:
         return ServerBusyError("HTTP 503: Salesforce is too busy")
     if status >= 500 or status == 429:
