@@ -9,6 +9,7 @@ import aiohttp
 import orjson
 import pytest
 from pydantic import SecretStr
+from structlog.testing import capture_logs
 
 from sfstream.auth import (
     AccessToken,
@@ -18,7 +19,7 @@ from sfstream.auth import (
     token_flow,
 )
 from sfstream.errors import AuthenticationError, ConfigError, ProtocolError, TransportError
-from sfstream_emulator import Emulator
+from sfstream_emulator import Emulator, EmulatorSettings
 
 SECRET = "s3cr3t-value"
 REFRESH = "r3fr3sh-value"
@@ -198,3 +199,130 @@ async def test_unreachable_login_url_is_retryable() -> None:
         provider = TokenProvider(creds(login_url="http://127.0.0.1:9"), http, timeout_s=5)
         with pytest.raises(TransportError):
             await provider.token()
+
+
+def test_a_refresh_token_in_the_response_is_kept_hidden() -> None:
+    token = run(
+        creds(),
+        200,
+        {
+            "access_token": "00Dxx!AQ.tok",
+            "instance_url": "https://x.my",
+            "refresh_token": "5Aep.new",
+        },
+    )
+    assert token.refresh_token is not None
+    assert token.refresh_token.get_secret_value() == "5Aep.new"
+    assert "5Aep.new" not in repr(token)
+    assert (
+        run(creds(), 200, {"access_token": "t", "instance_url": "https://x.my"}).refresh_token
+        is None
+    )
+
+
+def emulator_creds(emu: Emulator) -> OAuthCredentials:
+    c = emu.credentials
+    return creds(
+        login_url=c["login_url"],
+        client_id=c["client_id"],
+        client_secret=SecretStr(c["client_secret"]),
+        refresh_token=SecretStr(c["refresh_token"]),
+    )
+
+
+def valid_refresh_tokens(emu: Emulator) -> list[str]:
+    return [token for token, valid in emu.tokens.refresh_tokens.items() if valid]
+
+
+async def test_provider_follows_rotated_refresh_tokens_and_reports_each() -> None:
+    async with (
+        Emulator(EmulatorSettings(rotate_refresh_tokens=True)) as emu,
+        aiohttp.ClientSession() as http,
+    ):
+        reported: list[str] = []
+
+        async def keep(token: SecretStr) -> None:
+            reported.append(token.get_secret_value())
+
+        original = emu.credentials["refresh_token"]
+        provider = TokenProvider(emulator_creds(emu), http, on_refresh_token_rotated=keep)
+        with capture_logs() as logs:
+            first = await provider.token()
+            # Salesforce rotated the refresh token: only the one it sent back is valid now.
+            assert valid_refresh_tokens(emu) == reported
+            assert original not in reported
+            second = await provider.refresh(first)  # would be invalid_grant with the old one
+            third = await provider.refresh(second)
+        assert third is not second
+        assert len(reported) == 3
+        assert len(set(reported)) == 3
+        assert valid_refresh_tokens(emu) == reported[-1:]
+        assert provider.credentials.refresh_token is not None
+        assert provider.credentials.refresh_token.get_secret_value() == reported[-1]
+        assert (provider.refreshes, provider.rotations) == (3, 3)
+        assert [e["event"] for e in logs] == ["refresh_token_rotated"] * 3
+        for value in [original, *reported]:
+            assert value not in repr(logs)
+            assert value not in repr(provider)
+
+
+async def test_a_failing_rotation_callback_does_not_fail_the_refresh() -> None:
+    async with (
+        Emulator(EmulatorSettings(rotate_refresh_tokens=True)) as emu,
+        aiohttp.ClientSession() as http,
+    ):
+        seen: list[str] = []
+
+        async def broken(token: SecretStr) -> None:
+            seen.append(token.get_secret_value())
+            raise OSError(f"disk full while writing {token.get_secret_value()}")
+
+        provider = TokenProvider(emulator_creds(emu), http, on_refresh_token_rotated=broken)
+        with capture_logs() as logs:
+            first = await provider.token()
+            second = await provider.refresh(first)
+        assert second is not first
+        assert provider.rotation_callback_failures == 2
+        warnings = [e for e in logs if e["log_level"] == "warning"]
+        assert [e["event"] for e in warnings] == ["refresh_token_rotation_not_saved"] * 2
+        assert warnings[0]["error"] == "OSError"
+        assert "restart" in warnings[0]["note"]
+        for value in seen:
+            assert value not in repr(logs)
+
+
+async def test_a_hanging_rotation_callback_is_given_up_on() -> None:
+    async with (
+        Emulator(EmulatorSettings(rotate_refresh_tokens=True)) as emu,
+        aiohttp.ClientSession() as http,
+    ):
+
+        async def hangs(token: SecretStr) -> None:
+            await asyncio.sleep(60)
+
+        provider = TokenProvider(
+            emulator_creds(emu), http, timeout_s=0.5, on_refresh_token_rotated=hangs
+        )
+        token = await provider.token()
+        assert token.instance_url == emu.url
+        assert provider.rotation_callback_failures == 1
+
+
+async def test_no_rotation_no_report(sfstream_emulator: Emulator) -> None:
+    reported: list[SecretStr] = []
+
+    async def keep(token: SecretStr) -> None:
+        reported.append(token)
+
+    async with aiohttp.ClientSession() as http:
+        provider = TokenProvider(
+            emulator_creds(sfstream_emulator), http, on_refresh_token_rotated=keep
+        )
+        await provider.refresh(await provider.token())
+    assert reported == []
+    assert provider.rotations == 0
+    assert provider.credentials.refresh_token is not None
+    assert (
+        provider.credentials.refresh_token.get_secret_value()
+        == (sfstream_emulator.credentials["refresh_token"])
+    )

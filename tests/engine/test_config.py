@@ -136,3 +136,42 @@ async def test_bad_documents(tmp_path: Path, text: str, expected: str) -> None:
 async def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         await load_config(tmp_path / "missing.yaml", environ={})
+
+
+async def test_remembers_which_secret_each_field_came_from(
+    config_dir: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = BASE.replace("  client_id: key\n", "  client_id: key\n  username: inline-user\n")
+    config = await load_config(write(config_dir, text), environ={})
+    assert config.secret_references == {
+        "salesforce.client_secret": "SF_SECRET",
+        "salesforce.refresh_token": "SF_REFRESH",
+    }
+    assert config.secret_reference("salesforce.refresh_token") == "SF_REFRESH"
+    assert config.secret_reference("salesforce.username") is None
+    assert "SF_REFRESH" not in repr(config)
+    # The secrets file is anchored like the other paths: the store opens it from anywhere.
+    assert config.secrets.file == config_dir / "secrets.env"
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    store = config.secrets.open_store()
+    assert (await store.get("SF_REFRESH")).get_secret_value() == "the-refresh-token"
+
+
+async def test_a_reference_set_through_the_environment_is_remembered(config_dir: Path) -> None:
+    config = await load_config(
+        write(config_dir, BASE),
+        environ={"SFSTREAM_SALESFORCE__REFRESH_TOKEN": "${secret:SF_SECRET}"},
+    )
+    assert config.secret_reference("salesforce.refresh_token") == "SF_SECRET"
+    inline = await load_config(
+        write(config_dir, BASE),
+        environ={"SFSTREAM_SALESFORCE__REFRESH_TOKEN": "inline-token"},
+    )
+    assert inline.secret_reference("salesforce.refresh_token") is None
+
+
+async def test_an_empty_secret_does_not_satisfy_the_grant(config_dir: Path) -> None:
+    (config_dir / "secrets.env").write_text("SF_SECRET=the-secret\n")
+    text = BASE.replace("${secret:SF_REFRESH}", "''")
+    with pytest.raises(ConfigError, match="the refresh_token grant needs refresh_token"):
+        await load_config(write(config_dir, text), environ={})

@@ -5,6 +5,11 @@ and receives the response, like httpx's `Auth.auth_flow`: it is tested without a
 driven over aiohttp by `TokenProvider`. The provider caches the access token and refreshes it
 only when told the token is stale; concurrent callers share one refresh.
 
+When refresh token rotation is on for the connected app, each refresh_token grant answers
+with a new refresh token and invalidates the one sent: the provider switches to the new one
+for every later refresh and hands it to `on_refresh_token_rotated`, which stores it where the
+next start will read it (`sfstream.runners.wiring`).
+
 Secrets stay in `SecretStr` until the moment they go into the request body; no `repr`,
 message or log line carries them.
 """
@@ -12,17 +17,29 @@ message or log line carries them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator
+import dataclasses
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 import orjson
+import structlog
 from pydantic import SecretStr
 
-from sfstream.errors import AuthenticationError, ConfigError, ProtocolError, TransportError
+from sfstream.auth.grants import GrantType, grant_needs_message, missing_for_grant
+from sfstream.errors import (
+    AuthenticationError,
+    ConfigError,
+    ProtocolError,
+    SfStreamError,
+    TransportError,
+)
 
-GrantType = Literal["refresh_token", "password", "client_credentials"]
+log = structlog.get_logger("sfstream.auth")
+
+RefreshTokenRotated = Callable[[SecretStr], Awaitable[None]]
+"""Called with the new refresh token after Salesforce rotated it (the old one is dead)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,12 +62,20 @@ class OAuthCredentials:
     def __post_init__(self) -> None:
         if not self.login_url.startswith(("https://", "http://")):
             raise ConfigError(f"login URL {self.login_url!r} must start with https://")
-        if self.grant_type == "refresh_token" and self.refresh_token is None:
-            raise ConfigError("the refresh_token grant needs a refresh token")
-        if self.grant_type == "password" and (self.username is None or self.password is None):
-            raise ConfigError("the password grant needs a username and a password")
-        if self.grant_type == "client_credentials" and self.client_secret is None:
-            raise ConfigError("the client_credentials grant needs the client secret")
+        try:
+            missing = missing_for_grant(
+                self.grant_type,
+                {
+                    "client_secret": self.client_secret,
+                    "refresh_token": self.refresh_token,
+                    "username": self.username,
+                    "password": self.password,
+                },
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if missing:
+            raise ConfigError(grant_needs_message(self.grant_type, missing))
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +101,9 @@ class AccessToken:
     token_type: str = "Bearer"  # noqa: S105 - a scheme name, not a secret
     issued_at_ms: int | None = None
     identity_url: str | None = None
+    refresh_token: SecretStr | None = field(default=None, repr=False, compare=False)
+    """The refresh token the response carried, if any: with refresh token rotation on,
+    Salesforce sends a new one with every refresh_token grant."""
 
     def authorization(self) -> str:
         """The `Authorization` header value."""
@@ -147,12 +175,14 @@ def parse_token_response(response: TokenResponse, creds: OAuthCredentials) -> Ac
     if not isinstance(token, str) or not isinstance(instance_url, str):
         raise ProtocolError("the token response lacks access_token or instance_url")
     issued = body.get("issued_at")
+    refresh = body.get("refresh_token")
     return AccessToken(
         value=SecretStr(token),
         instance_url=instance_url.rstrip("/"),
         token_type=str(body.get("token_type") or "Bearer"),
         issued_at_ms=int(issued) if isinstance(issued, str) and issued.isdigit() else None,
         identity_url=body.get("id") if isinstance(body.get("id"), str) else None,
+        refresh_token=SecretStr(refresh) if isinstance(refresh, str) and refresh else None,
     )
 
 
@@ -162,7 +192,12 @@ class TokenProvider:
     Args:
         credentials: the grant to use.
         http: the aiohttp session to send token requests with.
-        timeout_s: per token request.
+        timeout_s: per token request, and for `on_refresh_token_rotated`.
+        on_refresh_token_rotated: awaited with the new refresh token each time Salesforce
+            rotates it, before the refresh returns; it should store the token where the next
+            start reads it. It failing (or taking longer than `timeout_s`) does not fail the
+            refresh: the provider logs a warning, counts it in `rotation_callback_failures`
+            and goes on with the new token in memory.
     """
 
     def __init__(
@@ -171,15 +206,23 @@ class TokenProvider:
         http: aiohttp.ClientSession,
         timeout_s: float = 30.0,
         proxy: str | None = None,
+        *,
+        on_refresh_token_rotated: RefreshTokenRotated | None = None,
     ) -> None:
         self.credentials = credentials
+        """The grant in use; its refresh token is replaced when Salesforce rotates it."""
         self._http = http
         self._timeout_s = timeout_s
         self._proxy = proxy
+        self._on_rotated = on_refresh_token_rotated
         self._token: AccessToken | None = None
         self._lock = asyncio.Lock()
         self.refreshes = 0
         """Token requests sent (the first one included)."""
+        self.rotations = 0
+        """New refresh tokens received (refresh token rotation)."""
+        self.rotation_callback_failures = 0
+        """Times `on_refresh_token_rotated` raised or timed out."""
 
     async def token(self) -> AccessToken:
         """The cached token, fetching one if there is none yet."""
@@ -191,14 +234,51 @@ class TokenProvider:
     async def refresh(self, stale: AccessToken | None) -> AccessToken:
         """A new token, unless the cached one already differs from `stale`.
 
-        Concurrent callers that report the same stale token share one request.
+        Concurrent callers that report the same stale token share one request. When the
+        response carries a new refresh token, it is used from then on and reported to
+        `on_refresh_token_rotated` (in the order Salesforce issued them).
         """
         async with self._lock:
             current = self._token
             if current is not None and current is not stale:
                 return current
-            self._token = await self._run(token_flow(self.credentials))
-            return self._token
+            token = await self._run(token_flow(self.credentials))
+            self._token = token
+            rotated = self._rotated(token)
+            if rotated is not None:
+                self.credentials = dataclasses.replace(self.credentials, refresh_token=rotated)
+                self.rotations += 1
+                log.info("refresh_token_rotated", rotations=self.rotations)
+                await self._report_rotation(rotated)
+            return token
+
+    def _rotated(self, token: AccessToken) -> SecretStr | None:
+        """The new refresh token `token` came with, if Salesforce rotated the one sent."""
+        new = token.refresh_token
+        used = self.credentials.refresh_token
+        if self.credentials.grant_type != "refresh_token" or new is None or used is None:
+            return None
+        if new.get_secret_value() == used.get_secret_value():
+            return None
+        return new
+
+    async def _report_rotation(self, new: SecretStr) -> None:
+        if self._on_rotated is None:
+            return
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._on_rotated(new)
+        except Exception as exc:  # noqa: BLE001 - the refresh itself succeeded
+            self.rotation_callback_failures += 1
+            # Only sfstream's own messages are known to carry no secret value.
+            reason = str(exc) if isinstance(exc, SfStreamError) else type(exc).__name__
+            log.warning(
+                "refresh_token_rotation_not_saved",
+                error=reason,
+                failures=self.rotation_callback_failures,
+                note="the new refresh token is in use in memory; a restart would use the old "
+                "one, which Salesforce has invalidated",
+            )
 
     async def _run(self, flow: Generator[TokenRequest, TokenResponse, AccessToken]) -> AccessToken:
         request = next(flow)

@@ -159,7 +159,7 @@ def _credentials(
 ) -> OAuthCredentials:
     from pydantic import SecretStr
 
-    from sfstream.auth import OAuthCredentials
+    from sfstream.auth import OAuthCredentials, grant_needs_message, required_for_grant
     from sfstream_emulator.settings import (
         DEFAULT_CLIENT_ID,
         DEFAULT_CLIENT_SECRET,
@@ -178,6 +178,14 @@ def _credentials(
     store: SecretsStore = (
         FileSecretsStore(secrets_file) if secrets_file is not None else EnvSecretsStore()
     )
+    try:
+        needs = required_for_grant(grant)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if "username" in needs and not username:
+        raise click.UsageError(
+            f"{grant_needs_message(grant, ('username',))}: pass --username (or SFSTREAM_USERNAME)"
+        )
 
     async def secret(name: str, required: bool) -> SecretStr | None:
         try:
@@ -188,14 +196,16 @@ def _credentials(
             return None
 
     async def resolve() -> OAuthCredentials:
+        # A secret the grant needs must be in the store (its error names the secret); the
+        # others are sent when present.
         return OAuthCredentials(
             login_url=login_url,
             client_id=client_id,
-            client_secret=await secret("SFSTREAM_CLIENT_SECRET", grant == "client_credentials"),
+            client_secret=await secret("SFSTREAM_CLIENT_SECRET", "client_secret" in needs),
             grant_type=grant,  # type: ignore[arg-type]
-            refresh_token=await secret("SFSTREAM_REFRESH_TOKEN", grant == "refresh_token"),
+            refresh_token=await secret("SFSTREAM_REFRESH_TOKEN", "refresh_token" in needs),
             username=username,
-            password=await secret("SFSTREAM_PASSWORD", grant == "password"),
+            password=await secret("SFSTREAM_PASSWORD", "password" in needs),
         )
 
     try:

@@ -4,6 +4,10 @@ Load order: the YAML file, then `SFSTREAM_<SECTION>__<FIELD>` environment variab
 (`SFSTREAM_SINK__PATH=/data/out.jsonl`), then `${secret:NAME}` references resolved through the
 configured secrets store, then validation. Every problem is reported at once, each with its
 path (`streams.2.channel: ...`), as a `ConfigError`.
+
+The loaded `Config` remembers which secret each resolved field came from
+(`config.secret_reference("salesforce.refresh_token") == "SF_REFRESH_TOKEN"`), so that a value
+that changes while running (a rotated refresh token) can be written back under its name.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Any, Final, Literal
 
 import yaml
@@ -20,12 +25,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from sfstream.auth.grants import GrantType, grant_needs_message, missing_for_grant
 from sfstream.errors import ConfigError, SecretError
 from sfstream.secrets import EnvSecretsStore, FileSecretsStore, SecretsStore
 from sfstream.streams import check_stream_id, parse_channel
@@ -48,7 +55,7 @@ class SalesforceConfig(_Frozen):
     login_url: str = "https://login.salesforce.com"
     client_id: str
     client_secret: SecretStr | None = None
-    grant_type: Literal["refresh_token", "password", "client_credentials"] = "refresh_token"
+    grant_type: GrantType = "refresh_token"
     refresh_token: SecretStr | None = None
     username: str | None = None
     password: SecretStr | None = None
@@ -63,14 +70,17 @@ class SalesforceConfig(_Frozen):
 
     @model_validator(mode="after")
     def _grant(self) -> SalesforceConfig:
-        needs = {
-            "refresh_token": ["refresh_token"],
-            "password": ["username", "password"],
-            "client_credentials": ["client_secret"],
-        }[self.grant_type]
-        missing = [name for name in needs if getattr(self, name) is None]
+        missing = missing_for_grant(
+            self.grant_type,
+            {
+                "client_secret": self.client_secret,
+                "refresh_token": self.refresh_token,
+                "username": self.username,
+                "password": self.password,
+            },
+        )
         if missing:
-            raise ValueError(f"the {self.grant_type} grant needs {' and '.join(missing)}")
+            raise ValueError(grant_needs_message(self.grant_type, missing))
         return self
 
 
@@ -89,6 +99,22 @@ class SecretsConfig(_Frozen):
         if self.backend == "aws" and self.aws_secret_id is None:
             raise ValueError("the aws backend needs `aws_secret_id`")
         return self
+
+    def open_store(self, base_dir: Path | None = None) -> SecretsStore:
+        """The configured store; a relative `file` is taken from `base_dir` (the config
+        file's directory; `load_config` has already anchored it in a loaded `Config`)."""
+        if self.backend == "file":
+            assert self.file is not None  # checked above
+            path = self.file
+            if base_dir is not None and not path.is_absolute():
+                path = base_dir / path
+            return FileSecretsStore(path)
+        if self.backend == "aws":
+            from sfstream.secrets.aws import AwsSecretsManagerStore
+
+            assert self.aws_secret_id is not None  # checked above
+            return AwsSecretsManagerStore(self.aws_secret_id, region=self.aws_region)
+        return EnvSecretsStore()
 
 
 class StreamConfig(_Frozen):
@@ -181,6 +207,9 @@ class RuntimeConfig(_Frozen):
     max_pending_events: int = Field(default=10_000, ge=10)
     summary_interval_s: float = Field(default=60.0, gt=0)
     shutdown_timeout_s: float = Field(default=20.0, gt=0)
+    startup_timeout_s: float | None = Field(default=None, gt=0)
+    """How long start-up may retry retryable failures (Salesforce, the state store or the
+    sink unreachable) before the run gives up with exit 1; no limit when unset."""
     on_subscription_lost: Literal["fail", "continue"] = "fail"
     """End the run (exit 1) when a subscription fails for good, or keep the others going."""
     disk_io: Literal["inline", "thread"] = "inline"
@@ -208,6 +237,8 @@ class Config(_Frozen):
     runtime: RuntimeConfig = RuntimeConfig()
     logging: LoggingConfig = LoggingConfig()
 
+    _secret_refs: Mapping[str, str] = PrivateAttr(default_factory=lambda: MappingProxyType({}))
+
     @model_validator(mode="after")
     def _streams(self) -> Config:
         if self.discovery.mode == "config" and not self.streams:
@@ -229,6 +260,17 @@ class Config(_Frozen):
             self.state.dsn,
         ]
         return [s.get_secret_value() for s in found if s is not None]
+
+    @property
+    def secret_references(self) -> Mapping[str, str]:
+        """Field path -> the secret its value was read from, for every `${secret:NAME}`
+        resolved by `load_config` (`{"salesforce.refresh_token": "SF_REFRESH_TOKEN"}`)."""
+        return self._secret_refs
+
+    def secret_reference(self, path: str) -> str | None:
+        """The secret the field at `path` (`salesforce.refresh_token`) was read from; None
+        when its value was written inline or the configuration was not loaded from a file."""
+        return self._secret_refs.get(path)
 
 
 def _overlay_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -274,34 +316,32 @@ def _secrets_store(raw: dict[str, Any], base_dir: Path) -> SecretsStore:
         secrets = SecretsConfig.model_validate(section)
     except ValidationError as exc:
         raise ConfigError(_format(exc, prefix="secrets")) from exc
-    if secrets.backend == "file":
-        assert secrets.file is not None
-        path = secrets.file if secrets.file.is_absolute() else base_dir / secrets.file
-        return FileSecretsStore(path)
-    if secrets.backend == "aws":
-        from sfstream.secrets.aws import AwsSecretsManagerStore
-
-        assert secrets.aws_secret_id is not None
-        return AwsSecretsManagerStore(secrets.aws_secret_id, region=secrets.aws_region)
-    return EnvSecretsStore()
+    return secrets.open_store(base_dir)
 
 
-async def _resolve(value: Any, store: SecretsStore, path: str, problems: list[str]) -> Any:
+async def _resolve(
+    value: Any, store: SecretsStore, path: str, problems: list[str], refs: dict[str, str]
+) -> Any:
+    """`value` with every `${secret:NAME}` replaced; `refs` gets path -> NAME of each."""
     if isinstance(value, dict):
         return {
-            k: await _resolve(v, store, f"{path}.{k}" if path else str(k), problems)
+            k: await _resolve(v, store, f"{path}.{k}" if path else str(k), problems, refs)
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [await _resolve(v, store, f"{path}.{i}", problems) for i, v in enumerate(value)]
+        return [
+            await _resolve(v, store, f"{path}.{i}", problems, refs) for i, v in enumerate(value)
+        ]
     if isinstance(value, str):
         match = _SECRET_REF.match(value.strip())
         if match:
             try:
-                return (await store.get(match.group(1))).get_secret_value()
+                secret = (await store.get(match.group(1))).get_secret_value()
             except SecretError as exc:
                 problems.append(f"{path}: {exc}")
                 return None
+            refs[path] = match.group(1)
+            return secret
     return value
 
 
@@ -343,7 +383,8 @@ async def load_config(path: str | Path, environ: Mapping[str, str] | None = None
     _overlay_env(raw, os.environ if environ is None else environ)
     store = _secrets_store(raw, file.parent)
     problems: list[str] = []
-    resolved = await _resolve(raw, store, "", problems)
+    refs: dict[str, str] = {}
+    resolved = await _resolve(raw, store, "", problems, refs)
     try:
         config = Config.model_validate(resolved)
     except ValidationError as exc:
@@ -353,14 +394,19 @@ async def load_config(path: str | Path, environ: Mapping[str, str] | None = None
         raise ConfigError(
             f"{file}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems)
         )
+    config._secret_refs = MappingProxyType(refs)
     return _anchor_paths(config, file.parent)
 
 
 def _anchor_paths(config: Config, base: Path) -> Config:
-    """Relative state and sink paths are relative to the config file's directory."""
+    """Relative state, sink and secrets file paths are relative to the config file's
+    directory."""
     state = config.state
     sink = config.sink
     registry = config.schema_registry
+    secrets = config.secrets
+    if secrets.file is not None and not secrets.file.is_absolute():
+        secrets = secrets.model_copy(update={"file": base / secrets.file})
     if not state.path.is_absolute():
         state = state.model_copy(update={"path": base / state.path})
     if sink.path is not None and not sink.path.is_absolute():
@@ -369,4 +415,6 @@ def _anchor_paths(config: Config, base: Path) -> Config:
         registry = registry.model_copy(update={"path": state.path.parent / "schemas.db"})
     elif not registry.path.is_absolute():
         registry = registry.model_copy(update={"path": base / registry.path})
-    return config.model_copy(update={"state": state, "sink": sink, "schema_registry": registry})
+    return config.model_copy(
+        update={"state": state, "sink": sink, "schema_registry": registry, "secrets": secrets}
+    )

@@ -1,38 +1,162 @@
 """Wiring: the one place that builds what a configuration names.
 
-Every command and both runners get their state store, sink, schema registry, OAuth
-credentials and REST session from here, so a backend is chosen in one place. Optional
+Every command and both runners get their state store, sink, schema registry, secrets store,
+OAuth credentials and REST session from here, so a backend is chosen in one place. Optional
 backends (psycopg for PostgreSQL) are imported only when configured.
+
+The token provider of `org_session` writes a rotated refresh token back to the secret the
+configuration read `salesforce.refresh_token` from (`RefreshTokenWriter`), so that the next
+start logs in with it: Salesforce invalidates the old one when it rotates. Later sessions of
+the same configuration in this process (a startup retry, a second command) log in with the
+newest one too, whether or not the store could keep it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Final
 
 import aiohttp
+import structlog
+from pydantic import SecretStr
 
 from sfstream.auth import OAuthCredentials, TokenProvider
 from sfstream.engine.config import Config
+from sfstream.errors import SfStreamError
+from sfstream.observability.logging import RedactSecrets
 from sfstream.salesforce.rest import RestClient
 from sfstream.schema.registry import SchemaRegistry, SqliteSchemaRegistry
+from sfstream.secrets import SecretsReadOnlyError, SecretsStore
 from sfstream.sinks.base import Sink
 from sfstream.state.base import StateStore
 
+log = structlog.get_logger("sfstream.wiring")
+
+REFRESH_TOKEN_FIELD: Final = "salesforce.refresh_token"  # noqa: S105 - a field path
+_LOST_ON_RESTART: Final = (
+    "Salesforce rotated the refresh token and invalidated the old one; the new one is kept "
+    "in this process only, and a restart will log in with the old one and be refused "
+    "(invalid_grant)"
+)
+
+
+_ROTATED: Final[weakref.WeakKeyDictionary[Config, SecretStr]] = weakref.WeakKeyDictionary()
+"""The newest refresh token of a configuration in use, once Salesforce has rotated the one it
+holds (which is then invalid)."""
+_WARNED: Final[weakref.WeakSet[Config]] = weakref.WeakSet()
+"""Configurations whose rotated refresh token could not be kept, already warned about."""
+
 
 def credentials_of(config: Config) -> OAuthCredentials:
-    """The OAuth credentials of the configured org."""
+    """The OAuth credentials of the configured org, with the newest refresh token this
+    process has received for it."""
     sf = config.salesforce
     return OAuthCredentials(
         login_url=sf.login_url,
         client_id=sf.client_id,
         client_secret=sf.client_secret,
         grant_type=sf.grant_type,
-        refresh_token=sf.refresh_token,
+        refresh_token=_ROTATED.get(config, sf.refresh_token),
         username=sf.username,
         password=sf.password,
     )
+
+
+def open_secrets(config: Config) -> SecretsStore:
+    """The configured secrets store (`secrets.file` is already anchored by `load_config`)."""
+    return config.secrets.open_store()
+
+
+class RefreshTokenWriter:
+    """Keeps a rotated refresh token: the `on_refresh_token_rotated` callback of `org_session`.
+
+    Writes the new token to `store` under `name`, the secret `salesforce.refresh_token` was
+    read from. When that cannot last (a read-only store such as environment variables, or a
+    refresh token written inline in the configuration) it logs one warning per configuration
+    and process, naming the secret and never the value; a failed write is logged each time.
+    The new value is added to the log redaction first, wherever it may turn up, and
+    remembered for `config`, so that `credentials_of(config)` returns it from then on.
+
+    Attributes:
+        saved: rotated tokens written to the store.
+        failures: rotated tokens the store failed to write (read-only excluded).
+    """
+
+    def __init__(self, config: Config, store: SecretsStore, name: str | None) -> None:
+        self._config = config
+        self.store = store
+        self.name = name
+        self.saved = 0
+        self.failures = 0
+
+    async def __call__(self, token: SecretStr) -> None:
+        _redact_from_logs(token.get_secret_value())
+        _ROTATED[self._config] = token
+        if self.name is None:
+            self._in_memory_only(
+                f"{REFRESH_TOKEN_FIELD} is written inline in the configuration, not as a "
+                "${secret:NAME} reference",
+                "write it as ${secret:NAME} with the file or aws secrets backend",
+            )
+            return
+        try:
+            await self.store.put(self.name, token)
+        except SecretsReadOnlyError as exc:
+            self._in_memory_only(
+                str(exc),
+                "use a secrets store sfstream can write (secrets.backend: file or aws), or turn "
+                "refresh token rotation off for the connected app",
+            )
+            return
+        except SfStreamError as exc:
+            self.failures += 1
+            log.warning(
+                "refresh_token_not_saved",
+                name=self.name,
+                store=repr(self.store),
+                error=str(exc),
+                failures=self.failures,
+                note=_LOST_ON_RESTART,
+            )
+            return
+        self.saved += 1
+        log.info("refresh_token_saved", name=self.name, store=repr(self.store))
+
+    def _in_memory_only(self, reason: str, advice: str) -> None:
+        if self._config in _WARNED:
+            return
+        _WARNED.add(self._config)
+        log.warning(
+            "refresh_token_in_memory_only",
+            name=self.name,
+            store=repr(self.store),
+            reason=reason,
+            note=_LOST_ON_RESTART,
+            advice=advice,
+        )
+
+    def __repr__(self) -> str:
+        return f"RefreshTokenWriter({self.store!r}, name={self.name!r})"
+
+
+def refresh_token_writer(config: Config) -> RefreshTokenWriter | None:
+    """The callback that keeps rotated refresh tokens of `config`'s org; None unless the
+    refresh_token grant is configured."""
+    if config.salesforce.grant_type != "refresh_token":
+        return None
+    return RefreshTokenWriter(
+        config, open_secrets(config), config.secret_reference(REFRESH_TOKEN_FIELD)
+    )
+
+
+def _redact_from_logs(value: str) -> None:
+    """Add `value` to the redaction of the configured logging, if any."""
+    for processor in structlog.get_config().get("processors", ()):
+        if isinstance(processor, RedactSecrets):
+            processor.add(value)
 
 
 def open_state(config: Config) -> StateStore:
@@ -77,7 +201,14 @@ class OrgSession:
 
 @contextlib.asynccontextmanager
 async def org_session(config: Config) -> AsyncIterator[OrgSession]:
-    """An HTTP session with a token provider and a REST client (token fetched lazily)."""
+    """An HTTP session with a token provider and a REST client (token fetched lazily).
+
+    The token provider writes a rotated refresh token back to the secrets store
+    (`RefreshTokenWriter`); share it (`StreamingClient(..., tokens=session.tokens)`) so that
+    one provider sees every refresh.
+    """
     async with aiohttp.ClientSession(trust_env=True) as http:
-        tokens = TokenProvider(credentials_of(config), http)
+        tokens = TokenProvider(
+            credentials_of(config), http, on_refresh_token_rotated=refresh_token_writer(config)
+        )
         yield OrgSession(http, tokens, RestClient(http, tokens, config.salesforce.api_version))
