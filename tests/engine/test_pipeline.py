@@ -342,6 +342,8 @@ async def test_a_slow_sink_applies_backpressure_without_loss(
         async with connector as running:
             assert running.pipeline is not None
             assert config.sink.path is not None
+            # The connector opened its own sink (to read what it holds): swap it for a slow one.
+            await running.pipeline.sink.close()
             running.pipeline.sink = SlowSink(config.sink.path)
             stop = asyncio.Event()
             task = asyncio.create_task(running.run(stop))

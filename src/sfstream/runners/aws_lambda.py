@@ -20,7 +20,7 @@ import structlog
 from sfstream.engine.config import load_config
 from sfstream.errors import SfStreamError
 from sfstream.observability import configure_logging
-from sfstream.runners.connector import Connector, new_run_id, tune_garbage_collector
+from sfstream.runners.connector import new_run_id, start, tune_garbage_collector
 
 log = structlog.get_logger("sfstream.lambda")
 DEFAULT_MARGIN_S = 20.0
@@ -49,7 +49,13 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 
 
 async def run_until(config_path: str, run_id: str, budget_s: float) -> dict[str, Any]:
-    """Stream for `budget_s` seconds, then flush, commit and return a summary."""
+    """Stream for `budget_s` seconds, then flush, commit and return a summary.
+
+    The budget counts from the call: loading the configuration, logging in and start-up
+    retries (see `sfstream.runners.connector.start`) spend it too.
+    """
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(max(budget_s, 0.0), stop.set)
     try:
         config = await load_config(config_path)
     except SfStreamError as exc:
@@ -61,11 +67,17 @@ async def run_until(config_path: str, run_id: str, budget_s: float) -> dict[str,
             "ok": False,
             "error": "not enough time left in the invocation to stream",
         }
-    stop = asyncio.Event()
     with structlog.contextvars.bound_contextvars(run_id=run_id):
         try:
-            async with Connector(config, run_id) as connector:
-                asyncio.get_running_loop().call_later(budget_s, stop.set)
+            connector = await start(config, run_id, stop)
+            if connector is None:
+                return {
+                    "run_id": run_id,
+                    "ok": False,
+                    "error": "the invocation's time ran out before the connector could start "
+                    "(see the startup_retry log lines)",
+                }
+            async with connector:
                 result = await connector.run(stop)
         except SfStreamError as exc:
             log.error("run_failed", error=str(exc))  # noqa: TRY400 - one clear line

@@ -12,15 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import random
 import uuid
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, Final
 
 import structlog
 
+from sfstream.bayeux.backoff import Backoff
 from sfstream.client import ClientSettings, StreamingClient
 from sfstream.engine.config import Config
 from sfstream.engine.discovery import discover
 from sfstream.engine.pipeline import Pipeline, PipelineSettings, RunResult
+from sfstream.errors import SfStreamError, StartupTimeoutError
 from sfstream.runners.wiring import (
     credentials_of,
     open_registry,
@@ -32,6 +36,8 @@ from sfstream.schema.tracker import SchemaTracker
 from sfstream.streams import StreamSpec
 
 log = structlog.get_logger("sfstream.connector")
+_STARTUP_BACKOFF_BASE_S: Final = 1.0
+_STARTUP_BACKOFF_CAP_S: Final = 60.0
 
 
 def tune_garbage_collector() -> None:
@@ -62,6 +68,20 @@ class Connector:
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Connector:
+        if self.pipeline is None:
+            await self.open()  # `start` returns a connector already open
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Log in, find the streams, open the stores and read where each stream resumes.
+
+        Raises:
+            SfStreamError: retryable while Salesforce, the state store or the sink is
+                unreachable (see `start`), terminal for what needs fixing.
+        """
         config = self.config
         try:
             session = await self._stack.enter_async_context(org_session(config))
@@ -81,8 +101,6 @@ class Connector:
                 max_pending_events=config.runtime.max_pending_events,
             )
             client = StreamingClient(credentials_of(config), settings, tokens=session.tokens)
-            await client.open()
-            self._stack.push_async_callback(client.close)
             batch = config.batch
             self.pipeline = Pipeline(
                 self.specs,
@@ -101,15 +119,85 @@ class Connector:
                     ),
                 ),
             )
+            await self.pipeline.prepare()
+            await client.open()
+            self._stack.push_async_callback(client.close)
         except BaseException:
+            self.pipeline = None
             await self._stack.aclose()
             raise
-        return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def close(self) -> None:
         await self._stack.aclose()
 
     async def run(self, stop: asyncio.Event) -> RunResult:
         assert self.pipeline is not None
         log.info("run_started", streams=[s.id for s in self.specs])
         return await self.pipeline.run(stop)
+
+
+async def start(
+    config: Config,
+    run_id: str,
+    stop: asyncio.Event,
+    *,
+    timeout_s: float | None = None,
+    rng: random.Random | None = None,
+) -> Connector | None:
+    """Open a connector, retrying what may pass, until it opens or `stop` is set.
+
+    A retryable failure (the token endpoint, REST, the state store or the sink unreachable,
+    refusing connections or answering 5xx) is logged and retried after an exponential
+    backoff with full jitter (1 s doubling up to 60 s); a terminal one (a refused login, a
+    bad configuration, a permission denied) is raised at once. `stop` ends the attempts at
+    once and returns None; so does the end of `timeout_s` (None: no limit), with the last
+    error raised.
+    """
+    backoff = Backoff(base_s=_STARTUP_BACKOFF_BASE_S, cap_s=_STARTUP_BACKOFF_CAP_S)
+    if rng is not None:
+        backoff.rng = rng
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout_s is None else loop.time() + timeout_s
+    attempt = 0
+    while not stop.is_set():
+        attempt += 1
+        connector = Connector(config, run_id)
+        try:
+            opened = await _unless_stopped(connector.open(), stop)
+        except SfStreamError as exc:
+            if not exc.retryable:
+                raise
+            delay = backoff.next_delay()
+            if deadline is not None and loop.time() + delay >= deadline:
+                raise StartupTimeoutError(
+                    f"the connector could not start within {timeout_s:g} s "
+                    f"(runtime.startup_timeout_s), {attempt} attempt(s); last error: {exc}"
+                ) from exc
+            log.warning(
+                "startup_retry",
+                attempt=attempt,
+                error=str(exc),
+                error_class=type(exc).__name__,
+                retry_in_s=round(delay, 2),
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+        else:
+            return connector if opened else None
+    return None
+
+
+async def _unless_stopped(opening: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run `opening` unless `stop` is set first (then cancel it); whether it completed."""
+    task = asyncio.create_task(opening)
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return not task.cancelled() and task.result() is None

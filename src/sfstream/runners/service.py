@@ -25,7 +25,7 @@ import structlog
 
 from sfstream.engine.config import Config
 from sfstream.errors import ConfigError, ExitCode, SfStreamError
-from sfstream.runners.connector import Connector, tune_garbage_collector
+from sfstream.runners.connector import start, tune_garbage_collector
 
 log = structlog.get_logger("sfstream.service")
 
@@ -45,29 +45,31 @@ async def serve(
 
     `early_signals` holds stop requests that arrived before the event loop ran. With
     `exit_process`, a forced stop whose teardown hangs ends the process (see the module).
+    Every log line of the run, the signal handlers' included, carries `run_id`.
     """
-    stop = stop or asyncio.Event()
-    if early_signals:
-        log.info("stopped_before_start", signal=signal.Signals(early_signals[0]).name)
-        return ExitCode.OK
-    loop = asyncio.get_running_loop()
-    forced = asyncio.Event()
-
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            log.warning("second_signal", signal=signal.Signals(signum).name)
-            forced.set()
-        else:
-            log.info("stopping", signal=signal.Signals(signum).name)
-            stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, on_signal, sig)
-    if early_signals:
-        stop.set()  # a signal between the check above and the handlers' installation
-    tune_garbage_collector()
     with structlog.contextvars.bound_contextvars(run_id=run_id):
+        stop = stop or asyncio.Event()
+        if early_signals:
+            log.info("stopped_before_start", signal=signal.Signals(early_signals[0]).name)
+            return ExitCode.OK
+        loop = asyncio.get_running_loop()
+        forced = asyncio.Event()
+
+        def on_signal(signum: int) -> None:
+            if stop.is_set():
+                log.warning("second_signal", signal=signal.Signals(signum).name)
+                forced.set()
+            else:
+                log.info("stopping", signal=signal.Signals(signum).name)
+                stop.set()
+
+        # The handlers run in a copy of this context, so their lines carry the run id too.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, on_signal, sig)
+        if early_signals:
+            stop.set()  # a signal between the check above and the handlers' installation
+        tune_garbage_collector()
         try:
             return await _run(config, run_id, stop, forced, exit_process=exit_process)
         finally:
@@ -85,7 +87,11 @@ async def _run(
     exit_process: bool,
 ) -> int:
     try:
-        async with Connector(config, run_id) as connector:
+        connector = await start(config, run_id, stop, timeout_s=config.runtime.startup_timeout_s)
+        if connector is None:
+            log.info("stopped_before_start")
+            return ExitCode.OK
+        async with connector:
             task = asyncio.create_task(connector.run(stop))
             deadline = asyncio.create_task(
                 _shutdown_deadline(stop, forced, config.runtime.shutdown_timeout_s)
