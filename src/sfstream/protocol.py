@@ -12,11 +12,13 @@ Logs never go to stdout. Messages are serialized once, by `encode`, with orjson.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import orjson
+
+from sfstream.errors import EncodingError
 
 RECORD: Final = "RECORD"
 STATE: Final = "STATE"
@@ -84,11 +86,40 @@ def encode(message: Message) -> bytes:
     return orjson.dumps(message)
 
 
-def encode_lines(messages: Iterable[Message]) -> bytes:
-    """Messages as JSON lines, each with its newline: what a sink writes."""
+def encode_lines(messages: Sequence[Message]) -> bytes:
+    """Messages as JSON lines, each with its newline: what a sink writes.
+
+    Raises:
+        EncodingError: a message cannot be encoded (a payload nested deeper than the
+            encoder allows, say); it names the stream and replayId of the first such one.
+    """
     dumps = orjson.dumps
     option = orjson.OPT_APPEND_NEWLINE
-    return b"".join([dumps(message, option=option) for message in messages])
+    try:
+        return b"".join([dumps(message, option=option) for message in messages])
+    except orjson.JSONEncodeError:
+        for message in messages:
+            try:
+                dumps(message)
+            except orjson.JSONEncodeError as exc:
+                raise _unencodable(message, exc) from None
+        raise
+
+
+def _unencodable(message: Message, exc: Exception) -> EncodingError:
+    replay_id = getattr(message, "replay_id", None)
+    where = f"the event at replayId {replay_id} of stream {message.stream}"
+    if not isinstance(message, Record):
+        where = f"a {message.type} message of stream {message.stream}"
+    skip = (
+        f"; to skip it, run `sfstream state set {message.stream} {replay_id}` and restart"
+        if isinstance(message, Record)
+        else ""
+    )
+    return EncodingError(
+        f"{where} cannot be written as JSON ({exc}){skip}",
+        replay_id=replay_id if isinstance(replay_id, int) else None,
+    )
 
 
 def decode(line: bytes) -> dict[str, Any]:

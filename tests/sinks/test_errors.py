@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,35 @@ async def test_blocking_work_runs_in_a_thread_and_is_translated() -> None:
     assert await run_blocking("x", "read", lambda: 42) == 42
     with pytest.raises(StorageError, match="cannot write to x: No space left on device"):
         await run_blocking("x", "write to", refuse)
+
+
+def _nested(depth: int) -> dict[str, object]:
+    value: dict[str, object] = {}
+    for _ in range(depth):
+        value = {"x": value}
+    return value
+
+
+@pytest.mark.parametrize("sink_type", ["file", "stdout"])
+async def test_an_event_that_cannot_be_encoded_is_a_classified_error(
+    tmp_path: Path, sink_type: str
+) -> None:
+    from sfstream.errors import EncodingError
+    from sfstream.protocol import Record, StateMessage
+    from sfstream.sinks import FileSink, StdoutSink
+
+    good = Record("sf.event.account_changes", "001", 7, {"Name": "a"}, {}, "now")
+    deep = Record("sf.event.account_changes", "001", 8, _nested(300), {}, "now")
+    sink = FileSink(tmp_path / "out.jsonl") if sink_type == "file" else StdoutSink()
+    try:
+        with pytest.raises(EncodingError) as raised:
+            await sink.write([good, deep, StateMessage("sf.event.account_changes", 8)])
+    finally:
+        await sink.close()
+    text = str(raised.value)
+    assert "replayId 8 of stream sf.event.account_changes" in text
+    assert "sfstream state set sf.event.account_changes 8" in text
+    assert raised.value.replay_id == 8
+    assert not raised.value.retryable
+    if sink_type == "file":
+        assert not (tmp_path / "out.jsonl").exists() or (tmp_path / "out.jsonl").read_bytes() == b""
