@@ -10,7 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from sfstream.bayeux.session import ReplayPolicy
+from sfstream.bayeux.types import ReplayPolicy
 from sfstream.engine.config import (
     DiscoveryConfig,
     SchemaRegistryConfig,

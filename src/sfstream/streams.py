@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, Literal
 
-from sfstream.bayeux.session import LATEST, ReplayPolicy
+from sfstream.bayeux.types import LATEST, ReplayPolicy
 from sfstream.errors import ConfigError
 
 _CAMEL: Final = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")

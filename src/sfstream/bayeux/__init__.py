@@ -7,7 +7,8 @@ over HTTP.
 
 from sfstream.bayeux.backoff import Backoff
 from sfstream.bayeux.messages import Advice, Event, MalformedEvent, MetaChannel, Reply, parse
-from sfstream.bayeux.session import (
+from sfstream.bayeux.session import Session
+from sfstream.bayeux.types import (
     EARLIEST,
     LATEST,
     Counters,
@@ -21,7 +22,6 @@ from sfstream.bayeux.session import (
     ReplayPolicy,
     Request,
     RequestKind,
-    Session,
     SessionFailed,
     Step,
     Subscribed,

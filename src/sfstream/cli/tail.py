@@ -19,7 +19,7 @@ import click
 import orjson
 import structlog
 
-from sfstream.auth import OAuthCredentials
+from sfstream.auth import GRANT_TYPES, OAuthCredentials
 from sfstream.bayeux import Event, Gap, ReplayPolicy, SubscriptionLost
 from sfstream.client import ClientSettings, StreamingClient
 from sfstream.errors import ConfigError, ExitCode, SfStreamError
@@ -115,7 +115,7 @@ def _login_options(function: Callable[..., None]) -> Callable[..., None]:
         ),
         click.option(
             "--grant",
-            type=click.Choice(["refresh_token", "password", "client_credentials"]),
+            type=click.Choice(GRANT_TYPES),
             default="refresh_token",
             show_default=True,
             help="OAuth grant type.",
