@@ -20,6 +20,7 @@ import pytest
 from sfstream.engine.config import Config
 from sfstream_emulator import Emulator, EmulatorSettings
 from tests.conftest import MakeConfig
+from tests.runners.process import start_run
 
 CHANNELS = {
     "/data/AccountChangeEvent": "sf.event.account_changes",
@@ -30,20 +31,6 @@ CHANNELS = {
 @pytest.fixture
 def sfstream_emulator_settings() -> EmulatorSettings:
     return EmulatorSettings(poll_timeout_s=1.0, seed=9)
-
-
-async def start(config_path: Path, log: Path) -> asyncio.subprocess.Process:
-    with log.open("ab") as stderr:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "sfstream.cli",
-            "run",
-            "--config",
-            str(config_path),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=stderr,
-        )
 
 
 def written(config: Config) -> list[dict[str, Any]]:
@@ -80,7 +67,7 @@ async def test_sigterm_flushes_commits_and_exits_0(
     )
     for number in range(20):
         emu.create_record("Account", {"Name": f"A{number}"})
-    process = await start(tmp_path / "sfstream.yaml", tmp_path / "run.log")
+    process = await start_run(tmp_path / "sfstream.yaml", tmp_path / "run.log")
     await wait_for(lambda: len(written(config)) >= 20)
     process.send_signal(signal.SIGTERM)
     async with asyncio.timeout(30):
@@ -153,12 +140,12 @@ async def test_sigkill_at_random_moments_loses_and_repeats_nothing(
 
     publisher = asyncio.create_task(publish(300))
     for _ in range(3):
-        process = await start(config_path, log)
+        process = await start_run(config_path, log)
         await asyncio.sleep(rng.uniform(0.8, 2.0))
         process.send_signal(signal.SIGKILL)
         await process.wait()
     await publisher
-    process = await start(config_path, log)
+    process = await start_run(config_path, log)
     # SIGTERM is handled once the process runs; wait for this run to start streaming.
     runs = log.read_text().count('"run_started"') if log.exists() else 0
     await wait_for(lambda: log.read_text().count('"run_started"') > runs)

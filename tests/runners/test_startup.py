@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,11 @@ import orjson
 import yaml
 
 from sfstream_emulator import Emulator, EmulatorSettings
+from tests.runners.process import start_run
 
 CHANNEL = "/data/AccountChangeEvent"
 STREAM = "sf.event.account_changes"
+RUN_ID = "--run-id=startup-test"
 
 
 def free_port() -> int:
@@ -56,22 +57,6 @@ def write_config(tmp_path: Path, port: int, **runtime: Any) -> Path:
     return path
 
 
-async def start(config: Path, log: Path) -> asyncio.subprocess.Process:
-    with log.open("ab") as stderr:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "sfstream.cli",
-            "run",
-            "--config",
-            str(config),
-            "--run-id",
-            "startup-test",
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=stderr,
-        )
-
-
 def log_lines(log: Path) -> list[dict[str, Any]]:
     if not log.exists():
         return []
@@ -95,7 +80,7 @@ async def wait_for(predicate: Any, timeout_s: float) -> None:
 async def test_run_waits_for_salesforce_that_comes_up_later(tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "run.log"
-    process = await start(write_config(tmp_path, port), log)
+    process = await start_run(write_config(tmp_path, port), log, RUN_ID)
     try:
         await asyncio.sleep(10)
         assert process.returncode is None, log.read_text()
@@ -129,7 +114,7 @@ async def test_run_waits_for_salesforce_that_comes_up_later(tmp_path: Path) -> N
 
 async def test_sigterm_during_startup_retries_exits_0_at_once(tmp_path: Path) -> None:
     log = tmp_path / "run.log"
-    process = await start(write_config(tmp_path, free_port()), log)
+    process = await start_run(write_config(tmp_path, free_port()), log, RUN_ID)
     await wait_for(lambda: any(x["event"] == "startup_retry" for x in log_lines(log)), 30)
     process.send_signal(signal.SIGTERM)
     began = time.monotonic()
@@ -144,7 +129,7 @@ async def test_sigterm_during_startup_retries_exits_0_at_once(tmp_path: Path) ->
 
 async def test_startup_gives_up_after_its_timeout(tmp_path: Path) -> None:
     log = tmp_path / "run.log"
-    process = await start(write_config(tmp_path, free_port(), startup_timeout_s=3), log)
+    process = await start_run(write_config(tmp_path, free_port(), startup_timeout_s=3), log, RUN_ID)
     async with asyncio.timeout(30):
         code = await process.wait()
     assert code == 1
@@ -163,7 +148,7 @@ async def test_a_refused_login_at_startup_is_not_retried(tmp_path: Path) -> None
     log = tmp_path / "run.log"
     settings = EmulatorSettings(host="127.0.0.1", port=port, poll_timeout_s=1.0)
     async with Emulator(settings):
-        process = await start(config, log)
+        process = await start_run(config, log, RUN_ID)
         async with asyncio.timeout(30):
             code = await process.wait()
     assert code == 1

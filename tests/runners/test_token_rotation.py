@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from sfstream.runners.wiring import (
 from sfstream.secrets import EnvSecretsStore, FileSecretsStore
 from sfstream_emulator import Emulator, EmulatorSettings
 from tests.conftest import MakeConfig
+from tests.runners.process import start_run
 
 
 @pytest.fixture
@@ -163,17 +163,7 @@ async def test_sfstream_run_saves_the_rotated_token_and_logs_no_token(
     emu.create_record("Account", {"Name": "first"})
 
     async def run_process(expected: int, revoke: bool) -> str:
-        with log.open("ab") as stderr:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "sfstream.cli",
-                "run",
-                "--config",
-                str(config_path),
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=stderr,
-            )
+        process = await start_run(config_path, log)
         try:
             await wait_for(lambda: len(records(config)) >= expected - int(revoke), 30)
             if revoke:

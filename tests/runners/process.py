@@ -1,0 +1,23 @@
+"""`sfstream run` as a real subprocess, as the tests of the runners start it."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+
+async def start_run(config_path: Path, log: Path, *args: str) -> asyncio.subprocess.Process:
+    """Start `sfstream run --config CONFIG_PATH [ARGS]`, its stderr (the logs) appended to log."""
+    with log.open("ab") as stderr:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "sfstream.cli",
+            "run",
+            "--config",
+            str(config_path),
+            *args,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=stderr,
+        )
