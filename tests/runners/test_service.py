@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from sfstream.engine.config import Config
-from sfstream_emulator import Emulator, EmulatorSettings
+from sfstream_emulator import Emulator, EmulatorSettings, Fault, FaultKind
 from tests.conftest import MakeConfig
 from tests.runners.process import start_run
 
@@ -194,3 +194,31 @@ async def test_a_closed_stdout_ends_the_run_with_one_clear_line(
     assert "the reader went away" in stderr
     assert "Traceback" not in stderr
     assert "Exception ignored" not in stderr
+
+
+async def test_a_repeated_sigterm_does_not_abort_a_clean_shutdown(
+    sfstream_emulator: Emulator, make_config: MakeConfig, tmp_path: Path
+) -> None:
+    emu = sfstream_emulator
+    config = await make_config(emu, [{"channel": "/data/AccountChangeEvent"}])
+    process = await start_run(tmp_path / "sfstream.yaml", tmp_path / "run.log")
+    log = tmp_path / "run.log"
+    await wait_for(lambda: log.exists() and '"stream_started"' in log.read_text())
+    for number in range(10):
+        emu.create_record("Account", {"Name": f"A{number}"})
+    await wait_for(lambda: len(written(config)) >= 10)
+    # A slow /meta/disconnect keeps the clean shutdown going for a while.
+    emu.faults.add(Fault(kind=FaultKind.STALL, channel="/meta/disconnect", seconds=2.0))
+    # Twice in a row, as when a supervisor and a shell both forward the signal.
+    process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):
+        code = await process.wait()
+    text = log.read_text()
+    assert code == 0, text
+    events = [orjson.loads(line)["event"] for line in text.splitlines()]
+    assert "stopping" in events
+    assert "stopping_already" in events
+    assert "shutdown_timeout" not in events
+    assert "run_stopped" in events

@@ -1,8 +1,9 @@
 """The long-running service (AWS Fargate, a container, a terminal).
 
 Runs until SIGTERM or SIGINT, then stops polling, writes what was received, commits,
-disconnects and exits 0 within `runtime.shutdown_timeout_s`. A second signal, or a shutdown
-that takes longer, exits 1 at once: whatever was not committed is delivered again next time.
+disconnects and exits 0 within `runtime.shutdown_timeout_s`. A shutdown that takes longer,
+or a third signal, exits 1 at once (a second one only says so): whatever was not committed is
+delivered again next time.
 When the process is ours (`exit_process`, as under `sfstream run`), a teardown that still
 hangs after that (a worker thread blocked on a stdout reader that stopped reading, or on a
 hung file system, keeps the interpreter from exiting) ends with `os._exit(1)` after
@@ -29,6 +30,8 @@ from sfstream.runners.connector import start, tune_garbage_collector
 
 log = structlog.get_logger("sfstream.service")
 
+FORCE_AFTER_SIGNALS: Final = 3
+"""The signal that forces the exit during a clean shutdown (the first one starts it)."""
 LAST_RESORT_S: Final = 5.0
 """How long a forced stop may spend tearing down before the process exits regardless."""
 
@@ -55,13 +58,23 @@ async def serve(
         loop = asyncio.get_running_loop()
         forced = asyncio.Event()
 
+        signals: list[int] = []
+
         def on_signal(signum: int) -> None:
-            if stop.is_set():
-                log.warning("second_signal", signal=signal.Signals(signum).name)
-                forced.set()
-            else:
-                log.info("stopping", signal=signal.Signals(signum).name)
+            # A signal repeated during a clean shutdown (a supervisor and a shell both
+            # forwarding it, say) does not abort it; the third one forces the exit.
+            signals.append(signum)
+            name = signal.Signals(signum).name
+            if len(signals) == 1:
+                log.info("stopping", signal=name)
                 stop.set()
+            elif len(signals) < FORCE_AFTER_SIGNALS:
+                log.warning(
+                    "stopping_already", signal=name, note="send it once more to force the exit"
+                )
+            else:
+                log.warning("stop_forced", signal=name, signals=len(signals))
+                forced.set()
 
         # The handlers run in a copy of this context, so their lines carry the run id too.
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -76,6 +89,10 @@ async def serve(
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
+                if exit_process:
+                    # The run is over and the process is exiting: a late signal must not
+                    # turn a clean exit into a kill.
+                    signal.signal(sig, signal.SIG_IGN)
 
 
 async def _run(
@@ -98,11 +115,17 @@ async def _run(
             )
             done, _ = await asyncio.wait({task, deadline}, return_when=asyncio.FIRST_COMPLETED)
             if task not in done:
-                log.error(
-                    "shutdown_timeout",
-                    timeout_s=config.runtime.shutdown_timeout_s,
-                    note="events not yet committed will be delivered again",
-                )
+                if forced.is_set():
+                    log.error(
+                        "shutdown_forced",
+                        note="events not yet committed will be delivered again",
+                    )
+                else:
+                    log.error(
+                        "shutdown_timeout",
+                        timeout_s=config.runtime.shutdown_timeout_s,
+                        note="events not yet committed will be delivered again",
+                    )
                 if exit_process:
                     _arm_last_resort(ExitCode.FAILURE, LAST_RESORT_S)
                 task.cancel()
