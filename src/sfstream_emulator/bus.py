@@ -135,6 +135,11 @@ class Stream(_Log):
     def last_replay_id(self) -> int | None:
         return self.events[-1].replay_id if len(self.events) > self.head else None
 
+    @property
+    def last_allocated_replay_id(self) -> int:
+        """The replay id allocated last (before any: where allocation starts)."""
+        return self._next_replay_id
+
 
 class Channel(_Log):
     """A subscribable channel: its stream's events, or a filtered view of them."""

@@ -2,9 +2,11 @@
 
 It lives under `/_emulator/v1/`, a path Salesforce never uses, and needs no token: the
 emulator is a local development tool. Every endpoint takes and returns JSON; mistakes get
-HTTP 400 with `{"error": "..."}`. The same operations exist on the `Emulator` object,
-which `ControlApi` drives through the `Controlled` protocol: this module never imports the
-server that serves it.
+HTTP 400 with `{"error": "..."}`. Publishing an event and writing a record run the REST
+API's own code, so a value Salesforce refuses gets the REST API's status and message, with
+its `errorCode` and `fields` beside the `error`. The same operations exist on the
+`Emulator` object, which `ControlApi` drives through the `Controlled` protocol: this module
+never imports the server that serves it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sfstream_emulator.faults import ChaosSettings, Fault, FaultInjector
 from sfstream_emulator.org import FieldDef
+from sfstream_emulator.records import RecordError, RecordWrite
 from sfstream_emulator.runtime import Allocation
+from sfstream_emulator.values import FieldValueError
 
 PREFIX: Final = "/_emulator/v1"
 AllocationKind = Literal["events", "streaming"]
+WriteKind = Literal["CREATE", "UPDATE", "DELETE"]
 
 
 class Controlled(Protocol):
@@ -38,7 +43,20 @@ class Controlled(Protocol):
         self, channel: str, after: int = -2, limit: int = 10000
     ) -> list[dict[str, Any]]: ...
 
-    def generate(self, target: str, count: int, payload_bytes: int = 1024) -> list[int]: ...
+    def generate(self, target: str, count: int, payload_bytes: int | None = None) -> list[int]: ...
+
+    def publish_event(self, name: str, values: dict[str, Any]) -> tuple[int, str]: ...
+
+    def platform_event_channel(self, name: str) -> str | None: ...
+
+    def write_record(
+        self,
+        change_type: WriteKind,
+        sobject: str,
+        record_id: str | None = None,
+        values: dict[str, Any] | None = None,
+        origin: str | None = None,
+    ) -> RecordWrite: ...
 
     def emit_gap(self, entity: str, change_type: str, record_ids: list[str]) -> int: ...
 
@@ -73,7 +91,20 @@ class _Generate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     target: str
     count: int = Field(ge=1, le=5_000_000)
-    payload_bytes: int = Field(default=1024, ge=0, le=1_000_000)
+    # None: 1,024 bytes, or less for events whose text fields cannot hold that much. The
+    # upper limit (1,000,000) is checked by `generate` itself, whose error names it.
+    payload_bytes: int | None = Field(default=None, ge=0)
+
+
+class _Publish(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    event: str
+    fields: dict[str, Any] = Field(default_factory=dict)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fields: dict[str, Any] = Field(default_factory=dict)
 
 
 class _Gap(BaseModel):
@@ -121,6 +152,22 @@ def _bad(message: str, status: int = 400) -> web.Response:
     return _ok({"error": message}, status)
 
 
+def _refused(status: int, message: str, error_code: str, fields: list[str]) -> web.Response:
+    """A write Salesforce refuses: its message, and its `errorCode` and `fields` as well."""
+    return _ok({"error": message, "errorCode": error_code, "fields": fields}, status)
+
+
+def _reason(exc: Exception) -> str:
+    """The message an exception was raised with.
+
+    `str()` of a `KeyError` is the repr of its message, quotes added; stripping quotes off
+    it would also strip a quote of the message itself (`'Nope' is ...`).
+    """
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        return str(exc.args[0])
+    return str(exc)
+
+
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -151,6 +198,7 @@ class ControlApi:
             web.get(f"{p}/channels", self.channels),
             web.get(f"{p}/events", self.events),
             web.post(f"{p}/events/generate", self.generate),
+            web.post(f"{p}/events/publish", self.publish),
             web.post(f"{p}/events/gap", self.gap),
             web.get(f"{p}/faults", self.list_faults),
             web.post(f"{p}/faults", self.add_fault),
@@ -165,6 +213,9 @@ class ControlApi:
             web.post(f"{p}/schema/{{entity}}", self.alter),
             web.post(f"{p}/cdc", self.select),
             web.post(f"{p}/records/{{id}}/undelete", self.undelete),
+            web.post(f"{p}/records/{{entity}}", self.create_record),
+            web.patch(f"{p}/records/{{entity}}/{{id}}", self.update_record),
+            web.delete(f"{p}/records/{{entity}}/{{id}}", self.delete_record),
         ]
 
     async def status(self, request: web.Request) -> web.StreamResponse:
@@ -199,7 +250,7 @@ class ControlApi:
         try:
             replay_ids = self.emulator.generate(body.target, body.count, body.payload_bytes)
         except (KeyError, ValueError) as exc:
-            return _bad(str(exc).strip("'\""))
+            return _bad(_reason(exc))
         return _ok(
             {
                 "count": len(replay_ids),
@@ -285,7 +336,7 @@ class ControlApi:
                 request.match_info["entity"], body.add, body.remove, body.retype
             )
         except (KeyError, ValueError) as exc:
-            return _bad(str(exc).strip("'\""))
+            return _bad(_reason(exc))
         return _ok({"schema_id": schema_id})
 
     async def select(self, request: web.Request) -> web.StreamResponse:
@@ -302,5 +353,57 @@ class ControlApi:
         try:
             self.emulator.undelete_record(request.match_info["id"])
         except KeyError as exc:
-            return _bad(str(exc).strip("'\""), 404)
+            return _bad(_reason(exc), 404)
         return _ok({"undeleted": request.match_info["id"]})
+
+    async def publish(self, request: web.Request) -> web.StreamResponse:
+        """Publish one platform event, validated as `POST sobjects/{Event__e}` validates it."""
+        body = await _model(request, _Publish)
+        if isinstance(body, web.Response):
+            return body
+        channel = self.emulator.platform_event_channel(body.event)
+        if channel is None:
+            # The words the REST API uses for an sObject type named in a body.
+            return _refused(
+                400,
+                f"sObject type '{body.event}' is not supported: it is not a platform event "
+                "of this org",
+                "INVALID_TYPE",
+                [],
+            )
+        try:
+            replay_id, event_uuid = self.emulator.publish_event(body.event, body.fields)
+        except FieldValueError as exc:
+            return _refused(400, str(exc), exc.error_code, exc.field.split(","))
+        return _ok({"channel": channel, "replay_id": replay_id, "event_uuid": event_uuid}, 201)
+
+    async def create_record(self, request: web.Request) -> web.StreamResponse:
+        """Create a record as `POST sobjects/{Object}` does, raising its change event."""
+        return await self._write(request, "CREATE")
+
+    async def update_record(self, request: web.Request) -> web.StreamResponse:
+        """Update a record as `PATCH sobjects/{Object}/{id}` does (UPDATE change event)."""
+        return await self._write(request, "UPDATE")
+
+    async def delete_record(self, request: web.Request) -> web.StreamResponse:
+        """Delete a record as `DELETE sobjects/{Object}/{id}` does (DELETE change event)."""
+        return await self._write(request, "DELETE")
+
+    async def _write(self, request: web.Request, change_type: WriteKind) -> web.StreamResponse:
+        fields: dict[str, Any] = {}
+        if change_type != "DELETE":
+            body = await _model(request, _Record)
+            if isinstance(body, web.Response):
+                return body
+            fields = body.fields
+        try:
+            written = self.emulator.write_record(
+                change_type,
+                request.match_info["entity"],
+                request.match_info.get("id"),
+                fields,
+            )
+        except RecordError as exc:
+            return _refused(exc.status, exc.message, exc.error_code, exc.fields)
+        result = {"id": written.record_id, "replay_id": written.replay_id}
+        return _ok(result, 201 if change_type == "CREATE" else 200)

@@ -19,6 +19,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from sfstream_emulator.bus import BusEvent
 from sfstream_emulator.ids import is_valid_id, to18
 from sfstream_emulator.org import FieldDef, ObjectDef, component_key
 from sfstream_emulator.runtime import ChangeEvent, OrgRuntime
@@ -58,6 +59,32 @@ class RecordError(Exception):
 
 def not_found() -> RecordError:
     return RecordError(404, "NOT_FOUND", "The requested resource does not exist")
+
+
+def check_record_id(obj: ObjectDef, record_id: str) -> None:
+    """Refuse, as the REST API does, an id in a record URL that cannot be one of `obj`'s.
+
+    Raises:
+        RecordError: 404 `NOT_FOUND` for a malformed id or another object's key prefix.
+    """
+    if not is_valid_id(record_id) or record_id[:3] != obj.key_prefix:
+        raise RecordError(
+            404,
+            "NOT_FOUND",
+            f"Provided external ID field does not exist or is not accessible: {record_id}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RecordWrite:
+    """What one record write did: the record's id and the change event it raised.
+
+    `replay_id` is None when the write raised no change event: the object is not selected
+    for Change Data Capture, or an update changed nothing.
+    """
+
+    record_id: str
+    replay_id: int | None
 
 
 def _required_missing(fields: list[str]) -> RecordError:
@@ -178,6 +205,8 @@ class Transaction:
         self.now = format_datetime(store.runtime.clock.now())
         """The transaction's time: every record it writes carries the same audit dates."""
         self.changes: list[_Change] = []
+        self.published: list[BusEvent] = []
+        """The change events `commit` published, in order."""
         self._undo: list[tuple[str, str, dict[str, Any] | None, tuple[str, dict[str, Any]] | None]]
         self._undo = []
 
@@ -375,6 +404,7 @@ class Transaction:
             self._notify_topics(change)
         self.changes.clear()
         self._undo.clear()
+        self.published.extend(published)
         return len(published)
 
     def _notify_topics(self, change: _Change) -> None:

@@ -19,7 +19,8 @@ import orjson
 
 from sfstream_emulator.bus import CDC_STREAM, BusEvent, Channel, ChannelKind, EventBus, Stream
 from sfstream_emulator.clock import Clock
-from sfstream_emulator.ids import EMPTY_ID, IdFactory
+from sfstream_emulator.generator import Sampler, check_payload_bytes, pad_fields, plan_padding
+from sfstream_emulator.ids import EMPTY_ID, IdFactory, is_valid_id
 from sfstream_emulator.org import EventDef, FieldDef, ObjectDef, OrgSpec
 from sfstream_emulator.schemas import event_schema, schema_id
 from sfstream_emulator.values import FieldValueError, coerce, format_datetime
@@ -146,6 +147,8 @@ class OrgRuntime:
         self._commit_number = clock.now_ms() * 10
         self.cdc_stream = bus.stream(CDC_STREAM, ChannelKind.CHANGE_EVENTS)
         self._cdc_routes: dict[str, tuple[ObjectDef | None, list[Channel]]] = {}
+        self._generated: dict[str, int] = {}
+        """How many events `generate` made per entity: the counter in their values."""
         for topic in spec.push_topics:
             topic.id = topic.id or ids.new("0IF")
         for channel in spec.streaming_channels:
@@ -353,8 +356,7 @@ class OrgRuntime:
         """Publish one transaction's change events on the CDC channels that carry them."""
         if not events:
             return []
-        commit_number, commit_ts = self.next_commit()
-        transaction_key = _transaction_key()
+        commit = (*self.next_commit(), _transaction_key())
         published: list[BusEvent] = []
         sequence = 0
         for change in events:
@@ -362,32 +364,47 @@ class OrgRuntime:
             if obj is None or not channels:
                 continue
             sequence += 1
-            header = {
-                "entityName": obj.name,
-                "recordIds": change.record_ids,
-                "changeType": change.change_type,
-                "changeOrigin": change_origin,
-                "transactionKey": transaction_key,
-                "sequenceNumber": sequence,
-                "commitTimestamp": commit_ts,
-                "commitNumber": commit_number,
-                "commitUser": self.spec.user.id,
-                "changedFields": change.changed_fields,
-            }
-            payload = {"ChangeEventHeader": header, **change.fields}
             stream = self.cdc_stream
             replay_id = stream.allocate_replay_id()
-            data = orjson.dumps(
-                {
-                    "schema": self.schema_id(obj),
-                    "payload": payload,
-                    "event": {"replayId": replay_id},
-                }
+            data = self._change_event_data(
+                obj, change, change_origin, commit, sequence=sequence, replay_id=replay_id
             )
             published.append(
                 self.bus.publish(stream, channels, data, replay_id, obj.name, wake=wake)
             )
         return published
+
+    def _change_event_data(
+        self,
+        obj: ObjectDef,
+        change: ChangeEvent,
+        change_origin: str,
+        commit: tuple[int, int, str],
+        *,
+        sequence: int,
+        replay_id: int,
+    ) -> bytes:
+        """The `data` of a change event; `commit` is (commitNumber, commitTimestamp, key)."""
+        commit_number, commit_ts, transaction_key = commit
+        header = {
+            "entityName": obj.name,
+            "recordIds": change.record_ids,
+            "changeType": change.change_type,
+            "changeOrigin": change_origin,
+            "transactionKey": transaction_key,
+            "sequenceNumber": sequence,
+            "commitTimestamp": commit_ts,
+            "commitNumber": commit_number,
+            "commitUser": self.spec.user.id,
+            "changedFields": change.changed_fields,
+        }
+        return orjson.dumps(
+            {
+                "schema": self.schema_id(obj),
+                "payload": {"ChangeEventHeader": header, **change.fields},
+                "event": {"replayId": replay_id},
+            }
+        )
 
     def publish_gap(self, entity: str, change_type: str, record_ids: list[str]) -> BusEvent:
         """Emit a `GAP_*` or `GAP_OVERFLOW` change event for `entity`.
@@ -420,20 +437,31 @@ class OrgRuntime:
         if event_def is None:
             raise KeyError(name)
         payload = self.platform_event_payload(event_def, values)
+        return self._publish_payload(event_def, payload, wake=wake)
+
+    def _publish_payload(
+        self, event_def: EventDef, payload: dict[str, Any], *, wake: bool
+    ) -> tuple[BusEvent, str]:
+        """Publish a platform event whose payload is checked already."""
         event_uuid = str(uuid.uuid4())
         stream = self.bus.streams[f"/event/{event_def.name}"]
         channels = self._event_channels(event_def, stream)
         replay_id = stream.allocate_replay_id()
-        data = orjson.dumps(
+        data = self._platform_event_data(event_def, payload, event_uuid, replay_id)
+        self.published_platform_events.spend(1)
+        bus_event = self.bus.publish(stream, channels, data, replay_id, event_def.name, wake=wake)
+        return bus_event, event_uuid
+
+    def _platform_event_data(
+        self, event_def: EventDef, payload: dict[str, Any], event_uuid: str, replay_id: int
+    ) -> bytes:
+        return orjson.dumps(
             {
                 "schema": self.schema_id(event_def),
                 "payload": payload,
                 "event": {"EventUuid": event_uuid, "replayId": replay_id},
             }
         )
-        self.published_platform_events.spend(1)
-        bus_event = self.bus.publish(stream, channels, data, replay_id, event_def.name, wake=wake)
-        return bus_event, event_uuid
 
     def _event_channels(self, event_def: EventDef, stream: Stream) -> list[Channel]:
         channels = [self.bus.channels[stream.name]]
@@ -530,56 +558,149 @@ class OrgRuntime:
         )
         return self.bus.publish(stream, [channel], data, replay_id, channel_name)
 
-    def generate(self, target: str, count: int, payload_bytes: int = 1024) -> list[BusEvent]:
-        """Publish `count` synthetic events of about `payload_bytes` each, as fast as possible.
+    def generate(self, target: str, count: int, payload_bytes: int | None = None) -> list[BusEvent]:
+        """Publish `count` synthetic events of `payload_bytes` each, as fast as possible.
 
         `target` is an object with change events (`Account`: CREATE events) or a platform
-        event (`Order_Placed__e`). Waiting subscribers are woken once, at the end.
+        event (`Order_Placed__e`). Sizes are those of each message's `data` in JSON, within
+        a few bytes, reached by padding text fields up to their declared lengths; without
+        `payload_bytes`, 1,024 bytes or as much as the text fields allow. Text and number
+        fields carry a counter unique to each generated event of `target` (see
+        `generator`). Waiting subscribers are woken once, at the end.
 
         Raises:
             KeyError: `target` is neither.
+            ValueError: a count below 1, or a `payload_bytes` that is negative, over
+                `MAX_PAYLOAD_BYTES`, or more than the target's text fields can carry.
         """
         if count < 1:
             raise ValueError("count must be at least 1")
-        published: list[BusEvent] = []
+        check_payload_bytes(payload_bytes)
         event_def = self.spec.event(target)
-        filler = "x" * max(payload_bytes - 600, 0)
         if event_def is not None:
-            text_field = next(
-                (f.name for f in event_def.fields if f.type == "textarea" and not f.system), None
-            )
-            required = {
-                f.name: "GEN"
-                for f in event_def.fields
-                if not f.system and not f.nillable and f.default_value is None
-            }
-            for index in range(count):
-                values: dict[str, Any] = dict(required)
-                if text_field:
-                    values[text_field] = f"{index:08d} {filler}"
-                event, _ = self.publish_platform_event(event_def.name, values, wake=False)
-                published.append(event)
-            self.bus.channels[f"/event/{event_def.name}"].wake()
-            return published
+            return self._generate_platform_events(event_def, count, payload_bytes)
         obj = self.spec.object(target)
         if obj is None or not self.cdc_channels_for(obj.name):
             raise KeyError(f"{target!r} is neither a platform event nor an object with CDC")
+        return self._generate_change_events(obj, count, payload_bytes)
+
+    def _next_generated(self, entity: str) -> int:
+        """The counter of the next generated event of `entity`."""
+        return self._generated.get(entity, 0) + 1
+
+    def _reference(self, field_def: FieldDef) -> str | None:
+        """An id for a generated lookup value: the org's user, or a fresh id of the object."""
+        if "User" in field_def.reference_to:
+            user = self.spec.user.id
+            # An org file may give its user an id the REST API would refuse in a lookup.
+            return user if is_valid_id(user) else self.ids.new("005")
+        for name in field_def.reference_to:
+            target = self.spec.object(name)
+            if target is not None:
+                return self.ids.new(target.key_prefix)
+        return None
+
+    def _generate_platform_events(
+        self, event_def: EventDef, count: int, payload_bytes: int | None
+    ) -> list[BusEvent]:
+        custom = [f for f in event_def.fields if not f.system]
+        sample = Sampler(self.clock.now(), self._reference)
+
+        def values(n: int) -> dict[str, Any]:
+            given = {f.name: sample.value(f, n) for f in custom}
+            return {k: v for k, v in given.items() if v is not None}
+
+        stream = self.bus.streams[f"/event/{event_def.name}"]
+        # Sizes are measured with ids of the width the next events will have.
+        placeholder = (str(uuid.UUID(int=0)), stream.last_allocated_replay_id)
+
+        def measure(trial: dict[str, Any]) -> int:
+            payload = self.platform_event_payload(event_def, trial)
+            return len(self._platform_event_data(event_def, payload, *placeholder))
+
+        first = self._next_generated(event_def.name)
+        last = first + count - 1
+        padding = plan_padding(
+            event_def.name,
+            values(first),
+            pad_fields(custom),
+            measure,
+            payload_bytes=payload_bytes,
+            n=first,
+        )
+        # The first and the last event go through the event's validation (values only grow
+        # from one to the other); the payloads in between are built like theirs.
+        checked = [values(n) for n in (first, last)]
+        for n, given in zip((first, last), checked, strict=True):
+            padding.apply(given, n)
+            self.platform_event_payload(event_def, given)
+        self._generated[event_def.name] = last
+        header = {
+            "CreatedDate": format_datetime(self.clock.now()),
+            "CreatedById": self.spec.user.id,
+        }
+        defaults = {f.name: f.default_value for f in custom}
+        published: list[BusEvent] = []
+        for n in range(first, last + 1):
+            given = values(n)
+            padding.apply(given, n)
+            payload = {**header, **defaults, **given}
+            event, _ = self._publish_payload(event_def, payload, wake=False)
+            published.append(event)
+        self.bus.channels[f"/event/{event_def.name}"].wake()
+        return published
+
+    def _generate_change_events(
+        self, obj: ObjectDef, count: int, payload_bytes: int | None
+    ) -> list[BusEvent]:
         origin = f"com/salesforce/api/rest/{self.api_version};client=sfstream-generate"
         now_text = format_datetime(self.clock.now())
-        text_field = next((f.name for f in obj.fields if f.type == "textarea"), None)
+        user = self.spec.user.id
         name_field = obj.name_field
-        for index in range(count):
+        named = name_field is not None and name_field.createable
+
+        def values(n: int) -> dict[str, Any]:
             fields: dict[str, Any] = {
-                "OwnerId": self.spec.user.id,
+                "OwnerId": user,
                 "CreatedDate": now_text,
-                "CreatedById": self.spec.user.id,
+                "CreatedById": user,
                 "LastModifiedDate": now_text,
-                "LastModifiedById": self.spec.user.id,
+                "LastModifiedById": user,
             }
-            if name_field is not None and name_field.createable:
-                fields[name_field.name] = f"Generated {index:08d}"
-            if text_field:
-                fields[text_field] = filler
+            if named:
+                assert name_field is not None
+                fields[name_field.name] = f"Generated {n:08d}"
+            return fields
+
+        # Only top-level fields: a compound's components are nested in change events.
+        pads = pad_fields(
+            [
+                f
+                for f in obj.top_level_fields()
+                if f.createable
+                and not (f.system or f.calculated or f.external_id)
+                and f is not name_field
+            ]
+        )
+        commit = (self._commit_number, self.clock.now_ms(), str(uuid.UUID(int=0)))
+        replay_placeholder = self.cdc_stream.last_allocated_replay_id
+
+        def measure(trial: dict[str, Any]) -> int:
+            change = ChangeEvent(obj.name, "CREATE", [EMPTY_ID], trial)
+            data = self._change_event_data(
+                obj, change, origin, commit, sequence=1, replay_id=replay_placeholder
+            )
+            return len(data)
+
+        first = self._next_generated(obj.name)
+        padding = plan_padding(
+            obj.name, values(first), pads, measure, payload_bytes=payload_bytes, n=first
+        )
+        self._generated[obj.name] = first + count - 1
+        published: list[BusEvent] = []
+        for n in range(first, first + count):
+            fields = values(n)
+            padding.apply(fields, n)
             change = ChangeEvent(obj.name, "CREATE", [self.ids.new(obj.key_prefix)], fields)
             published.extend(self.publish_change_events([change], origin, wake=False))
         for channel in self.cdc_channels_for(obj.name):

@@ -26,10 +26,17 @@ from sfstream_emulator.clock import Clock
 from sfstream_emulator.cometd import CometdServer
 from sfstream_emulator.control import ControlApi
 from sfstream_emulator.faults import FaultInjector, FaultKind, FaultTarget
-from sfstream_emulator.ids import IdFactory
+from sfstream_emulator.ids import IdFactory, to18
 from sfstream_emulator.oauth import OAuthError, OAuthSettings, TokenService
-from sfstream_emulator.org import FieldDef, OrgError, OrgSpec, load_org
-from sfstream_emulator.records import RecordError, RecordStore
+from sfstream_emulator.org import FieldDef, ObjectDef, OrgError, OrgSpec, load_org
+from sfstream_emulator.records import (
+    RecordError,
+    RecordStore,
+    RecordWrite,
+    Transaction,
+    check_record_id,
+)
+from sfstream_emulator.records import not_found as not_found_error
 from sfstream_emulator.rest.api import RestApi
 from sfstream_emulator.rest.common import not_found, rest_error
 from sfstream_emulator.runtime import Allocation, OrgRuntime
@@ -274,17 +281,8 @@ class Emulator:
 
     def create_record(self, sobject: str, values: dict[str, Any], origin: str | None = None) -> str:
         """Insert a record (raises `RecordError` as the REST API would refuse it)."""
-        obj = self.runtime.spec.object(sobject)
-        if obj is None:
-            raise KeyError(f"no object called {sobject!r}")
-        transaction = self.store.transaction(origin or self._origin("rest"))
-        try:
-            record_id = transaction.create(obj, values)
-        except RecordError:
-            transaction.rollback()
-            raise
-        transaction.commit()
-        return record_id
+        obj = self._object(sobject)
+        return self._write(obj, origin, lambda t: t.create(obj, values)).record_id
 
     def update_record(
         self,
@@ -293,28 +291,77 @@ class Emulator:
         values: dict[str, Any],
         origin: str | None = None,
     ) -> None:
-        obj = self.runtime.spec.object(sobject)
-        if obj is None:
-            raise KeyError(f"no object called {sobject!r}")
-        transaction = self.store.transaction(origin or self._origin("rest"))
-        try:
-            transaction.update(obj, record_id, values)
-        except RecordError:
-            transaction.rollback()
-            raise
-        transaction.commit()
+        obj = self._object(sobject)
+        self._write(obj, origin, lambda t: _updated(t, obj, record_id, values))
 
     def delete_record(self, sobject: str, record_id: str) -> None:
+        obj = self._object(sobject)
+        self._write(obj, None, lambda t: _deleted(t, obj, record_id))
+
+    def write_record(
+        self,
+        change_type: Literal["CREATE", "UPDATE", "DELETE"],
+        sobject: str,
+        record_id: str | None = None,
+        values: dict[str, Any] | None = None,
+        origin: str | None = None,
+    ) -> RecordWrite:
+        """Create, update or delete one record exactly as the REST API's sObject calls do.
+
+        Returns the record's id and the replay id of the change event the write raised
+        (None when it raised none).
+
+        Raises:
+            RecordError: what the REST API answers for the same call: 404 `NOT_FOUND` for
+                an unknown object or a malformed id, `INVALID_TYPE_FOR_OPERATION` for a
+                change event or platform event, and every validation error of the values.
+        """
+        obj = self.runtime.spec.object(sobject)
+        if obj is None:
+            if change_type == "CREATE" and self.runtime.spec.event(sobject) is not None:
+                raise RecordError(
+                    400,
+                    "INVALID_TYPE_FOR_OPERATION",
+                    f"{sobject} is a platform event: publish it (Emulator.publish_event, or "
+                    "POST /_emulator/v1/events/publish) instead of creating a record",
+                )
+            if change_type == "CREATE" and self.runtime.definition_for_event(sobject) is not None:
+                raise RecordError(
+                    400,
+                    "INVALID_TYPE_FOR_OPERATION",
+                    f"entity type {sobject} does not support insert",
+                )
+            raise not_found_error()
+        found = obj
+        given = values or {}
+        if change_type == "CREATE":
+            return self._write(found, origin, lambda t: t.create(found, given))
+        if record_id is None:
+            raise ValueError(f"{change_type} needs a record id")
+        check_record_id(found, record_id)
+        if change_type == "UPDATE":
+            return self._write(found, origin, lambda t: _updated(t, found, record_id, given))
+        return self._write(found, origin, lambda t: _deleted(t, found, record_id))
+
+    def _object(self, sobject: str) -> ObjectDef:
         obj = self.runtime.spec.object(sobject)
         if obj is None:
             raise KeyError(f"no object called {sobject!r}")
-        transaction = self.store.transaction(self._origin("rest"))
+        return obj
+
+    def _write(
+        self, obj: ObjectDef, origin: str | None, change: Callable[[Transaction], str]
+    ) -> RecordWrite:
+        """Run one write in its own transaction; commit it, or roll it back if refused."""
+        transaction = self.store.transaction(origin or self._origin("rest"))
         try:
-            transaction.delete(obj, record_id)
+            record_id = change(transaction)
         except RecordError:
             transaction.rollback()
             raise
         transaction.commit()
+        published = transaction.published
+        return RecordWrite(record_id, published[0].replay_id if published else None)
 
     def _origin(self, api: str) -> str:
         return f"com/salesforce/api/{api}/{self.settings.api_version}"
@@ -333,12 +380,21 @@ class Emulator:
         event, event_uuid = self.runtime.publish_platform_event(name, values)
         return event.replay_id, event_uuid
 
+    def platform_event_channel(self, name: str) -> str | None:
+        """`/event/Order_Placed__e` for the platform event `name` (any case); None if none."""
+        event = self.runtime.spec.event(name)
+        return None if event is None else f"/event/{event.name}"
+
     def push(self, channel: str, payload: str) -> int:
         """Publish a generic streaming event on a `/u/` channel; returns its replayId."""
         return self.runtime.publish_generic(channel, payload).replay_id
 
-    def generate(self, target: str, count: int, payload_bytes: int = 1024) -> list[int]:
-        """Publish `count` synthetic events of about `payload_bytes`; returns replay ids."""
+    def generate(self, target: str, count: int, payload_bytes: int | None = None) -> list[int]:
+        """Publish `count` synthetic events of `payload_bytes` each; returns their replay ids.
+
+        Without `payload_bytes`, events are 1,024 bytes, or as large as their text fields
+        allow when that is less (see `OrgRuntime.generate`).
+        """
         return [e.replay_id for e in self.runtime.generate(target, count, payload_bytes)]
 
     def emit_gap(self, entity: str, change_type: str, record_ids: list[str]) -> int:
@@ -524,6 +580,18 @@ class Emulator:
             if version not in _VERSIONS:
                 return not_found()
         return await handler(request)
+
+
+def _updated(
+    transaction: Transaction, obj: ObjectDef, record_id: str, values: dict[str, Any]
+) -> str:
+    transaction.update(obj, record_id, values)
+    return to18(record_id)
+
+
+def _deleted(transaction: Transaction, obj: ObjectDef, record_id: str) -> str:
+    transaction.delete(obj, record_id)
+    return to18(record_id)
 
 
 def _oauth_json(body: dict[str, Any], status: int) -> web.Response:

@@ -11,9 +11,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from sfstream_emulator.ids import is_valid_id
 from sfstream_emulator.org import ObjectDef
-from sfstream_emulator.records import RecordError
+from sfstream_emulator.records import RecordError, check_record_id
 from sfstream_emulator.rest.common import (
     RestContext,
     change_origin,
@@ -101,12 +100,10 @@ class RecordsApi:
         obj = self.runtime.spec.object(name)
         if obj is None:
             return not_found()
-        if not is_valid_id(record_id) or record_id[:3] != obj.key_prefix:
-            return rest_error(
-                404,
-                "NOT_FOUND",
-                f"Provided external ID field does not exist or is not accessible: {record_id}",
-            )
+        try:
+            check_record_id(obj, record_id)
+        except RecordError as exc:
+            return rest_error(exc.status, exc.error_code, exc.message)
         return obj, record_id
 
     async def read(self, request: web.Request) -> web.StreamResponse:
