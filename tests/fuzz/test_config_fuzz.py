@@ -3,9 +3,12 @@
 `load_config` gets random YAML documents, random text, and mutations of a valid
 configuration (keys removed, added, renamed; values of the wrong type, huge, unicode,
 nested garbage; `${secret:...}` references in odd places), with random `SFSTREAM_*`
-overrides. It returns a `Config` or raises `ConfigError`, and an error message never
-contains a secret value. The CLI (`sfstream discover --config FILE`) exits 2 without a
-traceback for a sample of the rejected files.
+overrides. It returns a `Config` or raises `ConfigError`; an error message never contains a
+secret value nor the validation library's vocabulary, and says where each problem is (a path
+or an `SFSTREAM_*` variable); a loaded `Config` never holds a malformed secret reference as a
+value. Loading offline (without the Salesforce secrets) obeys the same rules. A duplicated key
+is always an error naming both lines. The CLI (`sfstream discover --config FILE`) exits 2
+without a traceback for a sample of the rejected files.
 
 The inputs fuzzing once found escaping `load_config` as other exceptions (PyYAML's
 ValueError and RecursionError, a file that is not UTF-8, an override that is not YAML) are
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -29,7 +33,7 @@ import yaml
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from sfstream.engine.config import Config, load_config
+from sfstream.engine.config import Config, SalesforceConfig, load_config
 from sfstream.errors import ConfigError
 from tests.fuzz.budget import fuzz_settings
 
@@ -114,6 +118,12 @@ SCALARS: tuple[Any, ...] = (
     "${secret:}",
     "${secret:../../etc/passwd}",
     "${env:HOME}",
+    "${secrets:SF_CLIENT_SECRET}",
+    "${secret:SF_CLIENT_SECRET",
+    "x${secret:SF_CLIENT_SECRET}",
+    "${secret:SF_CLIENT_SECRET} y",
+    "{secret:SF_CLIENT_SECRET}",
+    "${SECRET:SF_CLIENT_SECRET}",
     "/dev/null",
     "a\x00b",
     "\u00e9\u00e8 \U0001f600 \u202e",
@@ -207,15 +217,43 @@ environments = st.dictionaries(
             "SFSTREAM_RUNTIME__SHUTDOWN_TIMEOUT_S",
             "SFSTREAM___",
             "SFSTREAM_X",
+            "SFSTREAM_STREAMS",
+            "SFSTREAM_SINK",
+            "SFSTREAM_SNIK__PATH",
+            "SFSTREAM_SINK__PTH",
+            "SFSTREAM_DISCOVERY__INCLUDE",
+            "SFSTREAM_DISCOVERY__INCLUDE__0",
+            "SFSTREAM_SALESFORCE__CLIENT_SECRET",
+            "SFSTREAM_SALESFORCE__CLIENT_ID__X",
+            "SFSTREAM_CONFIG",
             "OTHER",
         ]
     ),
-    st.sampled_from(["", "1", "-5", "file", "null", "{}", "[1, 2]", "x: y", "\u00e9", "0x10"]),
+    st.sampled_from(
+        [
+            "",
+            "1",
+            "-5",
+            "file",
+            "null",
+            "{}",
+            "[1, 2]",
+            "x: y",
+            "\u00e9",
+            "0x10",
+            "true",
+            "${secret:SF_CLIENT_SECRET}",
+            "${secrets:SF_CLIENT_SECRET}",
+            "&a [*a]",
+            "{a: 1, a: 2}",
+            "[&x [a, a, a, a], [*x, *x, *x, *x]]",
+        ]
+    ),
     max_size=3,
 )
 
 
-def load(text: str, environ: dict[str, str]) -> Config:
+def load(text: str, environ: dict[str, str], *, offline: bool = False) -> Config:
     """Load `text` as a config file next to a valid secrets file."""
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch)
@@ -224,24 +262,70 @@ def load(text: str, environ: dict[str, str]) -> Config:
         secrets.chmod(0o600)
         path = directory / "sfstream.yaml"
         path.write_text(text, encoding="utf-8")
+        if offline:
+            return asyncio.run(load_config(path, environ=environ, offline=True))
         return asyncio.run(load_config(path, environ=environ))
 
 
-def check_outcome(text: str, environ: dict[str, str]) -> ConfigError | None:
-    """Load; a Config must be sound, an error a ConfigError that reveals no secret."""
+INTERNALS = (
+    "Input should",
+    "Extra inputs",
+    "Field required",
+    "literal[",
+    "constrained-",
+    "function-after",
+    "function-before",
+    "lax-or-strict",
+    "valid tuple",
+    "<class",
+    "Value error,",
+)
+"""The validation library's vocabulary, which no message may use."""
+PROBLEM_LINE = re.compile(r"^  \S.*?: \S")
+MALFORMED_REFERENCE = re.compile(r"(?i)\{+\s*secrets?\s*(?::|\}|$)")
+
+
+def check_outcome(
+    text: str, environ: dict[str, str], *, offline: bool = False
+) -> ConfigError | None:
+    """Load; a Config must be sound, an error a ConfigError that reveals no secret, speaks
+    the user's words and says where each problem is."""
     try:
-        config = load(text, environ)
+        config = load(text, environ, offline=offline)
     except ConfigError as exc:
         message = str(exc)
         for secret in SECRET_VALUES.values():
             assert secret not in message, "a configuration error revealed a secret"
+        for internal in INTERNALS:
+            assert internal not in message, message
+        head, *problems = message.splitlines()
+        if problems and "problem(s)" in head:
+            for line in problems:
+                assert PROBLEM_LINE.match(line), line
         return exc
     assert config.state.path.is_absolute()
     assert config.sink.path is None or config.sink.path.is_absolute()
     assert config.streams or config.discovery.mode == "metadata"
     for secret in SECRET_VALUES.values():
         assert secret not in repr(config)
+    values = [*config.secret_values(), *_strings(config.model_dump(mode="json"))]
+    assert not [v for v in values if MALFORMED_REFERENCE.search(v)], "a malformed reference"
+    for path in config.unresolved_secrets:
+        assert path.startswith("salesforce."), "offline loading left a needed secret out"
+        if path != "salesforce.client_id":
+            assert getattr(config.salesforce, path.removeprefix("salesforce.")) in (
+                None,
+                SalesforceConfig.model_fields[path.removeprefix("salesforce.")].default,
+            )
     return None
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in _strings(item)]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    return [value] if isinstance(value, str) else []
 
 
 @fuzz_settings(250)
@@ -254,6 +338,32 @@ def test_any_document_loads_or_raises_config_error(text: str, environ: dict[str,
 @given(document=mutated_valid())
 def test_mutations_of_a_valid_config_load_or_raise_config_error(document: Any) -> None:
     check_outcome(dump(document), {})
+
+
+@fuzz_settings(100)
+@given(text=documents, environ=environments)
+def test_loading_offline_obeys_the_same_rules(text: str, environ: dict[str, str]) -> None:
+    check_outcome(text, environ, offline=True)
+
+
+@fuzz_settings(50)
+@given(
+    document=mutated_valid(),
+    section=st.sampled_from(sorted(VALID)),
+    again=st.sampled_from(["x: 1\n", "{}\n", "[]\n", "null\n"]),
+)
+def test_a_duplicated_key_is_always_an_error_naming_both_lines(
+    document: Any, section: str, again: str
+) -> None:
+    text = dump(document if isinstance(document, dict) else VALID)
+    assume(re.search(rf"^{section}:", text, re.MULTILINE))
+    lines = text.splitlines()
+    first = next(n for n, line in enumerate(lines, 1) if line.startswith(f"{section}:"))
+    second = len(lines) + 1
+    text += f"{section}:" + ("\n  " + again if again.startswith("x") else " " + again)
+    error = check_outcome(text, {})
+    assert error is not None
+    assert f"{section}: duplicate key (lines {first} and {second})" in str(error)
 
 
 def test_the_valid_document_loads() -> None:
@@ -305,6 +415,17 @@ ESCAPES: dict[str, Callable[[Path], None]] = {
     ),
     "a file that is not UTF-8": lambda path: path.write_bytes(
         dump(VALID).encode() + b"# caf\xe9\n"
+    ),
+    "a recursive alias": lambda path: path.write_text(
+        dump(VALID) + "extra: &loop [1, *loop]\n", encoding="utf-8"
+    ),
+    "a billion laughs": lambda path: path.write_text(
+        dump(VALID)
+        + "".join(
+            f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10 if i else ['lol'] * 10)}]\n"
+            for i in range(9)
+        ),
+        encoding="utf-8",
     ),
 }
 

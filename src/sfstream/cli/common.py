@@ -12,7 +12,7 @@ from typing import IO, Any, TypeVar
 import click
 import orjson
 
-from sfstream.engine.config import Config, load_config
+from sfstream.engine.config import Config, load_config, log_warnings
 from sfstream.errors import ConfigError, ExitCode, SfStreamError
 
 T = TypeVar("T")
@@ -46,20 +46,33 @@ class Failure(click.ClickException):
         click.echo(f"sfstream: {self.message}", err=True)
 
 
-def load(config_path: Path, *, log_level: str | None = None) -> Config:
-    """Load the configuration and set up logging with its secrets redacted."""
+def load(config_path: Path, *, log_level: str | None = None, offline: bool = False) -> Config:
+    """Load the configuration and set up logging with its secrets redacted; then log what
+    loading warned about (a secret written inline).
+
+    `offline`: for a command that does not call Salesforce (`state`, `schema`, config-mode
+    `discover`): its `${secret:...}` references are not resolved, so the command runs
+    without them (see `load_config`). Commands that log in (`run`, `check`, `tail`, metadata
+    `discover`) load with every secret.
+
+    A configuration problem exits 2 (`ConfigProblem`); a secrets store that cannot be
+    reached exits 1 (`Failure`).
+    """
     from sfstream.observability import configure_logging
 
     try:
-        config = asyncio.run(load_config(config_path))
+        config = asyncio.run(load_config(config_path, offline=offline))
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from exc
+    except SfStreamError as exc:
+        raise Failure(str(exc)) from exc
     fmt = config.logging.format
     configure_logging(
         level=log_level or config.logging.level,
         json=None if fmt == "auto" else fmt == "json",
         secrets=config.secret_values(),
     )
+    log_warnings(config)
     return config
 
 

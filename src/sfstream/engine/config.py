@@ -2,24 +2,37 @@
 
 Load order: the YAML file, then `SFSTREAM_<SECTION>__<FIELD>` environment variables over it
 (`SFSTREAM_SINK__PATH=/data/out.jsonl`), then `${secret:NAME}` references resolved through the
-configured secrets store, then validation. Every problem is reported at once, each with its
-path (`streams.2.channel: ...`), as a `ConfigError`.
+configured secrets store, then validation. Every problem is reported at once, each with the
+path the user wrote (`streams.2.channel: ...`) or the environment variable that set it
+(`SFSTREAM_BATCH__MAX_RECORDS: ...`), in the user's words, as a `ConfigError`.
+
+The YAML is read with a bounded loader: a duplicate key is an error (naming both lines), and a
+document whose aliases expand it past `MAX_DOCUMENT_VALUES` values (a "billion laughs") or
+that refers to itself is refused before anything walks it.
 
 The loaded `Config` remembers which secret each resolved field came from
 (`config.secret_reference("salesforce.refresh_token") == "SF_REFRESH_TOKEN"`), so that a value
-that changes while running (a rotated refresh token) can be written back under its name.
+that changes while running (a rotated refresh token) can be written back under its name. It
+also carries the warnings found while loading (`config.warnings`: a secret written inline),
+which the caller logs once logging is set up (`log_warnings`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
 import os
 import re
-from collections.abc import Mapping
+import types
+import urllib.parse
+from collections.abc import Callable, Mapping, Set
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin
 
+import annotated_types
+import structlog
 import yaml
 from pydantic import (
     BaseModel,
@@ -28,9 +41,12 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from sfstream.auth.grants import GrantType, grant_needs_message, missing_for_grant
 from sfstream.errors import ConfigError, SecretError
@@ -38,7 +54,15 @@ from sfstream.secrets import EnvSecretsStore, FileSecretsStore, SecretsStore
 from sfstream.streams import check_stream_id, parse_channel
 
 ENV_PREFIX: Final = "SFSTREAM_"
+MAX_DOCUMENT_VALUES: Final = 100_000
+"""The most values (scalars, lists and mappings, keys included) a configuration document may
+hold once its aliases are expanded; a real configuration holds a few hundred."""
+
 _SECRET_REF: Final = re.compile(r"^\$\{secret:([A-Za-z0-9_.\-/]+)\}$")
+_LOOKS_LIKE_REF: Final = re.compile(r"(?i)\$?\s*\{+\s*secrets?\s*(?::|\}|$)")
+"""A value that was meant as `${secret:NAME}` (`${secrets:X}`, `${secret:}`, `{secret:X}`,
+`${secret:X` unclosed, or with text around it)."""
+_log = structlog.get_logger("sfstream.config")
 
 Replay = Literal["latest", "earliest"] | Annotated[int, Field(ge=0)]
 InvalidReplay = Literal["fail", "earliest", "latest"]
@@ -47,6 +71,15 @@ BreakingChange = Literal["warn", "fail"]
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any) -> Any:
+        # No field is a boolean; YAML reads `yes`, `on` and `true` as one, which pydantic
+        # would take as the integer 1 (a replayId, a batch size).
+        if isinstance(value, bool):
+            raise PydanticCustomError("bool_not_allowed", "a boolean is not allowed here")
+        return value
 
 
 class SalesforceConfig(_Frozen):
@@ -65,11 +98,15 @@ class SalesforceConfig(_Frozen):
     @classmethod
     def _url(cls, value: str) -> str:
         if not value.startswith(("https://", "http://")):
-            raise ValueError("must start with https:// (or http:// for a local emulator)")
+            raise PydanticCustomError("url_scheme", "not an https:// or http:// URL")
         return value.rstrip("/")
 
     @model_validator(mode="after")
-    def _grant(self) -> SalesforceConfig:
+    def _grant(self, info: ValidationInfo) -> SalesforceConfig:
+        # Loaded offline, a field whose secret was left unresolved counts as given.
+        unresolved: frozenset[str] = (info.context or {}).get("unresolved", frozenset())
+        if "grant_type" in unresolved:
+            return self
         missing = missing_for_grant(
             self.grant_type,
             {
@@ -79,6 +116,7 @@ class SalesforceConfig(_Frozen):
                 "password": self.password,
             },
         )
+        missing = tuple(name for name in missing if name not in unresolved)
         if missing:
             raise ValueError(grant_needs_message(self.grant_type, missing))
         return self
@@ -124,7 +162,8 @@ class StreamConfig(_Frozen):
     id: str | None = None
     """Overrides the derived stream id (`sf.event.account_changes`)."""
     key_field: str | None = None
-    """Platform events: the payload field that keys records (default: EventUuid)."""
+    """Platform events: the payload field that keys records (default: EventUuid). Ignored,
+    with a warning, on change-event, PushTopic and generic streams (their key is fixed)."""
     initial_replay: Replay = "latest"
     """Where to start when the stream has no checkpoint."""
     on_invalid_replay: InvalidReplay = "fail"
@@ -238,6 +277,9 @@ class Config(_Frozen):
     logging: LoggingConfig = LoggingConfig()
 
     _secret_refs: Mapping[str, str] = PrivateAttr(default_factory=lambda: MappingProxyType({}))
+    _unresolved: Mapping[str, str] = PrivateAttr(default_factory=lambda: MappingProxyType({}))
+    _warnings: tuple[ConfigWarning, ...] = PrivateAttr(default=())
+    _file: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _streams(self) -> Config:
@@ -272,94 +314,749 @@ class Config(_Frozen):
         when its value was written inline or the configuration was not loaded from a file."""
         return self._secret_refs.get(path)
 
+    @property
+    def unresolved_secrets(self) -> Mapping[str, str]:
+        """Field path -> secret name of each reference `load_config(..., offline=True)` left
+        unresolved (those fields are unset); empty when everything was resolved."""
+        return self._unresolved
 
-def _overlay_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
-            continue
-        path = name[len(ENV_PREFIX) :].lower().split("__")
-        if not all(path):
-            continue
-        target: Any = raw
-        for part in path[:-1]:
-            existing = target.get(part)
-            if not isinstance(existing, dict):
-                existing = {}
-                target[part] = existing
-            target = existing
-        target[path[-1]] = _env_value(name, value)
+    @property
+    def warnings(self) -> tuple[ConfigWarning, ...]:
+        """What `load_config` found worth a warning (a secret written inline), for the caller
+        to log once logging is set up (`log_warnings`)."""
+        return self._warnings
 
+
+@dataclass(frozen=True, slots=True)
+class ConfigWarning:
+    """Something in a configuration that works but should change. Names a field, never
+    shows its value."""
+
+    field: str
+    message: str
+    event: str = "inline_secret"
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+_LOGGED: Final[set[tuple[str | None, str, str]]] = set()
+
+
+def log_warnings(config: Config) -> None:
+    """Log `config.warnings` (each once per process and configuration file), after logging
+    has been set up: a warning logged before would go to stdout, which is for data."""
+    for warning in config.warnings:
+        key = (config._file, warning.event, warning.field)
+        if key in _LOGGED:
+            continue
+        _LOGGED.add(key)
+        _log.warning(warning.event, field=warning.field, advice=warning.message)
+
+
+# -- reading YAML ------------------------------------------------------------------------------
 
 # PyYAML raises more than YAMLError on hostile input: ValueError for scalars it cannot convert
 # (an unquoted `2024-02-30`, an int past Python's 4,300-digit limit), RecursionError for
 # deeply nested collections.
 _YAML_FAILURES = (yaml.YAMLError, ValueError, RecursionError)
+_MERGE_TAG: Final = "tag:yaml.org,2002:merge"
+
+_Loc = tuple[str | int, ...]
+"""A place in the document: mapping keys and list indexes (`("streams", 0, "channel")`)."""
 
 
-def _env_value(name: str, value: str) -> Any:
-    """An `SFSTREAM_*` value, read as YAML (`100`, `true`, `[a, b]`); empty stays empty."""
+class _UnsafeDocumentError(Exception):
+    """A document that must not be walked: too large once its aliases are expanded, or one
+    that contains itself."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Duplicate:
+    path: _Loc
+    lines: tuple[int, ...]
+
+    def __str__(self) -> str:
+        if len(set(self.lines)) == 1:
+            times = "twice" if len(self.lines) == 2 else f"{len(self.lines)} times"
+            where = f"{times} on line {self.lines[0]}"
+        else:
+            *first, last = (str(line) for line in self.lines)
+            where = f"lines {', '.join(first)} and {last}"
+        return f"{_dotted(self.path)}: duplicate key ({where})"
+
+
+def _parse_yaml(text: str) -> tuple[Any, list[_Duplicate]]:
+    """The document in `text` and its duplicate keys.
+
+    The node graph is checked before it is built into Python values: an alias shares its
+    anchor's node, so a few lines can stand for 10^9 values; they are counted (each shared
+    node once) and refused past `MAX_DOCUMENT_VALUES`, as is a node that contains itself.
+
+    Raises:
+        _UnsafeDocumentError: as above.
+        yaml.YAMLError, ValueError, RecursionError: PyYAML's own failures.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, []
+        duplicates = _check_nodes(node)
+        return loader.construct_document(node), duplicates
+    finally:
+        loader.dispose()
+
+
+def _check_nodes(root: yaml.Node) -> list[_Duplicate]:
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    duplicates: list[_Duplicate] = []
+    shared = False
+
+    def visit(node: yaml.Node, path: _Loc) -> int:
+        nonlocal shared
+        key = id(node)
+        if key in sizes:
+            shared = True
+            return sizes[key]
+        if key in open_nodes:
+            raise _UnsafeDocumentError(
+                f"{_dotted(path) or 'the document'}: an alias refers to itself (its anchor "
+                f"encloses it, line {node.start_mark.line + 1})"
+            )
+        open_nodes.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            for index, child in enumerate(node.value):
+                total += visit(child, (*path, index))
+                _bound(total, shared)
+        elif isinstance(node, yaml.MappingNode):
+            lines: dict[tuple[str, str], list[int]] = {}
+            for key_node, value_node in node.value:
+                total += visit(key_node, path)
+                name: str | int = "?"
+                if isinstance(key_node, yaml.ScalarNode):
+                    name = key_node.value
+                    if key_node.tag != _MERGE_TAG:
+                        lines.setdefault((key_node.tag, key_node.value), []).append(
+                            key_node.start_mark.line + 1
+                        )
+                total += visit(value_node, (*path, name))
+                _bound(total, shared)
+            duplicates.extend(
+                _Duplicate((*path, value), tuple(found))
+                for (_, value), found in lines.items()
+                if len(found) > 1
+            )
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    visit(root, ())
+    return duplicates
+
+
+def _bound(total: int, shared: bool) -> None:
+    if total <= MAX_DOCUMENT_VALUES:
+        return
+    if shared:
+        raise _UnsafeDocumentError(
+            f"the document expands to more than {MAX_DOCUMENT_VALUES} values through its "
+            "aliases (*name); a configuration needs far fewer"
+        )
+    raise _UnsafeDocumentError(f"the document holds more than {MAX_DOCUMENT_VALUES} values")
+
+
+# -- environment overrides ---------------------------------------------------------------------
+
+
+@dataclass
+class _Sources:
+    """Where each part of the merged document came from: the file, or a variable."""
+
+    variables: dict[tuple[str, ...], str]
+    """Field path -> the `SFSTREAM_*` variable that set it."""
+
+    def variable(self, path: _Loc) -> str | None:
+        """The variable that set `path` or a place that encloses it."""
+        parts = tuple(str(part) for part in path)
+        for length in range(len(parts), 0, -1):
+            name = self.variables.get(parts[:length])
+            if name is not None:
+                return name
+        return None
+
+    def where(self, path: _Loc) -> str:
+        """`path` as the user wrote it: the variable that set it, or its dotted path."""
+        return self.variable(path) or _dotted(path) or "config"
+
+
+def _overlay_env(
+    raw: dict[str, Any], environ: Mapping[str, str], problems: list[_Problem]
+) -> dict[tuple[str, ...], str]:
+    """Apply the `SFSTREAM_<SECTION>__<FIELD>` variables to `raw`; field path -> variable of
+    each one applied. A variable that names no field, or one that cannot be set this way,
+    is a problem (other `SFSTREAM_*` names without `__`, such as SFSTREAM_CONFIG, belong to
+    the commands and are left alone)."""
+    applied: dict[tuple[str, ...], str] = {}
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        target = _env_target(name)
+        if target is None:
+            continue
+        if isinstance(target, str):
+            problems.append(_Problem(f"{name}: {target}", from_env=True))
+            continue
+        try:
+            value = _env_value(environ[name])
+        except ValueError as exc:
+            # The value itself may be a secret: only the variable is named.
+            problems.append(_Problem(f"{name}: {exc}", from_env=True))
+            continue
+        into: Any = raw
+        for depth, part in enumerate(target[:-1]):
+            existing = into.get(part)
+            if existing is None:
+                existing = {}
+                into[part] = existing
+            if not isinstance(existing, dict):
+                problems.append(
+                    _Problem(
+                        f"{name}: cannot be applied: {_dotted(target[: depth + 1])} in the "
+                        "file is not a mapping",
+                        from_env=True,
+                    )
+                )
+                break
+            into = existing
+        else:
+            into[target[-1]] = value
+            applied[target] = name
+    return applied
+
+
+def _env_target(name: str) -> tuple[str, ...] | str | None:
+    """The field path `name` sets; a problem (str) when it cannot set one; None when the
+    variable is not a configuration override."""
+    rest = name[len(ENV_PREFIX) :]
+    sections = Config.model_fields
+    if "__" not in rest:
+        section = rest.lower()
+        if section not in sections:
+            return None  # SFSTREAM_CONFIG, SFSTREAM_RUN_ID, tail's SFSTREAM_CLIENT_ID, ...
+        if _list_item_model(sections[section]) is not None:
+            return _NO_LIST_FROM_ENV.format(name=section)
+        return (
+            f"a whole section cannot be set from one variable; set its fields, as {name}__<FIELD>"
+        )
+    parts = tuple(rest.lower().split("__"))
+    if not all(parts):
+        return f"not a setting; name one as {ENV_PREFIX}<SECTION>__<FIELD>"
+    model: type[BaseModel] = Config
+    for depth, part in enumerate(parts):
+        here = parts[: depth + 1]
+        if part not in model.model_fields:
+            if model is Config:
+                return f"unknown section {part}{_suggestion(part, model)}"
+            return f"unknown field {_dotted(here)}{_suggestion(part, model)}"
+        field = model.model_fields[part]
+        if _list_item_model(field) is not None:
+            return _NO_LIST_FROM_ENV.format(name=_dotted(here))
+        if depth == len(parts) - 1:
+            return parts
+        inner = _unwrap_optional(field.annotation)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            model = inner
+        elif get_origin(inner) is tuple:
+            return (
+                f"one item of {_dotted(here)} cannot be set from the environment; set the "
+                f"whole list, as {_env_name(here)}='[...]'"
+            )
+        else:
+            return f"{_dotted(here)} is a single value; set it as {_env_name(here)}"
+    return parts  # pragma: no cover - the loop returns
+
+
+_NO_LIST_FROM_ENV: Final = (
+    "the {name} list cannot be set from the environment; list the {name} in the configuration file"
+)
+
+
+def _env_name(parts: tuple[str, ...]) -> str:
+    return ENV_PREFIX + "__".join(parts).upper()
+
+
+def _env_value(value: str) -> Any:
+    """An `SFSTREAM_*` value, read as YAML (`100`, `true`, `[a, b]`); empty stays empty.
+
+    Raises:
+        ValueError: not a YAML value (the message never shows the value).
+    """
     if not value:
         return value
     try:
-        return yaml.safe_load(value)
+        parsed, duplicates = _parse_yaml(value)
+    except _UnsafeDocumentError as exc:
+        raise ValueError(f"not a valid YAML value: {exc}") from None
     except _YAML_FAILURES as exc:
-        # The value itself may be a secret: only the variable is named.
-        raise ConfigError(
-            f"environment variable {name} is not a valid YAML value "
-            f"({type(exc).__name__}); quote it to pass a string"
+        raise ValueError(
+            f"not a valid YAML value ({type(exc).__name__}); quote it to pass a string"
         ) from None
+    if duplicates:
+        raise ValueError("not a valid YAML value: a mapping with a duplicate key")
+    return parsed
 
 
-def _secrets_store(raw: dict[str, Any], base_dir: Path) -> SecretsStore:
-    section = raw.get("secrets") or {}
-    try:
-        secrets = SecretsConfig.model_validate(section)
-    except ValidationError as exc:
-        raise ConfigError(_format(exc, prefix="secrets")) from exc
-    return secrets.open_store(base_dir)
+# -- secret references -------------------------------------------------------------------------
+
+_OMITTED: Final = object()
+_SECRET_FIELDS: Final = (
+    "salesforce.client_secret",
+    "salesforce.refresh_token",
+    "salesforce.password",
+    "state.dsn",
+)
+"""Fields that hold secrets: their values are never shown, and one written inline in the
+file is warned about."""
+_LIBPQ_PASSWORD: Final = re.compile(r"(?i)(?:^|\s)password\s*=\s*\S")
 
 
-async def _resolve(
-    value: Any, store: SecretsStore, path: str, problems: list[str], refs: dict[str, str]
-) -> Any:
-    """`value` with every `${secret:NAME}` replaced; `refs` gets path -> NAME of each."""
+def _inline_secrets(raw: Mapping[str, Any], sources: _Sources) -> tuple[ConfigWarning, ...]:
+    """A warning for each secret written inline in the file (a DSN: only with a password)."""
+    found = []
+    for dotted in _SECRET_FIELDS:
+        section, field = dotted.split(".")
+        values = raw.get(section)
+        value = values.get(field) if isinstance(values, dict) else None
+        if not isinstance(value, str) or not value.strip():
+            continue
+        if _SECRET_REF.match(value.strip()) or _LOOKS_LIKE_REF.search(value):
+            continue
+        if sources.variable((section, field)) is not None:
+            continue  # the file's value is not used
+        if dotted == "state.dsn":
+            if not _dsn_has_password(value):
+                continue
+            message = (
+                "the connection string holds a password written inline in the configuration "
+                "file; write the whole DSN as a ${secret:NAME} reference, its value in the "
+                "secrets store"
+            )
+        else:
+            message = (
+                "a secret written inline in the configuration file; write a ${secret:NAME} "
+                "reference instead, its value in the secrets store"
+            )
+        found.append(ConfigWarning(dotted, message))
+    return tuple(found)
+
+
+def _dsn_has_password(dsn: str) -> bool:
+    if "://" in dsn:
+        try:
+            return bool(urllib.parse.urlsplit(dsn.strip()).password)
+        except ValueError:
+            return False
+    return _LIBPQ_PASSWORD.search(dsn) is not None
+
+
+@dataclass
+class _Resolution:
+    """What resolving the references of one document found."""
+
+    store: Callable[[], SecretsStore] | None
+    """Opens the secrets store (once); None when the `secrets` section is invalid."""
+    offline: bool
+    sources: _Sources
+    problems: list[_Problem]
+    refs: dict[str, str]
+    """Field path -> secret name, for each reference resolved."""
+    unresolved: dict[str, str]
+    """Field path -> secret name, for each reference left unresolved (offline)."""
+    values: dict[str, str]
+    """Secret name -> value, of each resolved secret (to keep them out of messages)."""
+    failed: set[str]
+    """Field paths whose secret could not be read (already a problem)."""
+    reported: set[str]
+    """Field paths with a problem already (a malformed reference, a secret that could not
+    be read): validation does not report them again."""
+
+
+async def _resolve(value: Any, path: _Loc, found: _Resolution) -> Any:
+    """`value` with every `${secret:NAME}` replaced by its secret (or left out, offline)."""
     if isinstance(value, dict):
-        return {
-            k: await _resolve(v, store, f"{path}.{k}" if path else str(k), problems, refs)
-            for k, v in value.items()
-        }
+        resolved = {}
+        for key, item in value.items():
+            done = await _resolve(item, (*path, str(key)), found)
+            if done is not _OMITTED:
+                resolved[key] = done
+        return resolved
     if isinstance(value, list):
-        return [
-            await _resolve(v, store, f"{path}.{i}", problems, refs) for i, v in enumerate(value)
-        ]
-    if isinstance(value, str):
-        match = _SECRET_REF.match(value.strip())
-        if match:
-            try:
-                secret = (await store.get(match.group(1))).get_secret_value()
-            except SecretError as exc:
-                problems.append(f"{path}: {exc}")
-                return None
-            refs[path] = match.group(1)
-            return secret
-    return value
+        return [await _resolve(item, (*path, index), found) for index, item in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+    match = _SECRET_REF.match(value.strip())
+    if match is None:
+        if _LOOKS_LIKE_REF.search(value):
+            shown = value if len(value) <= 80 else value[:77] + "..."
+            found.problems.append(
+                _Problem(
+                    f"{found.sources.where(path)}: `{shown}` looks like a secret reference "
+                    "but is not one; write ${secret:NAME}",
+                    from_env=found.sources.variable(path) is not None,
+                )
+            )
+            found.reported.add(_dotted(path))
+        return value
+    name = match.group(1)
+    dotted = _dotted(path)
+    if found.offline and path[:1] == ("salesforce",):
+        found.unresolved[dotted] = name
+        # The client id is required and not secret: its reference stands in for it.
+        return value if path == ("salesforce", "client_id") else _OMITTED
+    if found.store is None:
+        return value
+    try:
+        secret = (await found.store().get(name)).get_secret_value()
+    except SecretError as exc:
+        found.problems.append(
+            _Problem(
+                f"{found.sources.where(path)}: {exc}",
+                from_env=found.sources.variable(path) is not None,
+            )
+        )
+        found.failed.add(dotted)
+        found.reported.add(dotted)
+        return None
+    found.refs[dotted] = name
+    found.values[name] = secret
+    return secret
 
 
-def _format(exc: ValidationError, prefix: str = "") -> str:
-    lines = []
-    for error in exc.errors():
-        location = ".".join(str(part) for part in error["loc"])
-        location = f"{prefix}.{location}" if prefix and location else prefix or location
-        message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"{location or 'config'}: {message}")
-    return "\n".join(lines)
+def _store_opener(
+    raw: dict[str, Any], base_dir: Path, problems: list[_Problem], sources: _Sources
+) -> Callable[[], SecretsStore] | None:
+    """Opens the configured store on first use; None (with problems) when `secrets` is
+    invalid."""
+    section = raw.get("secrets")
+    try:
+        secrets = SecretsConfig.model_validate({} if section is None else section)
+    except ValidationError as exc:
+        problems.extend(_describe(exc, sources, {}, prefix=("secrets",)))
+        return None
+    opened: list[SecretsStore] = []
+
+    def store() -> SecretsStore:
+        if not opened:
+            opened.append(secrets.open_store(base_dir))
+        return opened[0]
+
+    return store
 
 
-async def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, overlay, resolve and validate a configuration file.
+# -- messages -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Problem:
+    text: str
+    from_env: bool = False
+
+
+_REPLAY: Final = "latest, earliest or a replayId (an integer from 0)"
+_SECONDS: Final = "a number of seconds greater than 0"
+_SECRET_TEXT: Final = "text (a ${secret:NAME} reference)"  # noqa: S105 - a description
+_EXPECTED: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "salesforce.login_url": "a URL starting with https:// (or http:// for a local emulator)",
+        "salesforce.client_id": "the connected app's consumer key (text)",
+        "salesforce.client_secret": _SECRET_TEXT,
+        "salesforce.refresh_token": _SECRET_TEXT,
+        "salesforce.username": "a user name (text)",
+        "salesforce.password": _SECRET_TEXT,
+        "salesforce.api_version": "an API version as text (like '62.0', quoted)",
+        "secrets.file": "a file path",
+        "secrets.aws_secret_id": "the name or ARN of a secret (text)",
+        "secrets.aws_region": "an AWS region (like eu-west-1)",
+        "streams": "a list of streams",
+        "streams.*": "a stream (a mapping with `channel`)",
+        "streams.*.channel": "a channel name (/data/..., /event/..., /topic/... or /u/...)",
+        "streams.*.id": "a stream id (like sf.event.account_changes)",
+        "streams.*.key_field": "a field name",
+        "streams.*.initial_replay": _REPLAY,
+        "discovery.include": "a list of glob patterns (like ['/data/*'])",
+        "discovery.include.*": "a glob pattern (like /data/*)",
+        "discovery.exclude": "a list of glob patterns (like ['/data/*'])",
+        "discovery.exclude.*": "a glob pattern (like /data/*)",
+        "discovery.initial_replay": _REPLAY,
+        "state.path": "a file path",
+        "state.dsn": "a connection string (postgresql://...)",
+        "schema_registry.path": "a file path",
+        "sink.path": "a file path",
+        "runtime.summary_interval_s": _SECONDS,
+        "runtime.shutdown_timeout_s": _SECONDS,
+        "runtime.startup_timeout_s": f"{_SECONDS} (or no value, for no limit)",
+    }
+)
+"""What a field takes, in the user's words, where its type does not say it well enough."""
+
+
+def expected_value(path: str) -> str:
+    """What the field at `path` takes, as error messages say it (`batch.max_records`: "an
+    integer from 1 to 100000"); a list item is `streams.0` or `streams.*`.
 
     Raises:
-        ConfigError: every problem found, one per line, each with its path.
+        KeyError: `path` names no field, or one whose type has no description.
+    """
+    parts: _Loc = tuple(int(p) if p.isdigit() else p for p in path.split("."))
+    schema, annotation, info, rest = _walk(parts)
+    if rest:
+        raise KeyError(path)
+    return _expected(schema, annotation, info)
+
+
+def _walk(loc: _Loc) -> tuple[str, Any, FieldInfo | None, _Loc]:
+    """Follow `loc` from `Config` through fields and list items as far as it goes: (the
+    schema path, `streams.*.channel`; the annotation there; its field; the rest of `loc`)."""
+    annotation: Any = Config
+    info: FieldInfo | None = None
+    schema: list[str] = []
+    for index, part in enumerate(loc):
+        inner = _unwrap_optional(annotation)
+        if isinstance(inner, type) and issubclass(inner, BaseModel) and part in inner.model_fields:
+            info = inner.model_fields[str(part)]
+            annotation = info.annotation
+            schema.append(str(part))
+        elif get_origin(inner) is tuple and (isinstance(part, int) or part == "*"):
+            annotation = get_args(inner)[0]
+            info = None
+            schema.append("*")
+        else:
+            return ".".join(schema), annotation, info, loc[index:]
+    return ".".join(schema), annotation, info, ()
+
+
+def _expected(schema: str, annotation: Any, info: FieldInfo | None) -> str:
+    if schema in _EXPECTED:
+        return _EXPECTED[schema]
+    inner = _unwrap_optional(annotation)
+    if get_origin(inner) is Literal:
+        choices = [str(choice) for choice in get_args(inner)]
+        return choices[0] if len(choices) == 1 else f"one of {', '.join(choices)}"
+    if isinstance(inner, type) and issubclass(inner, BaseModel):
+        return f"a mapping of {schema.rsplit('.', 1)[-1] or 'sections'} settings"
+    if inner is int:
+        return _integer(info)
+    raise KeyError(schema)
+
+
+def _integer(info: FieldInfo | None) -> str:
+    low = high = None
+    for constraint in info.metadata if info is not None else ():
+        if isinstance(constraint, annotated_types.Ge):
+            low = constraint.ge
+        elif isinstance(constraint, annotated_types.Le):
+            high = constraint.le
+    if low is not None and high is not None:
+        return f"an integer from {low} to {high}"
+    if low is not None:
+        return f"an integer of at least {low}"
+    return "an integer"
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [arg for arg in get_args(annotation) if arg is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _list_item_model(info: FieldInfo) -> type[BaseModel] | None:
+    """The model of the items of a list-of-mappings field (`streams`), else None."""
+    inner = _unwrap_optional(info.annotation)
+    if get_origin(inner) is tuple:
+        item = get_args(inner)[0]
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return item
+    return None
+
+
+def _suggestion(key: str, model: type[BaseModel]) -> str:
+    names = list(model.model_fields)
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]}?)"
+    owner = "the configuration" if model is Config else _model_name(model)
+    return f" ({owner} has {', '.join(names)})"
+
+
+def _model_name(model: type[BaseModel]) -> str:
+    for name, info in Config.model_fields.items():
+        inner = _unwrap_optional(info.annotation)
+        if inner is model:
+            return name
+        if _list_item_model(info) is model:
+            return f"a {name.removesuffix('s')}"
+    return model.__name__  # pragma: no cover - every model is a section or a list item
+
+
+def _dotted(path: _Loc) -> str:
+    """`path` as written (`streams.0.channel`); a key that would not read as one (empty,
+    with spaces around it, control characters, very long) is quoted."""
+    return ".".join(_key(part) for part in path)
+
+
+def _key(part: str | int) -> str:
+    text = str(part)
+    if text and text.isprintable() and text == text.strip() and len(text) <= 60:
+        return text
+    return repr(text) if len(text) <= 60 else repr(text[:57]) + "..."
+
+
+def _kind(value: Any) -> str:
+    """What `value` is, without showing it."""
+    if value is None:
+        return "no value"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _shown(value: Any) -> str:
+    """`value` as a message shows it: text quoted, YAML's words for booleans and nulls."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        try:
+            text = str(value)
+        except ValueError:  # an integer past Python's digit limit for str()
+            return "a very large number"
+        return text if len(text) <= 40 else text[:37] + "..."
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 60 else repr(value[:57]) + "..."
+    return _kind(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Unknown:
+    """A key the mapping at its place does not have."""
+
+    key: str | int
+    owner: Any
+    """The annotation of the mapping (a model)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """One validation error of a field, with what the field takes."""
+
+    error: Any
+    """pydantic's error details."""
+    schema: str
+    annotation: Any
+    info: FieldInfo | None
+
+
+def _describe(
+    exc: ValidationError,
+    sources: _Sources,
+    refs: Mapping[str, str],
+    prefix: _Loc = (),
+    skip: Set[str] = frozenset(),
+) -> list[_Problem]:
+    """One problem a field, in the user's words. A field whose type is a union (a replay:
+    `latest`, `earliest` or an integer) fails once for each member: those are one problem.
+    Fields in `skip` (dotted paths) have been reported already."""
+    groups: dict[_Loc, list[_Unknown | _Failure]] = {}
+    for error in exc.errors():
+        loc: _Loc = (*prefix, *error["loc"])
+        if error["type"] in ("extra_forbidden", "invalid_key"):
+            # The unknown key is the last part of the location.
+            _, owner, _, rest = _walk(loc[:-1])
+            if not rest:  # else inside a field that is no mapping, which says so itself
+                groups.setdefault(loc, []).append(_Unknown(loc[-1], owner))
+            continue
+        schema, annotation, info, rest = _walk(loc)
+        place = loc[: len(loc) - len(rest)]
+        if _dotted(place) not in skip:
+            groups.setdefault(place, []).append(_Failure(error, schema, annotation, info))
+    return [
+        _Problem(f"{sources.where(place)}: {text}", sources.variable(place) is not None)
+        for place, found in groups.items()
+        for text in _group_messages(place, found, refs)
+    ]
+
+
+def _group_messages(
+    place: _Loc, found: list[_Unknown | _Failure], refs: Mapping[str, str]
+) -> list[str]:
+    first = found[0]
+    if isinstance(first, _Unknown):
+        model = _unwrap_optional(first.owner)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return ["unknown field"]  # pragma: no cover - extra keys only exist in models
+        what = "unknown section" if model is Config else "unknown field"
+        return [f"{what}{_suggestion(str(first.key), model)}"]
+    failures = [f for f in found if isinstance(f, _Failure)]
+    if any(f.error["type"] == "missing" for f in failures):
+        return ["required"]
+    # A value read from a secret is never shown, nor quoted by a validator's message.
+    secret_name = refs.get(_dotted(place))
+    custom = [
+        str(f.error["msg"]).removeprefix("Value error, ")
+        for f in failures
+        if f.error["type"] in ("value_error", "assertion_error")
+    ]
+    if custom and secret_name is None:
+        return list(dict.fromkeys(custom))
+    try:
+        expected = _expected(first.schema, first.annotation, first.info)
+    except KeyError:  # pragma: no cover - every field is described (tested)
+        expected = "a valid value"
+    value = first.error.get("input")
+    if secret_name is not None:
+        got = f"the value of secret {secret_name}"
+    elif first.schema in _SECRET_FIELDS:
+        got = _kind(value)
+    else:
+        got = _shown(value)
+    return [f"expected {expected}, got {got}"]
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+async def load_config(
+    path: str | Path, environ: Mapping[str, str] | None = None, *, offline: bool = False
+) -> Config:
+    """Read, overlay, resolve and validate a configuration file.
+
+    Args:
+        path: the YAML file.
+        environ: the environment to take `SFSTREAM_*` overrides from (`os.environ` when
+            None).
+        offline: for a command that does not call Salesforce (`state show`, `schema list`,
+            config-mode `discover`): `${secret:NAME}` references under `salesforce` are not
+            resolved, and the secrets store is not asked for them. Their fields are left
+            unset (defaults apply; `client_id` keeps the reference as its text), the grant
+            check counts them as given, and `config.unresolved_secrets` lists them. Every
+            other reference (a PostgreSQL `state.dsn`) is resolved, and everything else is
+            checked, as usual.
+
+    Raises:
+        ConfigError: every problem found, one per line, each with its path or the
+            environment variable that set it.
     """
     file = Path(path)
     try:
@@ -371,31 +1068,72 @@ async def load_config(path: str | Path, environ: Mapping[str, str] | None = None
     except ValueError as exc:  # a path with a NUL byte
         raise ConfigError(f"cannot read config file {str(file)!r}: {exc}") from None
     try:
-        raw = yaml.safe_load(text) or {}
+        document, duplicates = _parse_yaml(text)
+    except _UnsafeDocumentError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file} is not valid YAML: {exc}") from exc
     except RecursionError:
         raise ConfigError(f"{file} is not valid YAML: nested too deeply") from None
     except ValueError as exc:
         raise ConfigError(f"{file} is not valid YAML: a value cannot be read: {exc}") from None
+    raw = {} if document is None else document
     if not isinstance(raw, dict):
-        raise ConfigError(f"{file}: the configuration is a mapping at the top level")
-    _overlay_env(raw, os.environ if environ is None else environ)
-    store = _secrets_store(raw, file.parent)
-    problems: list[str] = []
-    refs: dict[str, str] = {}
-    resolved = await _resolve(raw, store, "", problems, refs)
+        raise ConfigError(
+            f"{file}: the configuration must be a mapping at the top level (got {_kind(raw)})"
+        )
+    problems = [_Problem(str(duplicate)) for duplicate in duplicates]
+    sources = _Sources({})
+    sources.variables = _overlay_env(raw, os.environ if environ is None else environ, problems)
+    warnings = _inline_secrets(raw, sources)
+    found = _Resolution(
+        store=_store_opener(raw, file.parent, problems, sources),
+        offline=offline,
+        sources=sources,
+        problems=problems,
+        refs={},
+        unresolved={},
+        values={},
+        failed=set(),
+        reported=set(),
+    )
+    resolved = await _resolve(raw, (), found)
+    # A salesforce secret left unresolved (offline) or unreadable (reported already) does not
+    # also fail the grant check.
+    unresolved_fields = frozenset(
+        dotted.removeprefix("salesforce.")
+        for dotted in (*found.unresolved, *found.failed)
+        if dotted.startswith("salesforce.") and dotted.count(".") == 1
+    )
     try:
-        config = Config.model_validate(resolved)
+        config = Config.model_validate(resolved, context={"unresolved": unresolved_fields})
     except ValidationError as exc:
-        problems.extend(_format(exc).splitlines())
+        problems.extend(_describe(exc, sources, found.refs, skip=found.reported))
         config = None
     if problems or config is None:
-        raise ConfigError(
-            f"{file}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems)
-        )
-    config._secret_refs = MappingProxyType(refs)
+        raise ConfigError(_report(file, problems, found.values))
+    config._secret_refs = MappingProxyType(found.refs)
+    config._unresolved = MappingProxyType(found.unresolved)
+    config._warnings = warnings
+    config._file = str(file)
     return _anchor_paths(config, file.parent)
+
+
+def _report(file: Path, problems: list[_Problem], secrets: Mapping[str, str]) -> str:
+    """Every problem, once each, under a line naming where they come from. A resolved
+    secret's value never shows: a message that would quote it shows its reference."""
+    lines = list(dict.fromkeys(problem.text for problem in problems))
+    for name, value in sorted(secrets.items(), key=lambda item: -len(item[1])):
+        if len(value) >= 4:
+            lines = [line.replace(value, f"${{secret:{name}}}") for line in lines]
+    from_env = [problem.from_env for problem in problems]
+    if all(from_env):
+        origin = f"{ENV_PREFIX}* environment variables"
+    elif any(from_env):
+        origin = f"{file} and {ENV_PREFIX}* environment variables"
+    else:
+        origin = str(file)
+    return f"{origin}: {len(lines)} problem(s)\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def _anchor_paths(config: Config, base: Path) -> Config:
