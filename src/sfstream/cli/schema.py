@@ -1,4 +1,10 @@
-"""`sfstream schema list|show|history`: the schema registry."""
+"""`sfstream schema list|show|history|derive`: the schema registry.
+
+`list`, `show` and `history` only read the registry: they open it read-only, need no access
+to Salesforce, and never create or change it (a read-only file or directory is fine).
+`derive` asks the org for each stream's current schema and registers it, so that
+destination tables can be created before the first run.
+"""
 
 from __future__ import annotations
 
@@ -14,16 +20,24 @@ from sfstream.cli.common import CONFIG_OPTION, Failure, call, load, print_json, 
 
 @click.group()
 def schema() -> None:
-    """Show the schemas registered for each stream (subject) and their history."""
+    """Show the schemas registered for each stream (subject) and their history, or register
+    each stream's current schema before the first run (`derive`)."""
 
 
-def _registry_call(config_path: Path, function: Any) -> Any:
-    from sfstream.runners.wiring import open_registry
+def _registry_path(config_path: Path) -> Path:
+    # Reading the registry needs no login: the Salesforce secrets are not resolved.
+    config = load(config_path, log_level="warning", offline=True)
+    path = config.schema_registry.path
+    assert path is not None  # set by load_config
+    return path
 
-    config = load(config_path, log_level="warning")
+
+def _registry_call(path: Path, function: Any) -> Any:
+    """Run `function(registry)` on the registry at `path`, opened read-only."""
+    from sfstream.schema.registry import SqliteSchemaRegistry
 
     async def run_with_registry() -> Any:
-        registry = open_registry(config)
+        registry = SqliteSchemaRegistry(path, read_only=True)
         try:
             return await function(registry)
         finally:
@@ -53,12 +67,20 @@ def schema_list(config_path: Path, as_json: bool) -> None:
             )
         return rows
 
-    rows = _registry_call(config_path, latest)
+    path = _registry_path(config_path)
+    exists = path.is_file()
+    rows = _registry_call(path, latest) if exists else []
     if as_json:
-        print_json({"subjects": rows})
+        print_json({"subjects": rows, "registry": str(path), "exists": exists})
         return
     if not rows:
         click.echo("no schemas registered yet (they are registered when `sfstream run` starts)")
+        where = "has no schemas" if exists else "does not exist yet"
+        click.echo(
+            f"sfstream: the registry {path} {where}; `sfstream schema derive --config "
+            f"{config_path}` registers each stream's current schema now, before any run",
+            err=True,
+        )
         return
     table(
         ["SUBJECT", "VERSION", "FIELDS", "SALESFORCE SCHEMA ID", "REGISTERED AT"],
@@ -98,7 +120,7 @@ def schema_show(config_path: Path, subject: str, version: int | None, fmt: str) 
     async def get(registry: Any) -> Any:
         return await registry.get(subject, version)
 
-    found = _registry_call(config_path, get)
+    found = _registry_call(_registry_path(config_path), get)
     if found is None:
         which = f"version {version} of " if version else ""
         raise Failure(f"no {which}schema registered for {subject} (see `sfstream schema list`)")
@@ -117,7 +139,7 @@ def schema_history(config_path: Path, subject: str, as_json: bool) -> None:
     async def history(registry: Any) -> Any:
         return await registry.history(subject)
 
-    versions = _registry_call(config_path, history)
+    versions = _registry_call(_registry_path(config_path), history)
     if not versions:
         raise Failure(f"no schema registered for {subject} (see `sfstream schema list`)")
     if as_json:
@@ -145,3 +167,84 @@ def schema_history(config_path: Path, subject: str, as_json: bool) -> None:
                 f"  {mark}{change['change']:<20} {change['field']}: "
                 f"{change['before'] or '-'} -> {change['after'] or '-'}"
             )
+
+
+@schema.command("derive")
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def schema_derive(config_path: Path, as_json: bool) -> None:
+    """Register each stream's current schema, fetched from the org's event definitions.
+
+    What a run registers when a stream starts at the tip, without streaming: destination
+    tables can be created from `sfstream schema show` before the first run. A schema that is
+    registered already keeps its version: deriving again registers nothing new. Streams that
+    carry several entities get a subject per entity as their events arrive; they are listed
+    and skipped.
+    """
+    from sfstream.engine.discovery import discover as find_streams
+    from sfstream.runners.wiring import open_registry, org_session
+    from sfstream.schema.tracker import Derived, SchemaTracker
+
+    config = load(config_path, log_level="warning")
+
+    async def derive() -> list[Derived]:
+        registry = open_registry(config)
+        try:
+            async with org_session(config) as session:
+                rest = session.rest if config.discovery.mode == "metadata" else None
+                specs = await find_streams(config, rest)
+                return await SchemaTracker(session.rest, registry).derive(specs)
+        finally:
+            await registry.close()
+
+    results = call(derive)
+    rows = [_derived_row(d) for d in results]
+    failed = [r for r in rows if r["error"]]
+    if as_json:
+        print_json({"registry": str(config.schema_registry.path), "streams": rows})
+    else:
+        table(
+            ["STREAM", "SUBJECT", "VERSION", "FIELDS", "RESULT", "SALESFORCE SCHEMA ID"],
+            [
+                [
+                    r["stream"],
+                    r["subject"] or "-",
+                    str(r["version"] or "-"),
+                    str(r["fields"] if r["fields"] is not None else "-"),
+                    _result(r),
+                    r["schema_id"] or "-",
+                ]
+                for r in rows
+            ],
+        )
+        created = sum(1 for r in rows if r["created"])
+        click.echo(
+            f"{created} new version{'s' if created != 1 else ''} registered in "
+            f"{config.schema_registry.path}"
+        )
+    if failed:
+        raise Failure(f"{len(failed)} of {len(rows)} stream schemas could not be derived")
+
+
+def _derived_row(derived: Any) -> dict[str, Any]:
+    version = derived.version
+    return {
+        "stream": derived.spec.id,
+        "channel": derived.spec.channel,
+        "subject": version.subject if version else None,
+        "version": version.version if version else None,
+        "created": derived.created,
+        "fields": len(version.schema.get("properties", {})) if version else None,
+        "schema_id": version.schema_id if version else None,
+        "fingerprint": version.fingerprint if version else None,
+        "skipped": derived.skipped,
+        "error": derived.error,
+    }
+
+
+def _result(row: dict[str, Any]) -> str:
+    if row["error"]:
+        return f"FAILED: {row['error']}"
+    if row["skipped"]:
+        return f"skipped: {row['skipped']}"
+    return "registered" if row["created"] else "already registered"

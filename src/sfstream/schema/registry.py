@@ -121,17 +121,72 @@ class SqliteSchemaRegistry:
 
     Args:
         path: the database file; its directory is created when missing.
+        read_only: only read (`sfstream schema list|show|history`): the file is opened
+            read-only and never created, and `register` is refused; a registry that does
+            not exist yet, or has no table yet, reads as empty. A read-only file or
+            directory is fine (see `_connect_read_only`).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"SqliteSchemaRegistry({str(self.path)!r})"
+        mode = ", read_only=True" if self.read_only else ""
+        return f"SqliteSchemaRegistry({str(self.path)!r}{mode})"
+
+    def exists(self) -> bool:
+        """Whether the registry's file exists (a registry is created on first write)."""
+        return self.path.is_file()
+
+    def _connect_read_only(self) -> sqlite3.Connection | None:
+        """A read-only connection, or None when there is no registry (file or table) yet.
+
+        Without a `-wal` file beside the database, no writer holds changes outside it: the
+        file is read as it is (`immutable`), which writes nothing, not even SQLite's side
+        files. With one (a run is writing, or one stopped without checkpointing), the file is
+        opened `mode=ro`, which sees those changes; where SQLite cannot do that in place (a
+        directory or `-shm` file it cannot write), the file is read as it is.
+        """
+        if self._conn is not None:
+            return self._conn
+        if not self.path.is_file():
+            return None
+        uri = self.path.resolve().as_uri()
+        wal = self.path.with_name(self.path.name + "-wal").exists()
+        conn: sqlite3.Connection | None = None
+        for options in ("mode=ro", "immutable=1") if wal else ("immutable=1",):
+            try:
+                conn = sqlite3.connect(
+                    f"{uri}?{options}",
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=5.0,
+                )
+                found = conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                    ("sfstream_schemas",),
+                ).fetchone()
+            except sqlite3.OperationalError as exc:
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                if options == "mode=ro" and _cannot_write(exc):
+                    continue
+                raise
+            if found is None:
+                conn.close()
+                return None
+            self._conn = conn
+            return conn
+        return None
 
     def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            raise StorageError(f"schema registry {self.path} is open read-only")
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not self.path.exists():
@@ -145,11 +200,27 @@ class SqliteSchemaRegistry:
             self._conn = conn
         return self._conn
 
-    async def _run(self, action: str, work: Callable[[sqlite3.Connection], _T]) -> _T:
+    async def _run(
+        self,
+        action: str,
+        work: Callable[[sqlite3.Connection], _T],
+        *,
+        empty: Callable[[], _T] | None = None,
+    ) -> _T:
+        """Run `work` on the connection, in a thread; `empty()` answers a read of a read-only
+        registry that does not exist yet."""
+
         def call() -> _T:
             with self._lock:
                 try:
-                    return work(self._connect())
+                    if not self.read_only:
+                        return work(self._connect())
+                    conn = self._connect_read_only()
+                    if conn is not None:
+                        return work(conn)
+                    if empty is None:
+                        raise StorageError(f"schema registry {self.path} does not exist")
+                    return empty()
                 except sqlite3.OperationalError as exc:
                     if "locked" in str(exc) or "busy" in str(exc):
                         raise StorageUnavailableError(
@@ -176,6 +247,8 @@ class SqliteSchemaRegistry:
         avro: dict[str, Any],
         schema_id: str | None = None,
     ) -> tuple[SchemaVersion, bool]:
+        if self.read_only:
+            raise StorageError(f"schema registry {self.path} is open read-only; cannot register")
         digest = fingerprint(schema)
         body = canonical_bytes(schema)
         avro_body = orjson.dumps(avro, option=orjson.OPT_SORT_KEYS)
@@ -243,7 +316,7 @@ class SqliteSchemaRegistry:
                 ).fetchone()
             return _row(row) if row is not None else None
 
-        return await self._run("get", work)
+        return await self._run("get", work, empty=lambda: None)
 
     async def history(self, subject: str) -> list[SchemaVersion]:
         def work(conn: sqlite3.Connection) -> list[SchemaVersion]:
@@ -253,7 +326,7 @@ class SqliteSchemaRegistry:
             ).fetchall()
             return [_row(r) for r in rows]
 
-        return await self._run("history", work)
+        return await self._run("history", work, empty=list)
 
     async def subjects(self) -> list[str]:
         def work(conn: sqlite3.Connection) -> list[str]:
@@ -262,7 +335,7 @@ class SqliteSchemaRegistry:
             ).fetchall()
             return [str(r[0]) for r in rows]
 
-        return await self._run("subjects", work)
+        return await self._run("subjects", work, empty=list)
 
     async def close(self) -> None:
         def work() -> None:
@@ -276,3 +349,8 @@ class SqliteSchemaRegistry:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def _cannot_write(error: sqlite3.OperationalError) -> bool:
+    text = str(error).lower()
+    return "readonly" in text or "read-only" in text or "unable to open" in text

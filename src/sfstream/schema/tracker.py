@@ -1,11 +1,24 @@
 """Schema tracking at run time.
 
-At start, each single-entity stream's schema is derived (eventSchema, else describe) and
-registered, and a `SCHEMA` message goes out before any record. During the run every change
-event and platform event names its schema in `data.schema`; an id not seen before is fetched
-(`event/eventSchema/{id}`), derived, registered, and announced with a `SCHEMA` message (with
-the diff) before the first record that uses it. Streams that carry several entities
-(`/data/ChangeEvents`, custom channels) get one subject per entity, learnt as events arrive.
+Every change event and platform event names its schema in `data.schema`. A schema is
+registered when the stream first delivers a record that uses it, and announced with a
+`SCHEMA` message (with the diff from the subject's previous records) before that record: so
+in a registry that runs fill, versions are numbered in the order the schemas occur in the
+stream, which is the order of the org's definitions, even when a stream replays old events.
+
+At start, each single-entity stream's current schema is derived from the org's definitions
+(eventSchema, else describe). A stream that starts at the tip (nothing older can arrive)
+registers it and announces it before any record; a stream that replays keeps it for the
+first event that names it, and remembers it as the point where the replay catches up with
+the present. Streams that carry several entities (`/data/ChangeEvents`, custom channels) get
+one subject per entity, learnt as events arrive. PushTopic and generic streams have no
+schema ids: theirs is registered and announced at start.
+
+Transitions are judged in the order of the stream: the diff is from the schema of the
+subject's previous records in this run, never from the version with the number below. While
+a stream replays events older than the org's current definition, a switch to a version that
+was registered before the run (by `sfstream schema derive`, or by an earlier run) is a known
+schema, not a change: its `SCHEMA` message says `breaking: false` and the run goes on.
 
 A definition that cannot be fetched is an error that is logged and counted, never a crash:
 records then go out with `schema_version: null`. A breaking change stops the run when the
@@ -16,20 +29,21 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import structlog
 
 from sfstream.bayeux import Event
+from sfstream.bayeux.types import LATEST
 from sfstream.errors import SfStreamError, TerminalError
 from sfstream.protocol import SchemaMessage
 from sfstream.salesforce.rest import RestClient
 from sfstream.schema.compat import diff, is_breaking
 from sfstream.schema.model import Kind, RecordModel, from_describe, from_event_schema, generic_model
 from sfstream.schema.registry import SchemaRegistry, SchemaVersion
-from sfstream.schema.render import to_avro, to_json_schema
+from sfstream.schema.render import fingerprint, to_avro, to_json_schema
 from sfstream.streams import ChannelKind, StreamSpec, snake
 
 log = structlog.get_logger("sfstream.schema")
@@ -48,6 +62,41 @@ class SchemaChangeError(TerminalError):
 class Tracked:
     subject: str
     version: int
+    schema_id: str | None = None
+    """The Salesforce schema id the events of this version name (None: no schema ids)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentSchema:
+    """A stream's schema as the org defines it now, rendered for its subject."""
+
+    subject: str
+    model: RecordModel
+    schema: dict[str, Any]
+    """JSON Schema (draft 2020-12) of the records' `data`."""
+    avro: dict[str, Any]
+
+    @property
+    def schema_id(self) -> str | None:
+        return self.model.schema_id
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.schema)
+
+
+@dataclass(frozen=True, slots=True)
+class Derived:
+    """What `SchemaTracker.derive` did for one stream."""
+
+    spec: StreamSpec
+    version: SchemaVersion | None = None
+    """The registered version (None: not derived, see `skipped` or `error`)."""
+    created: bool = False
+    """Whether the version is new (False: that schema was registered already)."""
+    skipped: str | None = None
+    """Why a stream has no schema of its own to derive (multi-entity streams)."""
+    error: str | None = None
 
 
 def _kind(spec: StreamSpec) -> Kind:
@@ -60,7 +109,8 @@ def _kind(spec: StreamSpec) -> Kind:
     return "generic"
 
 
-def _multi_entity(spec: StreamSpec) -> bool:
+def multi_entity(spec: StreamSpec) -> bool:
+    """Whether the stream carries several entities, each a subject learnt from events."""
     return spec.kind in (
         ChannelKind.ALL_CHANGE_EVENTS,
         ChannelKind.CHANGE_EVENT_CHANNEL,
@@ -71,6 +121,63 @@ def _multi_entity(spec: StreamSpec) -> bool:
 def _event_name(spec: StreamSpec) -> str:
     """`AccountChangeEvent`, `Employee__ChangeEvent`, `Order_Placed__e`."""
     return spec.channel.partition("?")[0].rsplit("/", 1)[-1]
+
+
+async def current_model(spec: StreamSpec, rest: RestClient | None) -> RecordModel:
+    """The stream's schema as the org defines it now: eventSchema, else describe (PushTopics:
+    the topic's query and describe of its object; generic streams: fixed).
+
+    Raises:
+        SfStreamError: the definition cannot be fetched (after retries of transient failures);
+            a TerminalError without `rest` for streams whose schema comes from the org.
+    """
+    kind = _kind(spec)
+    if kind == "generic":
+        return generic_model(spec.channel)
+    if rest is None:
+        raise TerminalError("schema derivation needs a connection to the org")
+    if kind == "push_topic":
+        return await _topic_model(spec, rest)
+    name = _event_name(spec)
+    try:
+        return from_event_schema(name, kind, await _retry(lambda: rest.event_schema(name)))
+    except SfStreamError as exc:
+        if exc.retryable:
+            raise
+        log.info("schema_from_describe", stream=spec.id, reason=str(exc))
+        return from_describe(name, kind, await _retry(lambda: rest.describe(name)))
+
+
+async def current_schema(spec: StreamSpec, rest: RestClient | None) -> CurrentSchema:
+    """`current_model` rendered as JSON Schema and Avro for the stream's subject.
+
+    Raises:
+        ValueError: a multi-entity stream (`multi_entity`): it has one subject per entity.
+        SfStreamError: as `current_model`.
+    """
+    if multi_entity(spec):
+        raise ValueError(f"{spec.id} carries several entities: one subject per entity")
+    model = await current_model(spec, rest)
+    return CurrentSchema(spec.id, model, to_json_schema(model, spec.id), to_avro(model, spec.id))
+
+
+async def _topic_model(spec: StreamSpec, rest: RestClient) -> RecordModel:
+    name = spec.entity
+    found = await _retry(
+        # The name is a validated API name ([A-Za-z0-9_]): nothing to escape.
+        lambda: rest.query(f"SELECT Name, Query FROM PushTopic WHERE Name = '{name}'")  # noqa: S608
+    )
+    if not found:
+        raise TerminalError(f"PushTopic {name} does not exist", channel=spec.channel)
+    match = _SELECT.match(str(found[0].get("Query", "")))
+    if match is None:
+        raise TerminalError(
+            f"PushTopic {name} has a query sfstream cannot read", channel=spec.channel
+        )
+    fields = [f.strip() for f in match.group(1).split(",")]
+    described = await _retry(lambda: rest.describe(match.group(2)))
+    model = from_describe(name, "push_topic", described, only=fields)
+    return RecordModel(name, "push_topic", model.fields, origin="describe")
 
 
 class SchemaTracker:
@@ -96,58 +203,97 @@ class SchemaTracker:
         self._announced: dict[str, int] = {}
         self._used: dict[str, SchemaVersion] = {}
         self._failed: set[tuple[str, str]] = set()
+        self._pending: dict[tuple[str, str], RecordModel] = {}
+        """Current schemas of replaying streams, registered at the first event naming them."""
+        self._replaying: dict[str, str] = {}
+        """Stream id -> the org's current schema id, for streams that have not reached it yet."""
+        self._created: set[tuple[str, int]] = set()
+        """(subject, version) registered by this run; any other was known before it."""
         self.changes = 0
         self.errors = 0
 
-    async def start(self, specs: Iterable[StreamSpec]) -> list[SchemaMessage]:
-        """Derive and register every single-entity stream's current schema."""
+    async def start(
+        self, specs: Iterable[StreamSpec], positions: Mapping[str, int] | None = None
+    ) -> list[SchemaMessage]:
+        """Derive every single-entity stream's current schema; the SCHEMA messages to write
+        before any record.
+
+        A stream that starts at the tip registers its current schema now and announces it;
+        one that replays keeps it for its first event (see the module's docstring).
+
+        Args:
+            positions: where each stream starts (stream id -> replayId, -1 the tip), as the
+                pipeline resolved them from checkpoints. Without them, a stream starts at the
+                tip when its `initial_replay` is latest and its subject has no version yet
+                (one that has may resume from a checkpoint).
+        """
         messages = []
         for spec in specs:
-            if _multi_entity(spec):
+            if multi_entity(spec):
                 continue
             try:
-                model = await self._current_model(spec)
+                model = await current_model(spec, self.rest)
             except SfStreamError as exc:
                 self._unavailable(spec, None, exc)
                 continue
-            version = await self._register(spec, spec.id, model)
-            self._announced[spec.id] = version.version
-            messages.append(_message(spec, version, [], False))
+            if model.schema_id is None or not await self._replays(spec, positions):
+                # At the tip, or no schema ids to order by (PushTopic, generic, describe).
+                version = await self._register(spec, spec.id, model)
+                self._announced[spec.id] = version.version
+                messages.append(_message(spec, version, [], False))
+                continue
+            # Replaying: older events may come first. Register the current schema when the
+            # stream reaches it, unless it is registered already.
+            self._replaying[spec.id] = model.schema_id
+            known = await self._find(spec.id, to_json_schema(model, spec.id))
+            if known is None:
+                self._pending[(spec.id, model.schema_id)] = model
+            else:
+                self._by_schema_id[(spec.id, model.schema_id)] = Tracked(
+                    spec.id, known.version, model.schema_id
+                )
         return messages
 
-    async def _current_model(self, spec: StreamSpec) -> RecordModel:
-        kind = _kind(spec)
-        if kind == "generic":
-            return generic_model(spec.channel)
-        rest = self._rest()
-        if kind == "push_topic":
-            return await self._topic_model(spec, rest)
-        name = _event_name(spec)
-        try:
-            return from_event_schema(name, kind, await _retry(lambda: rest.event_schema(name)))
-        except SfStreamError as exc:
-            if exc.retryable:
-                raise
-            log.info("schema_from_describe", stream=spec.id, reason=str(exc))
-            return from_describe(name, kind, await _retry(lambda: rest.describe(name)))
+    async def derive(self, specs: Iterable[StreamSpec]) -> list[Derived]:
+        """Register each single-entity stream's current schema (`sfstream schema derive`).
 
-    async def _topic_model(self, spec: StreamSpec, rest: RestClient) -> RecordModel:
-        name = spec.entity
-        found = await _retry(
-            # The name is a validated API name ([A-Za-z0-9_]): nothing to escape.
-            lambda: rest.query(f"SELECT Name, Query FROM PushTopic WHERE Name = '{name}'")  # noqa: S608
-        )
-        if not found:
-            raise TerminalError(f"PushTopic {name} does not exist", channel=spec.channel)
-        match = _SELECT.match(str(found[0].get("Query", "")))
-        if match is None:
-            raise TerminalError(
-                f"PushTopic {name} has a query sfstream cannot read", channel=spec.channel
-            )
-        fields = [f.strip() for f in match.group(1).split(",")]
-        described = await _retry(lambda: rest.describe(match.group(2)))
-        model = from_describe(name, "push_topic", described, only=fields)
-        return RecordModel(name, "push_topic", model.fields, origin="describe")
+        Registering a schema that is registered already returns its version: deriving twice
+        creates nothing new. Never raises for one stream's failure: see `Derived.error`.
+        """
+        results = []
+        for spec in specs:
+            if multi_entity(spec):
+                results.append(Derived(spec, skipped="one subject per entity, learnt from events"))
+                continue
+            try:
+                current = await current_schema(spec, self.rest)
+                version, created = await self.registry.register(
+                    spec.id, current.schema, avro=current.avro, schema_id=current.schema_id
+                )
+            except SfStreamError as exc:
+                self._unavailable(spec, None, exc)
+                results.append(Derived(spec, error=str(exc)))
+                continue
+            if created:
+                self._log_registered(spec, version)
+            results.append(Derived(spec, version, created))
+        return results
+
+    async def _replays(self, spec: StreamSpec, positions: Mapping[str, int] | None) -> bool:
+        """Whether events older than the org's current definition may come first."""
+        if positions is not None and spec.id in positions:
+            return positions[spec.id] != LATEST
+        if spec.initial_replay != LATEST:
+            return True
+        return await self.registry.get(spec.id) is not None
+
+    async def _find(self, subject: str, schema: dict[str, Any]) -> SchemaVersion | None:
+        """The registered version of `schema`, if any."""
+        digest = fingerprint(schema)
+        for version in await self.registry.history(subject):
+            if version.fingerprint == digest:
+                return version
+        return None
 
     def _rest(self) -> RestClient:
         if self.rest is None:
@@ -175,6 +321,12 @@ class SchemaTracker:
         """Learn (derive and register) the schema an event names."""
         schema_id = event.data.get("schema")
         assert isinstance(schema_id, str)
+        pending = self._pending.pop((spec.id, schema_id), None)
+        if pending is not None:
+            # The stream's current schema, derived at start: it is registered only now, so
+            # that older schemas met first in a replay get the lower versions.
+            await self._register(spec, spec.id, pending)
+            return
         try:
             document = await _retry(lambda: self._rest().event_schema_by_id(schema_id))
             name = str(document.get("name") or _event_name(spec))
@@ -184,7 +336,7 @@ class SchemaTracker:
             self._unavailable(spec, schema_id, exc)
             return
         subject = spec.id
-        if _multi_entity(spec):
+        if multi_entity(spec):
             entity = re.sub(r"(__ChangeEvent|ChangeEvent|__e)$", "", name)
             subject = f"{spec.id}.{snake(entity)}"
         await self._register(spec, subject, model)
@@ -192,11 +344,16 @@ class SchemaTracker:
     async def transition(self, spec: StreamSpec, tracked: Tracked) -> SchemaMessage | None:
         """Records of `tracked` come next: the SCHEMA message to write first, if any.
 
-        Its diff is against the schema of the subject's previous records in this run, and a
-        breaking one stops a stream whose policy is `fail`. Compatibility follows the data:
-        replaying events written before a definition changed is not a change.
+        Its diff is against the schema of the subject's previous records in this run (the
+        order of the stream, not of version numbers), and a breaking one stops a stream
+        whose policy is `fail`. While a stream replays events older than the org's current
+        definition, a switch to a version registered before this run is a known schema, not
+        a change: never breaking.
         """
         subject = tracked.subject
+        replaying = spec.id in self._replaying
+        if replaying and tracked.schema_id == self._replaying[spec.id]:
+            del self._replaying[spec.id]  # caught up with the org's current definition
         previous = self._used.get(subject)
         if previous is not None and previous.version == tracked.version:
             return None
@@ -204,9 +361,20 @@ class SchemaTracker:
         if version is None:
             return None
         changes = diff(previous.schema, version.schema) if previous is not None else []
-        breaking = is_breaking(changes)
+        known = replaying and (subject, version.version) not in self._created
+        breaking = is_breaking(changes) and not known
         self._used[subject] = version
-        if previous is not None:
+        if previous is not None and known:
+            log.info(
+                "schema_known",
+                stream=spec.id,
+                subject=subject,
+                version=version.version,
+                previous=previous.version,
+                changes=len(changes),
+                schema_id=version.schema_id,
+            )
+        elif previous is not None:
             self.changes += 1
             log.warning(
                 "schema_changed",
@@ -238,20 +406,24 @@ class SchemaTracker:
         version, created = await self.registry.register(
             subject, schema, avro=to_avro(model, subject), schema_id=model.schema_id
         )
-        tracked = Tracked(subject, version.version)
+        tracked = Tracked(subject, version.version, model.schema_id)
         if model.schema_id is not None:
             self._by_schema_id[(spec.id, model.schema_id)] = tracked
         if model.kind in ("push_topic", "generic"):
             self._static[spec.id] = tracked
         if created:
-            log.info(
-                "schema_registered",
-                stream=spec.id,
-                subject=subject,
-                version=version.version,
-                schema_id=model.schema_id,
-            )
+            self._created.add((subject, version.version))
+            self._log_registered(spec, version)
         return version
+
+    def _log_registered(self, spec: StreamSpec, version: SchemaVersion) -> None:
+        log.info(
+            "schema_registered",
+            stream=spec.id,
+            subject=version.subject,
+            version=version.version,
+            schema_id=version.schema_id,
+        )
 
     def _unavailable(self, spec: StreamSpec, schema_id: str | None, error: SfStreamError) -> None:
         self.errors += 1
