@@ -87,3 +87,19 @@ async def test_an_event_that_cannot_be_encoded_is_a_classified_error(
     assert not raised.value.retryable
     if sink_type == "file":
         assert not (tmp_path / "out.jsonl").exists() or (tmp_path / "out.jsonl").read_bytes() == b""
+
+
+@pytest.mark.parametrize(
+    ("code", "advice"),
+    [
+        (errno.EROFS, "; the file system is read-only: point sink.path at a writable place"),
+        (errno.ENOSPC, "; the disk is full: free space and restart"),
+        (errno.EDQUOT, "; the disk quota is used up: free space or raise the quota"),
+        (errno.EACCES, "; check the permissions of the file and its directory"),
+    ],
+)
+def test_common_refusals_say_what_to_do(code: int, advice: str) -> None:
+    error = storage_error(OSError(code, os.strerror(code)), "/data/out.jsonl", "write to")
+    text = str(error)
+    assert text.startswith(f"cannot write to /data/out.jsonl: {os.strerror(code)} [")
+    assert advice in text

@@ -256,3 +256,20 @@ async def test_nothing_works_after_close(tmp_path: Path) -> None:
 def test_block_size_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="positive"):
         FileSink(tmp_path / "out.jsonl", block_bytes=0)
+
+
+async def test_a_file_that_cannot_be_opened_is_reported_as_a_write_even_from_a_scan(
+    tmp_path: Path,
+) -> None:
+    # The sink opens its file for appending, whichever call comes first: a refusal there is
+    # about writing, even when the engine asked for high-water marks.
+    (tmp_path / "occupied").write_text("a file where a directory should be")
+    path = tmp_path / "occupied" / "out.jsonl"
+    sink = FileSink(path)
+    try:
+        with pytest.raises(StorageError) as caught:
+            await sink.high_watermarks(["sf.event.a"])
+    finally:
+        await sink.close()
+    assert str(caught.value).startswith(f"cannot open {path} for writing: ")
+    assert "cannot read" not in str(caught.value)

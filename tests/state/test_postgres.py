@@ -20,7 +20,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from sfstream.errors import ConfigError, StorageError, StorageUnavailableError
-from sfstream.state import PostgresStateStore, StateStore
+from sfstream.state import PostgresStateStore, StateStore, StreamOwnedError
 from sfstream.state.postgres import redact_dsn
 from sfstream.testing.state import STATE_STORE_CHECKS, StoreFactory, check_state_store
 
@@ -46,7 +46,8 @@ async def admin() -> AsyncIterator[psycopg.AsyncConnection[Any]]:
 async def table(admin: psycopg.AsyncConnection[Any]) -> AsyncIterator[str]:
     name = f"sfstream_test_{uuid.uuid4().hex[:12]}"
     yield name
-    await admin.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+    for dropped in (name, f"{name}_overrides"):
+        await admin.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(dropped)))
 
 
 @pytest.fixture
@@ -218,3 +219,94 @@ def test_importing_sfstream_does_not_import_psycopg() -> None:
         "assert 'psycopg' not in sys.modules, 'psycopg was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def columns(admin: psycopg.AsyncConnection[Any], table: str) -> list[tuple[str, str, str]]:
+    cursor = await admin.execute(
+        "SELECT column_name, data_type, is_nullable FROM information_schema.columns"
+        " WHERE table_name = %s ORDER BY ordinal_position",
+        (table,),
+    )
+    return [(str(a), str(b), str(c)) for a, b, c in await cursor.fetchall()]
+
+
+async def test_an_existing_table_keeps_its_data_and_gets_its_overrides_table(
+    admin: psycopg.AsyncConnection[Any], table: str
+) -> None:
+    # A table as earlier releases left it, with a checkpoint.
+    await admin.execute(
+        sql.SQL(
+            "CREATE TABLE {} (stream text PRIMARY KEY, replay_id bigint NOT NULL,"
+            " updated_at timestamptz NOT NULL)"
+        ).format(sql.Identifier(table))
+    )
+    await admin.execute(
+        sql.SQL("INSERT INTO {} VALUES ('sf.event.a', 1553783, now())").format(
+            sql.Identifier(table)
+        )
+    )
+    async with PostgresStateStore(DSN, table=table) as store:
+        assert (await store.load())["sf.event.a"].replay_id == 1553783
+        made = await store.override("sf.event.a", None)
+        assert (made.start, made.previous) == (None, 1553783)
+        assert await store.load() == {}
+    assert await columns(admin, f"{table}_overrides") == [
+        ("stream", "text", "NO"),
+        ("start", "bigint", "YES"),
+        ("previous", "bigint", "YES"),
+        ("requested_at", "timestamp with time zone", "NO"),
+    ]
+
+
+async def test_a_read_only_store_creates_nothing(
+    admin: psycopg.AsyncConnection[Any], table: str
+) -> None:
+    async with PostgresStateStore(DSN, table=table, read_only=True) as store:
+        assert await store.load() == {}
+        assert await store.overrides(["sf.event.a"]) == {}
+        for change in (store.commit({"a": 1}), store.reset("a"), store.override("a", 1)):
+            with pytest.raises(StorageError, match="opened read-only"):
+                await change
+    assert await columns(admin, table) == []
+    assert "read_only=True" in repr(PostgresStateStore(DSN, table=table, read_only=True))
+    async with PostgresStateStore(DSN, table=table) as writer:
+        await writer.commit({"a": 3})
+        await writer.override("b", -2)
+    async with PostgresStateStore(DSN, table=table, read_only=True) as store:
+        assert (await store.load())["a"].replay_id == 3
+        assert (await store.overrides())["b"].start == -2
+
+
+async def test_ownership_is_per_stream_names_its_holder_and_ends_with_its_session(
+    admin: psycopg.AsyncConnection[Any], table: str
+) -> None:
+    async with (
+        PostgresStateStore(DSN, table=table) as one,
+        PostgresStateStore(DSN, table=table) as two,
+        one.owner(["sf.event.a", "sf.event.b"]),
+    ):
+        with pytest.raises(StreamOwnedError) as caught:
+            async with two.owner(["sf.event.c", "sf.event.b"]):
+                pass
+        assert str(caught.value).startswith(
+            f"stream sf.event.b is being streamed by a running `sfstream run` "
+            f"(pid {os.getpid()} on "
+        )
+        assert caught.value.streams == ["sf.event.b"]
+        # Several connectors may share one table, each with its own streams.
+        async with two.owner(["sf.event.c"]):
+            pass
+        # A session that ends (the process died, the server dropped it) frees its locks.
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name LIKE %s AND pid <> pg_backend_pid()",
+            (f"sfstream pid {os.getpid()} on %",),
+        )
+        async with two.owner(["sf.event.b"]):
+            pass
+
+
+def test_a_table_name_leaves_room_for_its_overrides_table() -> None:
+    PostgresStateStore(DSN, table="t" * 53)
+    with pytest.raises(ConfigError, match="too long: at most 53 characters"):
+        PostgresStateStore(DSN, table="t" * 54)

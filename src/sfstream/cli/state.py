@@ -1,14 +1,59 @@
-"""`sfstream state show|set|reset`: the checkpoints."""
+"""`sfstream state show|set|reset`: the checkpoints.
+
+`set` and `reset` record an operator's position (`StateStore.override`): the next run starts
+there whatever the sink already holds, and writes a GAP note into the sink. They refuse a
+stream that a running `sfstream run` owns (`StateStore.owner`), because the run would
+overwrite the change with its next checkpoint, and `set` refuses a stream this configuration
+does not stream; `--force` does both anyway. `show` opens the store read-only.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import click
 
 from sfstream.cli.common import CONFIG_OPTION, Failure, call, load, print_json, table
-from sfstream.errors import ConfigError
+from sfstream.engine.config import Config
+from sfstream.errors import ConfigError, SfStreamError
+from sfstream.state.base import Override, StateStore, StreamOwnedError
+
+_POSITIONS = {"earliest": -2, "latest": -1, "-2": -2, "-1": -1}
+_FORCE = click.option(
+    "--force",
+    is_flag=True,
+    help="Change it even for a stream this configuration does not stream, or while a "
+    "running `sfstream run` owns it (which then overwrites it with its next checkpoint).",
+)
+
+
+class _Position(click.ParamType[int]):
+    """A replayId (0 or more), or `earliest` / `latest` (also written -2 / -1)."""
+
+    name = "replay_id"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            text = str(value)
+        else:
+            text = str(value).strip().lower()
+        if text in _POSITIONS:
+            return _POSITIONS[text]
+        try:
+            number = int(text)
+        except ValueError:
+            number = None
+        if number is None or number < 0:
+            self.fail(
+                f"{value!r} is not a valid integer: give a replayId (0 or more), "
+                f"earliest (or -2) or latest (or -1)",
+                param,
+                ctx,
+            )
+        return number
 
 
 @click.group()
@@ -21,21 +66,35 @@ def state() -> None:
 @CONFIG_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def state_show(config_path: Path, as_json: bool) -> None:
-    """Print every stream's checkpoint."""
+    """Print every stream's checkpoint, and operators' changes the next run takes over.
+
+    The state store is only read: this works on a read-only copy too, and without the
+    Salesforce secrets.
+    """
     from sfstream.runners.wiring import open_state
 
-    config = load(config_path, log_level="warning")
+    config = load(config_path, log_level="warning", offline=True)
 
     async def read() -> list[dict[str, Any]]:
-        store = open_state(config)
+        store = open_state(config, read_only=True)
         try:
             found = await store.load(None)
+            pending = await store.overrides(None)
         finally:
             await store.close()
-        return [
-            {"stream": c.stream, "replay_id": c.replay_id, "updated_at": c.updated_at}
-            for c in sorted(found.values(), key=lambda c: c.stream)
-        ]
+        rows = []
+        for stream in sorted(set(found) | set(pending)):
+            checkpoint = found.get(stream)
+            override = pending.get(stream)
+            rows.append(
+                {
+                    "stream": stream,
+                    "replay_id": checkpoint.replay_id if checkpoint is not None else None,
+                    "updated_at": checkpoint.updated_at if checkpoint is not None else None,
+                    "pending": _pending_json(override) if override is not None else None,
+                }
+            )
+        return rows
 
     rows = call(read)
     if as_json:
@@ -44,18 +103,28 @@ def state_show(config_path: Path, as_json: bool) -> None:
     if not rows:
         click.echo("no checkpoints yet")
         return
-    table(
-        ["STREAM", "REPLAY ID", "UPDATED AT"],
-        [[r["stream"], str(r["replay_id"]), r["updated_at"]] for r in rows],
-    )
+    header = ["STREAM", "REPLAY ID", "UPDATED AT"]
+    cells = [[r["stream"], _text(r["replay_id"]), _text(r["updated_at"])] for r in rows]
+    if any(r["pending"] for r in rows):
+        header.append("PENDING (taken over by the next run)")
+        for cell, r in zip(cells, rows, strict=True):
+            cell.append(_pending_text(r["pending"]))
+    table(header, cells)
 
 
-@state.command("set")
+@state.command("set", context_settings={"ignore_unknown_options": True})
 @CONFIG_OPTION
+@_FORCE
 @click.argument("stream")
-@click.argument("replay_id", type=click.IntRange(min=0))
-def state_set(config_path: Path, stream: str, replay_id: int) -> None:
-    """Set STREAM's checkpoint to REPLAY_ID: the next run resumes after that event."""
+@click.argument("replay_id", type=_Position(), metavar="REPLAY_ID|earliest|latest")
+def state_set(config_path: Path, force: bool, stream: str, replay_id: int) -> None:
+    """Set STREAM's checkpoint to REPLAY_ID: the next run resumes after that event.
+
+    `earliest` (or -2) and `latest` (or -1) forget the checkpoint: the next run starts from
+    the oldest event Salesforce retains, or from new events only. The next run takes this
+    position whatever the sink already holds, and writes a GAP note (`operator_set`) into
+    the sink, so that readers see the rewind or the skip.
+    """
     from sfstream.runners.wiring import open_state
     from sfstream.streams import check_stream_id
 
@@ -64,35 +133,158 @@ def state_set(config_path: Path, stream: str, replay_id: int) -> None:
         check_stream_id(stream)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="STREAM") from exc
+    if not force:
+        known, note = call(lambda: _known_streams(config, stream))
+        if stream not in known:
+            raise click.BadParameter(_unknown(stream, known, note), param_hint="STREAM")
 
-    async def write() -> None:
+    async def write() -> int | None:
         store = open_state(config)
         try:
-            await store.commit({stream: replay_id})
+            async with _owning(store, stream, force):
+                current = (await store.load([stream])).get(stream)
+                await store.override(stream, replay_id)
         finally:
             await store.close()
+        return current.replay_id if current is not None else None
 
-    call(write)
-    click.echo(f"{stream}: checkpoint set to {replay_id}")
+    was = call(write)
+    before = f"was {was}" if was is not None else "it had none"
+    if replay_id >= 0:
+        click.echo(
+            f"{stream}: checkpoint set to {replay_id} ({before}); the next run resumes after "
+            f"{replay_id}, whatever the sink holds, and writes a GAP note (operator_set) into "
+            f"the sink"
+        )
+    else:
+        where = "earliest" if replay_id == -2 else "latest"
+        click.echo(
+            f"{stream}: checkpoint removed ({before}); the next run starts from {where}, "
+            f"whatever the sink holds, and writes a GAP note (operator_set) into the sink"
+        )
 
 
 @state.command("reset")
 @CONFIG_OPTION
+@_FORCE
 @click.argument("stream")
-def state_reset(config_path: Path, stream: str) -> None:
-    """Forget STREAM's checkpoint: the next run starts from its initial replay."""
+def state_reset(config_path: Path, force: bool, stream: str) -> None:
+    """Forget STREAM's checkpoint: the next run starts from its initial replay.
+
+    The next run does so whatever the sink already holds, and writes a GAP note
+    (`operator_reset`) into the sink. A stream without a checkpoint is left alone (exit 1).
+    """
     from sfstream.runners.wiring import open_state
 
     config = load(config_path, log_level="warning")
 
-    async def forget() -> bool:
+    async def forget() -> tuple[int | None, Override | None]:
         store = open_state(config)
         try:
-            return await store.reset(stream)
+            async with _owning(store, stream, force):
+                current = (await store.load([stream])).get(stream)
+                pending = (await store.overrides([stream])).get(stream)
+                if current is None and (pending is None or pending.start is None):
+                    return None, pending
+                await store.override(stream, None)
         finally:
             await store.close()
+        return (current.replay_id if current is not None else None), pending
 
-    if call(forget):
-        click.echo(f"{stream}: checkpoint removed")
-    else:
-        raise Failure(f"{stream} has no checkpoint")
+    was, pending = call(forget)
+    initial = _initial_replay(config, stream)
+    if was is None and (pending is None or pending.start is None):
+        already = (
+            f" (a reset is already pending: the next run starts from {initial})"
+            if pending is not None
+            else ""
+        )
+        raise Failure(f"{stream} has no checkpoint: nothing to reset{already}")
+    before = f"was {was}" if was is not None else "a pending `state set` is replaced"
+    click.echo(
+        f"{stream}: checkpoint removed ({before}); the next run starts from {initial}, "
+        f"whatever the sink holds, and writes a GAP note (operator_reset) into the sink"
+    )
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _owning(store: StateStore, stream: str, force: bool) -> AsyncIterator[None]:
+    """Own `stream` while changing it; a stream a run owns is refused (or, with --force,
+    changed with a warning)."""
+    try:
+        async with store.owner([stream]):
+            yield
+            return
+    except StreamOwnedError as exc:
+        if not force:
+            raise Failure(f"{exc}; stop it first or use --force") from exc
+        click.echo(
+            f"sfstream: warning: {exc}; changed anyway (--force): the run overwrites the "
+            f"change with its next checkpoint of {stream}, or takes it over when it restarts",
+            err=True,
+        )
+    yield
+
+
+async def _known_streams(config: Config, stream: str) -> tuple[list[str], str | None]:
+    """The ids of the streams this configuration runs, and why the list may be incomplete.
+
+    With discovery from metadata the org is asked, unless `stream` is configured anyway.
+    """
+    from sfstream.engine.discovery import discover, streams_from_config
+
+    configured = sorted(spec.id for spec in streams_from_config(config))
+    if config.discovery.mode != "metadata" or stream in configured:
+        return configured, None
+    from sfstream.runners.wiring import org_session
+
+    try:
+        async with org_session(config) as session:
+            return sorted(spec.id for spec in await discover(config, session.rest)), None
+    except SfStreamError as exc:
+        return configured, f"the org's streams could not be listed ({exc})"
+
+
+def _unknown(stream: str, known: list[str], note: str | None) -> str:
+    listed = ", ".join(known) if known else "none"
+    text = f"{stream} is not one of the streams of this configuration (known: {listed})"
+    if note:
+        text += f"; {note}"
+    return f"{text}. Check the name (`sfstream discover` lists them), or use --force"
+
+
+def _initial_replay(config: Config, stream: str) -> str:
+    from sfstream.engine.discovery import streams_from_config
+
+    for spec in streams_from_config(config):
+        if spec.id == stream:
+            where = {-2: "earliest", -1: "latest"}.get(
+                spec.initial_replay, f"after replayId {spec.initial_replay}"
+            )
+            return f"its initial replay ({where})"
+    return "its initial replay"
+
+
+def _pending_json(override: Override) -> dict[str, Any]:
+    start = override.start
+    return {
+        "start": {-2: "earliest", -1: "latest", None: "initial_replay"}.get(start, start),
+        "previous": override.previous,
+        "requested_at": override.requested_at,
+    }
+
+
+def _pending_text(pending: dict[str, Any] | None) -> str:
+    if pending is None:
+        return ""
+    start = pending["start"]
+    where = f"after {start}" if isinstance(start, int) else str(start).replace("_", " ")
+    was = pending["previous"]
+    return f"start {where} (was {was if was is not None else 'none'})"
+
+
+def _text(value: object) -> str:
+    return "-" if value is None else str(value)

@@ -159,15 +159,21 @@ def _redact_from_logs(value: str) -> None:
             processor.add(value)
 
 
-def open_state(config: Config) -> StateStore:
-    """The configured state store (it connects on first use)."""
+def open_state(config: Config, *, read_only: bool = False) -> StateStore:
+    """The configured state store (it connects on first use).
+
+    `read_only` opens it for reading only: it creates, migrates and writes nothing (for
+    commands that only look, such as `state show` and `check`).
+    """
     if config.state.backend == "postgres":
         from sfstream.state.postgres import PostgresStateStore
 
         assert config.state.dsn is not None  # checked by the configuration
-        return PostgresStateStore(config.state.dsn.get_secret_value())
+        return PostgresStateStore(config.state.dsn.get_secret_value(), read_only=read_only)
     from sfstream.state.sqlite import SqliteStateStore
 
+    if read_only:
+        return SqliteStateStore(config.state.path, read_only=True)
     return SqliteStateStore(config.state.path, inline_commits=config.runtime.disk_io == "inline")
 
 

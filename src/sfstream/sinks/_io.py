@@ -10,7 +10,10 @@ drops a client that stays silent for 40 s) and translates the `OSError` they rai
 - anything else (`EACCES`, `EPERM`, `ENOSPC`, `EDQUOT`, `EROFS`, `EISDIR`, `EIO`, ...) ->
   `StorageError`: a refusal; someone has to fix permissions, free space or the disk.
 
-The original exception is always chained (`raise ... from`), so its errno and text survive.
+Messages say what was being done to what, the system's words and errno, and for the
+refusals an operator meets most (read-only file system, full disk, exhausted quota,
+permissions) what happened and what to do. The original exception is always chained
+(`raise ... from`), so its errno and text survive.
 """
 
 from __future__ import annotations
@@ -47,6 +50,16 @@ _UNAVAILABLE: Final = frozenset(
 )
 
 
+# What an operator does about the common refusals, after the system's own words.
+_ADVICE: Final = {
+    errno.EROFS: "the file system is read-only: point sink.path at a writable place",
+    errno.ENOSPC: "the disk is full: free space and restart (nothing acknowledged is lost)",
+    errno.EDQUOT: "the disk quota is used up: free space or raise the quota, and restart",
+    errno.EACCES: "check the permissions of the file and its directory",
+    errno.EPERM: "check the permissions of the file and its directory",
+}
+
+
 def storage_error(exc: OSError, target: str, action: str) -> StorageError | StorageUnavailableError:
     """The sfstream error for an OS error raised while doing `action` on `target`.
 
@@ -63,7 +76,10 @@ def storage_error(exc: OSError, target: str, action: str) -> StorageError | Stor
         )
     if exc.errno in _UNAVAILABLE:
         return StorageUnavailableError(f"cannot {action} {target} right now: {reason} [{code}]")
-    return StorageError(f"cannot {action} {target}: {reason} [{code}]")
+    advice = _ADVICE.get(exc.errno) if exc.errno is not None else None
+    return StorageError(
+        f"cannot {action} {target}: {reason} [{code}]" + (f"; {advice}" if advice else "")
+    )
 
 
 @contextmanager

@@ -41,7 +41,7 @@ import structlog
 
 from sfstream.errors import StorageError
 from sfstream.protocol import Message, encode_lines
-from sfstream.sinks._io import run_blocking
+from sfstream.sinks._io import run_blocking, translate_os_errors
 from sfstream.sinks._jsonl import (
     DEFAULT_BLOCK_BYTES,
     ReverseLines,
@@ -181,19 +181,22 @@ class FileSink:
                 f"{self._name}: an earlier write failed and could not be undone; "
                 "open a new sink to repair the file"
             )
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._path, _FLAGS, _MODE)
-        try:
-            self._check_regular(fd)
-            self._lock_file(fd)
-            self._repair_torn_tail(fd)
-            # The high-water marks read next must not count lines that a power cut can
-            # still take away (a crashed writer's last, never fsynced, batch).
-            os.fsync(fd)
-            _fsync_directory(self._path.parent)
-        except BaseException:
-            os.close(fd)
-            raise
+        # The file is opened for appending, whichever call opens it (a scan does too): an
+        # error here is about writing, not about the scan's reading.
+        with translate_os_errors(f"{self._name} for writing", "open"):
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._path, _FLAGS, _MODE)
+            try:
+                self._check_regular(fd)
+                self._lock_file(fd)
+                self._repair_torn_tail(fd)
+                # The high-water marks read next must not count lines that a power cut can
+                # still take away (a crashed writer's last, never fsynced, batch).
+                os.fsync(fd)
+                _fsync_directory(self._path.parent)
+            except BaseException:
+                os.close(fd)
+                raise
         self._fd = fd
         self._state = "open"
         return fd

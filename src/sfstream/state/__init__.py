@@ -5,11 +5,20 @@
   only when such a store is built).
 
 `sfstream.runners.wiring.open_state(config)` builds the configured one. Every backend passes
-`sfstream.testing.state.check_state_store`.
+`sfstream.testing.state.check_state_store`. Besides checkpoints, a store keeps operators'
+pending positions (`Override`) and the run lock (`StateStore.owner`); see
+`sfstream.state.base`.
 """
 
-from sfstream.state.base import Checkpoint, StateStore
+from sfstream.state.base import Checkpoint, Override, StateStore, StreamOwnedError
 from sfstream.state.postgres import PostgresStateStore
 from sfstream.state.sqlite import SqliteStateStore
 
-__all__ = ["Checkpoint", "PostgresStateStore", "SqliteStateStore", "StateStore"]
+__all__ = [
+    "Checkpoint",
+    "Override",
+    "PostgresStateStore",
+    "SqliteStateStore",
+    "StateStore",
+    "StreamOwnedError",
+]

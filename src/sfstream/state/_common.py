@@ -64,6 +64,24 @@ def check_batch(replay_ids: Mapping[str, int]) -> list[tuple[str, int]]:
     return pairs
 
 
+def check_start(stream: str, start: object) -> int | None:
+    """`start` if it is an override's start (see `Override.start`), else `ConfigError`."""
+    check_stream(stream)
+    if start is None:
+        return None
+    if isinstance(start, bool) or not isinstance(start, int):
+        raise ConfigError(
+            f"the position of stream {stream!r} must be an int replayId, -2, -1 or None, "
+            f"not {type(start).__name__}"
+        )
+    if not -2 <= start <= INT64_MAX:
+        raise ConfigError(
+            f"the position of stream {stream!r} must be a replayId in 0..{INT64_MAX}, "
+            f"-2 (earliest) or -1 (latest), not {start}"
+        )
+    return start
+
+
 def check_streams(streams: Iterable[str] | None) -> list[str] | None:
     """The distinct stream ids of `streams`, sorted (None stays None: every stream)."""
     if streams is None:
@@ -82,3 +100,13 @@ def utc_now() -> datetime:
 def iso_utc(moment: datetime) -> str:
     """`moment` as the ISO-8601 text of `Checkpoint.updated_at`: UTC, microseconds."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def owned_message(streams: list[str], holder: str | None) -> str:
+    """What a refused `owner` says: which streams, and who owns them."""
+    subject = (
+        f"stream {streams[0]} is" if len(streams) == 1 else f"streams {', '.join(streams)} are"
+    )
+    return f"{subject} being streamed by a running `sfstream run`" + (
+        f" ({holder})" if holder else ""
+    )

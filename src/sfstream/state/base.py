@@ -1,13 +1,35 @@
 """The state registry port: where each stream's checkpoint (its last written replayId) lives.
 
+Besides checkpoints, a store keeps two things for operators:
+
+- **Overrides.** `sfstream state set|reset` records an operator's position with `override`.
+  A run normally starts a stream from the higher of its checkpoint and what the sink already
+  holds (a crash between a write and its checkpoint leaves the sink ahead); an override wins
+  over the sink instead, so that a rewind or a reset is not undone by the sink's high-water
+  mark. The next run takes it over: it writes a `GAP` note into the sink, starts from the
+  override, and clears it (a replayId or a reset at once; `earliest` and `latest` with the
+  stream's first checkpoint, since nothing else remembers them across a crash).
+- **Ownership.** A running connector owns its streams (`owner`) for its lifetime; commands
+  that change checkpoints try the same lock and refuse while a run holds it, because the
+  run would overwrite their change with its next checkpoint. This is a plain lock held by a
+  live process (a file lock, a database session lock): it goes away with the process.
+
 A backend is done when `sfstream.testing.state.check_state_store` passes against it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
+
+from sfstream.errors import StorageUnavailableError
+
+START_EARLIEST: Final = -2
+"""`Override.start`: start from the earliest event Salesforce retains."""
+START_LATEST: Final = -1
+"""`Override.start`: start from the next new event."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +40,41 @@ class Checkpoint:
     replay_id: int
     updated_at: str
     """ISO-8601 UTC time of the commit that wrote it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """An operator's position for a stream, waiting for a run to take it over."""
+
+    stream: str
+    start: int | None
+    """Where the next run starts the stream: after this replayId (0 or more; it is also the
+    stream's checkpoint meanwhile), from `START_EARLIEST` (-2) or `START_LATEST` (-1), or,
+    when None, from the stream's configured initial replay. The sink's high-water mark is
+    not used."""
+    previous: int | None
+    """The checkpoint the stream had before the operator changed it (None: it had none).
+    Several changes before a run keep the first one's `previous`."""
+    requested_at: str
+    """ISO-8601 UTC time of the change."""
+
+
+class StreamOwnedError(StorageUnavailableError):
+    """Another live process owns a stream (a running `sfstream run`), see `StateStore.owner`.
+
+    Retryable: the owner goes away when its run stops. Commands that change checkpoints
+    report it at once instead of waiting.
+
+    Attributes:
+        streams: the streams asked for that are owned.
+        holder: who owns them, as far as the backend can tell (`pid 4242 on host web-1,
+            since ...`); None when it cannot.
+    """
+
+    def __init__(self, message: str, *, streams: list[str], holder: str | None) -> None:
+        super().__init__(message)
+        self.streams = streams
+        self.holder = holder
 
 
 @runtime_checkable
@@ -35,11 +92,43 @@ class StateStore(Protocol):
         ...
 
     async def commit(self, replay_ids: Mapping[str, int]) -> None:
-        """Set several checkpoints atomically: all of them are stored, or none."""
+        """Set several checkpoints atomically: all of them are stored, or none.
+
+        A commit also clears the pending overrides of its streams (the run has taken them
+        over, or overwrites them).
+        """
         ...
 
     async def reset(self, stream: str) -> bool:
-        """Forget a stream's checkpoint; returns whether it had one."""
+        """Forget a stream's checkpoint and its pending override; returns whether it had a
+        checkpoint."""
+        ...
+
+    async def override(self, stream: str, start: int | None) -> Override:
+        """Record an operator's position for `stream`; the next run starts there.
+
+        In one transaction: a `start` of 0 or more becomes the stream's checkpoint; -2
+        (earliest), -1 (latest) and None (the initial replay) forget it. The override stays
+        until a run takes it over (see the module). Returns what was recorded.
+
+        Raises:
+            ConfigError: `start` is not None, -2, -1 or a replayId in `0..2**63-1`.
+        """
+        ...
+
+    async def overrides(self, streams: Iterable[str] | None = None) -> dict[str, Override]:
+        """The pending overrides of `streams` (all of them when None)."""
+        ...
+
+    def owner(self, streams: Iterable[str]) -> AbstractAsyncContextManager[None]:
+        """Own `streams` for the block: `async with store.owner(ids): ...`.
+
+        It never waits: when another live process owns one of them it raises
+        `StreamOwnedError` (retryable). A run holds it for its lifetime; `state set|reset`
+        hold it while they change a checkpoint. A backend may own more than it is asked
+        for (SQLite owns its whole database: one run per state file). Loads and commits
+        do not check it. Ownership ends with the block, or with the process.
+        """
         ...
 
     async def close(self) -> None:

@@ -12,6 +12,17 @@ drop left unknown.
 
 The DSN's password never appears in a message or `repr`: the store describes its database
 as `postgresql://user@host:port/dbname`.
+
+Operators' pending positions (`override`) live in a second table beside the checkpoints,
+`<table>_overrides`, created on first use like the first (an existing checkpoint table is
+left as it is, with its data). `read_only=True` creates nothing and runs every statement in a
+read-only session; missing tables read as empty.
+
+The run lock (`owner`) is a session-level advisory lock per stream (keyed on the table and
+the stream id), held on a connection of its own for the block; the owner's connection is
+named `sfstream pid <pid> on <host>` (`application_name`), which is how a refused caller
+learns who holds it. A lock lives as long as that connection: if the server drops it, the
+lock is gone without the owner noticing.
 """
 
 from __future__ import annotations
@@ -19,16 +30,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from sfstream.errors import ConfigError, SfStreamError, StorageError, StorageUnavailableError
-from sfstream.state._common import check_batch, check_stream, check_streams, iso_utc, utc_now
-from sfstream.state.base import Checkpoint
+from sfstream.state._common import (
+    check_batch,
+    check_start,
+    check_stream,
+    check_streams,
+    iso_utc,
+    owned_message,
+    utc_now,
+)
+from sfstream.state.base import Checkpoint, Override, StreamOwnedError
 
 if TYPE_CHECKING:
     import psycopg
@@ -39,6 +60,8 @@ T = TypeVar("T")
 
 _TABLE_NAME: Final = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _CONNECT_TIMEOUT_S: Final = 10
+_OVERRIDES_SUFFIX: Final = "_overrides"
+_MAX_IDENTIFIER: Final = 63
 # SQLSTATEs worth retrying: connection exceptions (08), shutdown / not yet accepting (57P0x),
 # too many connections, serialization failure, deadlock, lock timeout, statement timeout.
 _TRANSIENT_CLASSES: Final = ("08",)
@@ -64,13 +87,17 @@ class PostgresStateStore:
     Args:
         dsn: a libpq connection string or `postgresql://` URL. Without `connect_timeout`
             it gets 10 s; without `application_name`, `sfstream`.
-        table: the table, optionally schema-qualified (`state.checkpoints`).
+        table: the table, optionally schema-qualified (`state.checkpoints`); its name may
+            have 53 characters at most, since `<name>_overrides` sits beside it.
+        read_only: only read (see the module); every change raises `StorageError`.
 
     Raises:
         ConfigError: psycopg is not installed, or the DSN or table name is malformed.
     """
 
-    def __init__(self, dsn: str, table: str = "sfstream_checkpoints") -> None:
+    def __init__(
+        self, dsn: str, table: str = "sfstream_checkpoints", *, read_only: bool = False
+    ) -> None:
         try:
             import psycopg
         except ImportError as exc:
@@ -88,6 +115,13 @@ class PostgresStateStore:
             raise ConfigError(
                 f"table name {table!r} must be [schema.]name of letters, digits and _"
             )
+        *schema, name = table.split(".")
+        if len(name) + len(_OVERRIDES_SUFFIX) > _MAX_IDENTIFIER:
+            raise ConfigError(
+                f"table name {name!r} is too long: at most "
+                f"{_MAX_IDENTIFIER - len(_OVERRIDES_SUFFIX)} characters, since the store "
+                f"keeps pending operator changes in {name}{_OVERRIDES_SUFFIX}"
+            )
         params.setdefault("connect_timeout", _CONNECT_TIMEOUT_S)
         params.setdefault("application_name", "sfstream")
         self._params = params
@@ -95,7 +129,10 @@ class PostgresStateStore:
         self.database = _describe(params)
         """Where the checkpoints live, without the password: `postgresql://user@host/db`."""
         self.table = table
-        self._queries = _Queries(sql.Identifier(*table.split(".")))
+        self.read_only = read_only
+        self._queries = _Queries(
+            sql.Identifier(*schema, name), sql.Identifier(*schema, name + _OVERRIDES_SUFFIX)
+        )
         self._lock_key = _advisory_key(table)
         self._conn: psycopg.AsyncConnection[TupleRow] | None = None
         self._schema_ready = False
@@ -103,7 +140,8 @@ class PostgresStateStore:
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
-        return f"PostgresStateStore({self.database!r}, table={self.table!r})"
+        flag = ", read_only=True" if self.read_only else ""
+        return f"PostgresStateStore({self.database!r}, table={self.table!r}{flag})"
 
     async def __aenter__(self) -> Self:
         return self
@@ -128,21 +166,119 @@ class PostgresStateStore:
         }
 
     async def commit(self, replay_ids: Mapping[str, int]) -> None:
-        """Set several checkpoints in one transaction: all of them are stored, or none."""
+        """Set several checkpoints in one transaction: all of them are stored, or none.
+
+        It also clears the pending overrides of these streams.
+        """
         batch = check_batch(replay_ids)
         if batch:
+            self._writable("commit")
             await self._run("commit", lambda conn: self._commit(conn, batch))
 
     async def reset(self, stream: str) -> bool:
-        """Forget a stream's checkpoint; returns whether it had one."""
+        """Forget a stream's checkpoint and its pending override; returns whether it had a
+        checkpoint."""
         check_stream(stream)
+        self._writable("reset")
         return await self._run("reset", lambda conn: self._reset(conn, stream))
+
+    async def override(self, stream: str, start: int | None) -> Override:
+        """Record an operator's position for `stream` (see `StateStore.override`)."""
+        start = check_start(stream, start)
+        self._writable("override")
+        return await self._run("override", lambda conn: self._override(conn, stream, start))
+
+    async def overrides(self, streams: Iterable[str] | None = None) -> dict[str, Override]:
+        """The pending overrides of `streams` (all of them when None)."""
+        wanted = check_streams(streams)
+        if wanted == []:
+            return {}
+        rows = await self._run("load", lambda conn: self._overrides(conn, wanted))
+        return {
+            stream: Override(stream, start, previous, iso_utc(requested_at))
+            for stream, start, previous, requested_at in rows
+        }
+
+    @contextlib.asynccontextmanager
+    async def owner(self, streams: Iterable[str]) -> AsyncIterator[None]:
+        """Own `streams` for the block (see `StateStore.owner`): one session-level advisory
+        lock per stream, on a connection of its own.
+
+        Raises:
+            StreamOwnedError: another session holds one of them.
+            StorageUnavailableError, StorageError: as for every call.
+        """
+        import psycopg
+
+        wanted = check_streams(streams) or []
+        self._writable("own streams")
+        if self._closed:
+            raise StorageError(f"PostgreSQL state store {self.database}: the store is closed")
+        params = {**self._params, "application_name": _holder_name()}
+        try:
+            conn = await psycopg.AsyncConnection.connect(autocommit=True, **params)
+        except psycopg.Error as exc:
+            raise self._translate("own streams", exc) from exc
+        try:
+            try:
+                refused = await self._try_locks(conn, wanted)
+            except psycopg.Error as exc:
+                raise self._translate("own streams", exc) from exc
+            if refused:
+                holder = await self._holder(conn, [key for _, key in refused])
+                owned = [stream for stream, _ in refused]
+                raise StreamOwnedError(owned_message(owned, holder), streams=owned, holder=holder)
+            yield
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()  # ends the session, and with it its locks
 
     async def close(self) -> None:
         """Close the connection (after any call in flight); calling it again does nothing."""
         async with self._lock:
             self._closed = True
             await self._discard()
+
+    def _writable(self, action: str) -> None:
+        if self.read_only:
+            raise StorageError(
+                f"PostgreSQL state store {self.database} is opened read-only; cannot {action}"
+            )
+
+    async def _try_locks(
+        self, conn: psycopg.AsyncConnection[TupleRow], streams: list[str]
+    ) -> list[tuple[str, int]]:
+        """Take each stream's lock that is free; the streams (and keys) held by others."""
+        keys = {_owner_key(self.table, stream): stream for stream in streams}
+        cursor = await conn.execute(
+            "SELECT k FROM unnest(%s::bigint[]) AS k WHERE NOT pg_try_advisory_lock(k)",
+            (list(keys),),
+        )
+        return sorted((keys[int(key)], int(key)) for (key,) in await cursor.fetchall())
+
+    async def _holder(self, conn: psycopg.AsyncConnection[TupleRow], keys: list[int]) -> str | None:
+        """Who holds one of the advisory locks `keys`, from the session's name."""
+        import psycopg
+
+        try:
+            cursor = await conn.execute(
+                "SELECT a.application_name, a.pid, a.backend_start"
+                " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+                " AND ((l.classid::bigint << 32) | l.objid::bigint) = ANY(%s::bigint[])"
+                " AND a.pid <> pg_backend_pid() LIMIT 1",
+                (keys,),
+            )
+            row = await cursor.fetchone()
+        except psycopg.Error:
+            return None
+        if row is None:
+            return None
+        name, backend, since = row
+        since_text = f", since {iso_utc(since)}" if isinstance(since, datetime) else ""
+        if isinstance(name, str) and name.startswith(_HOLDER_PREFIX):
+            return f"{name[len(_HOLDER_PREFIX) :]}{since_text}"
+        return f"PostgreSQL session {backend}{since_text}"
 
     # -- connection ------------------------------------------------------------------------
 
@@ -188,11 +324,14 @@ class PostgresStateStore:
         if conn is None:
             conn = await psycopg.AsyncConnection.connect(autocommit=True, **self._params)
             self._conn = conn
-        if not self._schema_ready:
+            if self.read_only:
+                await conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        if not self._schema_ready and not self.read_only:
             async with conn.transaction():
                 # Serializes CREATE TABLE IF NOT EXISTS, which races between sessions.
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
                 await conn.execute(self._queries.create)
+                await conn.execute(self._queries.create_overrides)
             self._schema_ready = True
         return conn
 
@@ -227,15 +366,46 @@ class PostgresStateStore:
 
     # -- queries ---------------------------------------------------------------------------
 
+    async def _select(
+        self,
+        conn: psycopg.AsyncConnection[TupleRow],
+        wanted: list[str] | None,
+        every: sql.Composed,
+        some: sql.Composed,
+    ) -> list[TupleRow]:
+        import psycopg
+
+        try:
+            if wanted is None:
+                cursor = await conn.execute(every)
+            else:
+                cursor = await conn.execute(some, (wanted,))
+        except psycopg.errors.UndefinedTable:
+            if self.read_only:
+                return []  # nothing was ever written here; a read-only store creates nothing
+            raise
+        return await cursor.fetchall()
+
     async def _load(
         self, conn: psycopg.AsyncConnection[TupleRow], wanted: list[str] | None
     ) -> list[tuple[str, int, datetime]]:
-        if wanted is None:
-            cursor = await conn.execute(self._queries.select_all)
-        else:
-            cursor = await conn.execute(self._queries.select_some, (wanted,))
+        rows = await self._select(conn, wanted, self._queries.select_all, self._queries.select_some)
+        return [(str(stream), int(replay_id), at) for stream, replay_id, at in rows]
+
+    async def _overrides(
+        self, conn: psycopg.AsyncConnection[TupleRow], wanted: list[str] | None
+    ) -> list[tuple[str, int | None, int | None, datetime]]:
+        rows = await self._select(
+            conn, wanted, self._queries.select_overrides, self._queries.select_some_overrides
+        )
         return [
-            (str(stream), int(replay_id), at) for stream, replay_id, at in await cursor.fetchall()
+            (
+                str(stream),
+                None if start is None else int(start),
+                None if previous is None else int(previous),
+                at,
+            )
+            for stream, start, previous, at in rows
         ]
 
     async def _commit(
@@ -246,22 +416,51 @@ class PostgresStateStore:
         # utc_now() runs under the store's lock: a commit applied later never carries an
         # earlier time.
         async with conn.transaction():
-            await conn.execute(self._queries.upsert, (utc_now(), streams, replay_ids))
+            await conn.execute(
+                self._queries.commit, {"at": utc_now(), "streams": streams, "ids": replay_ids}
+            )
 
     async def _reset(self, conn: psycopg.AsyncConnection[TupleRow], stream: str) -> bool:
         async with conn.transaction():
             cursor = await conn.execute(self._queries.delete, (stream,))
+            await conn.execute(self._queries.clear_override, (stream,))
             return cursor.rowcount > 0
+
+    async def _override(
+        self, conn: psycopg.AsyncConnection[TupleRow], stream: str, start: int | None
+    ) -> Override:
+        queries = self._queries
+        requested_at = utc_now()
+        async with conn.transaction():
+            # FOR UPDATE: two changes of one stream wait for each other (once it has a row).
+            cursor = await conn.execute(queries.select_previous, (stream,))
+            pending = await cursor.fetchone()
+            if pending is not None:
+                previous = pending[0]
+            else:
+                cursor = await conn.execute(queries.select_checkpoint, (stream,))
+                row = await cursor.fetchone()
+                previous = row[0] if row is not None else None
+            if start is not None and start >= 0:
+                await conn.execute(
+                    queries.upsert, {"at": requested_at, "streams": [stream], "ids": [start]}
+                )
+            else:
+                await conn.execute(queries.delete, (stream,))
+            await conn.execute(queries.upsert_override, (stream, start, previous, requested_at))
+        return Override(
+            stream, start, None if previous is None else int(previous), iso_utc(requested_at)
+        )
 
 
 class _Queries:
     """The statements of one table, composed once with its name safely quoted."""
 
-    def __init__(self, table: sql.Identifier) -> None:
+    def __init__(self, table: sql.Identifier, overrides: sql.Identifier) -> None:
         from psycopg import sql
 
         def compose(text: str) -> sql.Composed:
-            return sql.SQL(text).format(table=table)
+            return sql.SQL(text).format(table=table, overrides=overrides)
 
         self.create = compose(
             "CREATE TABLE IF NOT EXISTS {table} ("
@@ -273,19 +472,64 @@ class _Queries:
         self.select_some = compose(
             "SELECT stream, replay_id, updated_at FROM {table} WHERE stream = ANY(%s::text[])"
         )
-        self.upsert = compose(
-            "INSERT INTO {table} (stream, replay_id, updated_at)"
-            " SELECT batch.stream, batch.replay_id, %s"
-            " FROM unnest(%s::text[], %s::bigint[]) AS batch (stream, replay_id)"
+        upsert = (
+            " INSERT INTO {table} (stream, replay_id, updated_at)"
+            " SELECT batch.stream, batch.replay_id, %(at)s"
+            " FROM unnest(%(streams)s::text[], %(ids)s::bigint[]) AS batch (stream, replay_id)"
             " ON CONFLICT (stream) DO UPDATE SET"
             " replay_id = EXCLUDED.replay_id, updated_at = EXCLUDED.updated_at"
         )
+        self.upsert = compose(upsert)
+        # A commit clears the batch's pending overrides in the same statement: one round trip.
+        clear = "WITH cleared AS (DELETE FROM {overrides} WHERE stream = ANY(%(streams)s::text[]))"
+        self.commit = compose(clear + upsert)
         self.delete = compose("DELETE FROM {table} WHERE stream = %s")
+        self.select_checkpoint = compose(
+            "SELECT replay_id FROM {table} WHERE stream = %s FOR UPDATE"
+        )
+        self.create_overrides = compose(
+            "CREATE TABLE IF NOT EXISTS {overrides} ("
+            " stream text PRIMARY KEY,"
+            " start bigint,"
+            " previous bigint,"
+            " requested_at timestamptz NOT NULL)"
+        )
+        self.select_overrides = compose(
+            "SELECT stream, start, previous, requested_at FROM {overrides}"
+        )
+        self.select_some_overrides = compose(
+            "SELECT stream, start, previous, requested_at FROM {overrides}"
+            " WHERE stream = ANY(%s::text[])"
+        )
+        self.select_previous = compose(
+            "SELECT previous FROM {overrides} WHERE stream = %s FOR UPDATE"
+        )
+        self.upsert_override = compose(
+            "INSERT INTO {overrides} (stream, start, previous, requested_at)"
+            " VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (stream) DO UPDATE SET start = EXCLUDED.start,"
+            " previous = EXCLUDED.previous, requested_at = EXCLUDED.requested_at"
+        )
+        self.clear_override = compose("DELETE FROM {overrides} WHERE stream = %s")
 
 
 def _advisory_key(table: str) -> int:
     digest = hashlib.blake2b(f"sfstream.state:{table}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def _owner_key(table: str, stream: str) -> int:
+    """The advisory lock that owns `stream` of the checkpoints in `table`."""
+    digest = hashlib.blake2b(f"sfstream.owner:{table}:{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+_HOLDER_PREFIX: Final = "sfstream "
+
+
+def _holder_name() -> str:
+    """The owner connection's `application_name`: who holds its locks (63 bytes at most)."""
+    return f"{_HOLDER_PREFIX}pid {os.getpid()} on {socket.gethostname()}"[:_MAX_IDENTIFIER]
 
 
 def _describe(params: Mapping[str, Any]) -> str:

@@ -12,33 +12,57 @@ the event loop's thread: a checkpoint commit is a small WAL append, and skipping
 hand-off matters more to latency than the loop's short wait. A `threading.Lock` taken around
 every call serializes them: unlike an `asyncio.Lock`, it stays held when the awaiting task is
 cancelled and the thread runs on.
+
+Schema versions (`PRAGMA user_version`), migrated in place when a writable store opens the
+file, keeping every checkpoint: 1, the table `sfstream_checkpoints`; 2, the table
+`sfstream_overrides` beside it (operators' pending positions).
+
+`read_only=True` opens the file for reading only (`sfstream state show`): it never creates,
+migrates or chmods the file, and works on a read-only file system; a missing file reads as
+no checkpoints.
+
+The run lock (`owner`) is an exclusive `flock` on `<database>-run.lock` beside the file: it
+covers the whole database, so one run uses a state database at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self, TypeVar
+from typing import Final, Literal, Self, TypeVar
 
 from sfstream.errors import SfStreamError, StorageError, StorageUnavailableError
-from sfstream.state._common import check_batch, check_stream, check_streams, iso_utc, utc_now
-from sfstream.state.base import Checkpoint
+from sfstream.state import _runlock
+from sfstream.state._common import (
+    check_batch,
+    check_start,
+    check_stream,
+    check_streams,
+    iso_utc,
+    owned_message,
+    utc_now,
+)
+from sfstream.state.base import Checkpoint, Override, StreamOwnedError
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """`PRAGMA user_version` of the schema this module writes; a migration bumps it."""
 
 _PRIVATE: Final = 0o600
 _BUSY_TIMEOUT_S: Final = 5.0
+# Free space below which an I/O error on the database is reported as a full disk: SQLite
+# says "disk I/O error" when it cannot grow its shared-memory or WAL file.
+_NEARLY_FULL_BYTES: Final = 8 * 1024 * 1024
 # Well under SQLite's smallest SQLITE_MAX_VARIABLE_NUMBER (999 before 3.32).
 _CHUNK: Final = 500
 _SCHEMA: Final = (
@@ -47,12 +71,30 @@ _SCHEMA: Final = (
     " replay_id INTEGER NOT NULL,"
     " updated_at TEXT NOT NULL)"
 )
+_SCHEMA_OVERRIDES: Final = (
+    "CREATE TABLE IF NOT EXISTS sfstream_overrides ("
+    " stream TEXT PRIMARY KEY,"
+    " start INTEGER,"
+    " previous INTEGER,"
+    " requested_at TEXT NOT NULL)"
+)
 _SELECT: Final = "SELECT stream, replay_id, updated_at FROM sfstream_checkpoints"
+_SELECT_OVERRIDES: Final = "SELECT stream, start, previous, requested_at FROM sfstream_overrides"
 _UPSERT: Final = (
     "INSERT INTO sfstream_checkpoints (stream, replay_id, updated_at) VALUES (?, ?, ?) "
     "ON CONFLICT (stream) DO UPDATE SET "
     "replay_id = excluded.replay_id, updated_at = excluded.updated_at"
 )
+_UPSERT_OVERRIDE: Final = (
+    "INSERT INTO sfstream_overrides (stream, start, previous, requested_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (stream) DO UPDATE SET "
+    "start = excluded.start, previous = excluded.previous, requested_at = excluded.requested_at"
+)
+_CLEAR_OVERRIDE: Final = "DELETE FROM sfstream_overrides WHERE stream = ?"
+
+
+class _MissingError(Exception):
+    """A read-only store's file does not exist: there is nothing to read."""
 
 
 class SqliteStateStore:
@@ -64,17 +106,33 @@ class SqliteStateStore:
     Args:
         path: the database file; `~` is expanded.
         inline_commits: `commit` runs on the event loop's thread instead of a worker thread.
+        read_only: only read (see the module); every change raises `StorageError`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, inline_commits: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        inline_commits: bool = False,
+        read_only: bool = False,
+    ) -> None:
         self.path = Path(path).expanduser()
+        self.read_only = read_only
         self._inline_commits = inline_commits
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._version = SCHEMA_VERSION
         self._closed = False
 
     def __repr__(self) -> str:
+        if self.read_only:
+            return f"SqliteStateStore({str(self.path)!r}, read_only=True)"
         return f"SqliteStateStore({str(self.path)!r})"
+
+    @property
+    def lock_path(self) -> Path:
+        """The file whose `flock` is the run lock (`owner`)."""
+        return Path(f"{self.path}-run.lock")
 
     async def __aenter__(self) -> Self:
         return self
@@ -92,28 +150,93 @@ class SqliteStateStore:
         wanted = check_streams(streams)
         if wanted == []:
             return {}
-        rows = await self._run(lambda conn: _load(conn, wanted, self.path))
+        try:
+            rows = await self._run(lambda conn: _load(conn, wanted, self.path, self._version))
+        except _MissingError:
+            return {}
         return {row.stream: row for row in rows}
 
     async def commit(self, replay_ids: Mapping[str, int]) -> None:
-        """Set several checkpoints in one transaction: all of them are stored, or none."""
+        """Set several checkpoints in one transaction: all of them are stored, or none.
+
+        It also clears the pending overrides of these streams.
+        """
         batch = check_batch(replay_ids)
         if batch:
+            self._writable("commit")
             if self._inline_commits:
                 self._locked(lambda conn: _commit(conn, batch))
             else:
                 await self._run(lambda conn: _commit(conn, batch))
 
     async def reset(self, stream: str) -> bool:
-        """Forget a stream's checkpoint; returns whether it had one."""
+        """Forget a stream's checkpoint and its pending override; returns whether it had a
+        checkpoint."""
         check_stream(stream)
+        self._writable("reset")
         return await self._run(lambda conn: _reset(conn, stream))
+
+    async def override(self, stream: str, start: int | None) -> Override:
+        """Record an operator's position for `stream` (see `StateStore.override`)."""
+        start = check_start(stream, start)
+        self._writable("override")
+        return await self._run(lambda conn: _override(conn, stream, start))
+
+    async def overrides(self, streams: Iterable[str] | None = None) -> dict[str, Override]:
+        """The pending overrides of `streams` (all of them when None)."""
+        wanted = check_streams(streams)
+        if wanted == []:
+            return {}
+        try:
+            rows = await self._run(lambda conn: _overrides(conn, wanted, self.path, self._version))
+        except _MissingError:
+            return {}
+        return {row.stream: row for row in rows}
+
+    @contextlib.asynccontextmanager
+    async def owner(self, streams: Iterable[str]) -> AsyncIterator[None]:
+        """Own the database for the block (see `StateStore.owner`): an exclusive `flock` on
+        `lock_path`, which other processes (and other stores) cannot take meanwhile.
+
+        Raises:
+            StreamOwnedError: another live process (or store) holds it.
+            StorageError: the lock file cannot be created (read-only file system, full
+                disk, permissions).
+        """
+        wanted = check_streams(streams) or []
+        self._writable("own streams")
+        if self._closed:
+            raise StorageError(f"state database {self.path}: the store is closed")
+        fd = await asyncio.to_thread(self._take_run_lock, wanted)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(_runlock.release, fd)
 
     async def close(self) -> None:
         """Close the connection (after any call in flight); calling it again does nothing."""
         await asyncio.to_thread(self._close)
 
     # -- worker thread ---------------------------------------------------------------------
+
+    def _writable(self, action: str) -> None:
+        if self.read_only:
+            raise StorageError(
+                f"state database {self.path} is opened read-only; cannot {action} (open it "
+                f"without read_only to change checkpoints)"
+            )
+
+    def _take_run_lock(self, streams: list[str]) -> int:
+        lock_path = self.lock_path
+        try:
+            return _runlock.take(lock_path, streams)
+        except _runlock.LockHeldError as held:
+            raise _owned(self.path, streams, held.holder) from None
+        except OSError as exc:
+            error = _translate(self.path, exc, writing=True)
+            if exc.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT) or _file_system(lock_path):
+                raise error from exc  # the same for the database and its lock file
+            raise StorageError(f"{error} (its run lock file {lock_path})") from exc
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         return await asyncio.to_thread(self._locked, work)
@@ -124,10 +247,13 @@ class SqliteStateStore:
                 raise StorageError(f"state database {self.path}: the store is closed")
             try:
                 if self._conn is None:
-                    self._conn = _connect(self.path)
+                    if self.read_only:
+                        self._conn, self._version = _connect_read_only(self.path)
+                    else:
+                        self._conn = _connect(self.path)
                 return work(self._conn)
             except (sqlite3.Error, OSError) as exc:
-                error = _translate(self.path, exc)
+                error = _translate(self.path, exc, writing=not self.read_only)
                 if not error.retryable:
                     # Reopen next time: the file may have been repaired, moved or replaced.
                     self._discard()
@@ -145,11 +271,59 @@ class SqliteStateStore:
                 conn.close()
 
 
-def _translate(path: Path, exc: sqlite3.Error | OSError) -> SfStreamError:
+def _owned(path: Path, streams: list[str], holder: _runlock.Holder) -> StreamOwnedError:
+    described = holder.describe()
+    owned = sorted(holder.streams & set(streams)) if holder.streams is not None else streams
+    if owned:
+        return StreamOwnedError(owned_message(owned, described), streams=owned, holder=described)
+    # The lock covers the whole database: say so rather than blame a stream the run does not
+    # stream.
+    others = f" streaming {len(holder.streams)} other stream(s)" if holder.streams else ""
+    return StreamOwnedError(
+        f"the state database {path} is in use by a running `sfstream run`"
+        + (f" ({described})" if described else "")
+        + f"{others}; one run uses a state database at a time",
+        streams=list(streams),
+        holder=described,
+    )
+
+
+_FileSystem = Literal["read-only", "full"]
+
+
+def _file_system(path: Path) -> _FileSystem | None:
+    """Whether the file system holding `path` is mounted read-only or (nearly) full."""
+    probe = path
+    with contextlib.suppress(OSError):
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        info = os.statvfs(probe)
+        if info.f_flag & os.ST_RDONLY:
+            return "read-only"
+        # Root may use the blocks reserved for it; others stop at f_bavail.
+        blocks = info.f_bfree if os.geteuid() == 0 else info.f_bavail
+        if blocks * info.f_frsize < _NEARLY_FULL_BYTES:
+            return "full"
+    return None
+
+
+def _translate(path: Path, exc: sqlite3.Error | OSError, *, writing: bool = True) -> SfStreamError:
     """The sfstream error for a `sqlite3` or OS error: the one place that maps them."""
+    verb = "write" if writing else "read"
     if isinstance(exc, OSError):
         reason = exc.strerror or str(exc)
-        return StorageError(f"state database {path}: {reason}; check that it is writable")
+        if exc.errno == errno.EROFS or (
+            exc.errno in (errno.EACCES, errno.EPERM) and _file_system(path) == "read-only"
+        ):
+            return _read_only_fs(path, verb)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _full(path, reason)
+        if not writing:
+            return StorageError(f"cannot read the state database {path}: {reason}")
+        return StorageError(
+            f"cannot write the state database {path}: {reason}; check that it and its "
+            f"directory are writable by this user"
+        )
     # Errors the module raises itself (misuse) carry no SQLite result code.
     code: int = getattr(exc, "sqlite_errorcode", -1)
     primary = code & 0xFF if code >= 0 else -1
@@ -159,14 +333,45 @@ def _translate(path: Path, exc: sqlite3.Error | OSError) -> SfStreamError:
         )
     if primary in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
         return _corrupt(path, str(exc))
+    if primary == sqlite3.SQLITE_FULL:
+        return _full(path, f"SQLite reports '{exc}'")
+    if primary in (
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_IOERR,
+    ):
+        file_system = _file_system(path)
+        if file_system == "read-only" and writing:
+            return _read_only_fs(path, verb)
+        if file_system == "full":
+            return _full(path, f"SQLite reports '{exc}'")
     if primary in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM):
+        if not writing:
+            return StorageError(f"cannot read the state database {path} ({exc})")
         return StorageError(
-            f"cannot write state database {path} ({exc}); "
+            f"cannot write the state database {path} ({exc}); "
             f"check that the file and its directory are writable"
         )
-    if primary == sqlite3.SQLITE_FULL:
-        return StorageError(f"state database {path}: the disk is full ({exc})")
+    if primary == sqlite3.SQLITE_IOERR:
+        return StorageError(
+            f"state database {path}: the disk reported an error ({exc}); check the disk "
+            f"and the system log"
+        )
     return StorageError(f"state database {path}: {exc}")
+
+
+def _read_only_fs(path: Path, verb: str) -> StorageError:
+    return StorageError(
+        f"cannot {verb} the state database {path}: the file system is read-only; "
+        f"point state.path at a writable place"
+    )
+
+
+def _full(path: Path, reported: str) -> StorageError:
+    return StorageError(
+        f"the disk holding the state database {path} is full ({reported}); free space and restart"
+    )
 
 
 def _corrupt(path: Path, detail: str) -> StorageError:
@@ -189,6 +394,39 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _connect_read_only(path: Path) -> tuple[sqlite3.Connection, int]:
+    """A connection that cannot write and leaves no file behind, and the schema version.
+
+    A WAL database opened with `mode=ro` gets `-wal` and `-shm` companions, which stay
+    behind if they did not exist (and cannot be made on a read-only file system). They
+    exist while a writer has the database open: then it is read through them; otherwise
+    nobody is writing, the database file holds everything, and it is read as immutable.
+    """
+    if not path.exists():
+        raise _MissingError
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise StorageError(f"state database {path} is not a regular file")
+    uri = path.absolute().as_uri() + "?mode=ro"
+    if not all(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm")):
+        uri += "&immutable=1"
+    return _open_uri(path, uri)
+
+
+def _open_uri(path: Path, uri: str) -> tuple[sqlite3.Connection, int]:
+    conn = sqlite3.connect(
+        uri, uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+    )
+    try:
+        conn.execute("PRAGMA query_only = 1")
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        _check_health(conn, path)
+        _check_version(version, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn, version
 
 
 def _prepare_file(path: Path) -> None:
@@ -241,6 +479,20 @@ def _journal_mode_wal(conn: sqlite3.Connection) -> str:
             time.sleep(0.01)
 
 
+def _check_health(conn: sqlite3.Connection, path: Path) -> None:
+    problem = str(conn.execute("PRAGMA quick_check(1)").fetchone()[0])
+    if problem != "ok":
+        raise _corrupt(path, problem)
+
+
+def _check_version(version: int, path: Path) -> None:
+    if version > SCHEMA_VERSION:
+        raise StorageError(
+            f"state database {path} has schema version {version}, newer than this "
+            f"sfstream understands ({SCHEMA_VERSION}); upgrade sfstream"
+        )
+
+
 def _configure(conn: sqlite3.Connection, path: Path) -> None:
     journal = _journal_mode_wal(conn)
     if journal.lower() != "wal":
@@ -249,19 +501,15 @@ def _configure(conn: sqlite3.Connection, path: Path) -> None:
             f"put it on a local filesystem"
         )
     conn.execute("PRAGMA synchronous=FULL")
-    problem = str(conn.execute("PRAGMA quick_check(1)").fetchone()[0])
-    if problem != "ok":
-        raise _corrupt(path, problem)
+    _check_health(conn, path)
     with _transaction(conn, "IMMEDIATE"):
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise StorageError(
-                f"state database {path} has schema version {version}, newer than this "
-                f"sfstream understands ({SCHEMA_VERSION}); upgrade sfstream"
-            )
+        _check_version(version, path)
         if version < 1:
             conn.execute(_SCHEMA)
-        # Migrations from version N to N+1 go here, each in this transaction.
+        # Migrations from version N to N+1, each in this transaction; data is kept.
+        if version < 2:
+            conn.execute(_SCHEMA_OVERRIDES)
         if version < SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
 
@@ -281,23 +529,40 @@ def _transaction(conn: sqlite3.Connection, mode: str) -> Iterator[None]:
         raise
 
 
-def _load(conn: sqlite3.Connection, wanted: list[str] | None, path: Path) -> list[Checkpoint]:
-    rows: list[tuple[object, object, object]] = []
+def _select(
+    conn: sqlite3.Connection, query: str, wanted: list[str] | None
+) -> list[tuple[object, ...]]:
+    rows: list[tuple[object, ...]] = []
     # One read transaction: a consistent snapshot even when the ids span several queries.
     with _transaction(conn, "DEFERRED"):
         if wanted is None:
-            rows.extend(conn.execute(_SELECT))
+            rows.extend(conn.execute(query))
         else:
             for start in range(0, len(wanted), _CHUNK):
                 chunk = wanted[start : start + _CHUNK]
                 marks = ", ".join("?" * len(chunk))
                 # Only "?" placeholders are formatted in; the ids are bound parameters.
-                query = f"{_SELECT} WHERE stream IN ({marks})"
-                rows.extend(conn.execute(query, chunk))
-    return [_checkpoint(row, path) for row in rows]
+                rows.extend(conn.execute(f"{query} WHERE stream IN ({marks})", chunk))
+    return rows
 
 
-def _checkpoint(row: tuple[object, object, object], path: Path) -> Checkpoint:
+def _load(
+    conn: sqlite3.Connection, wanted: list[str] | None, path: Path, version: int
+) -> list[Checkpoint]:
+    if version < 1:
+        return []  # a read-only store on a file no writer has set up yet
+    return [_checkpoint(row, path) for row in _select(conn, _SELECT, wanted)]
+
+
+def _overrides(
+    conn: sqlite3.Connection, wanted: list[str] | None, path: Path, version: int
+) -> list[Override]:
+    if version < 2:
+        return []  # a read-only store on a file of an earlier schema: no overrides yet
+    return [_override_row(row, path) for row in _select(conn, _SELECT_OVERRIDES, wanted)]
+
+
+def _checkpoint(row: tuple[object, ...], path: Path) -> Checkpoint:
     stream, replay_id, updated_at = row
     if not (isinstance(stream, str) and isinstance(replay_id, int) and isinstance(updated_at, str)):
         # SQLite columns are not strictly typed: a foreign writer can store anything.
@@ -305,14 +570,49 @@ def _checkpoint(row: tuple[object, object, object], path: Path) -> Checkpoint:
     return Checkpoint(stream, replay_id, updated_at)
 
 
+def _override_row(row: tuple[object, ...], path: Path) -> Override:
+    stream, start, previous, requested_at = row
+    if not (
+        isinstance(stream, str)
+        and (start is None or isinstance(start, int))
+        and (previous is None or isinstance(previous, int))
+        and isinstance(requested_at, str)
+    ):
+        raise _corrupt(path, f"malformed override row {row!r}")
+    return Override(stream, start, previous, requested_at)
+
+
 def _commit(conn: sqlite3.Connection, batch: list[tuple[str, int]]) -> None:
     # Taken under the lock, so that commits applied later never carry an earlier time.
     updated_at = iso_utc(utc_now())
     with _transaction(conn, "IMMEDIATE"):
         conn.executemany(_UPSERT, [(stream, replay_id, updated_at) for stream, replay_id in batch])
+        conn.executemany(_CLEAR_OVERRIDE, [(stream,) for stream, _ in batch])
 
 
 def _reset(conn: sqlite3.Connection, stream: str) -> bool:
     with _transaction(conn, "IMMEDIATE"):
         cursor = conn.execute("DELETE FROM sfstream_checkpoints WHERE stream = ?", (stream,))
+        conn.execute(_CLEAR_OVERRIDE, (stream,))
         return cursor.rowcount > 0
+
+
+def _override(conn: sqlite3.Connection, stream: str, start: int | None) -> Override:
+    requested_at = iso_utc(utc_now())
+    with _transaction(conn, "IMMEDIATE"):
+        pending = conn.execute(
+            "SELECT previous FROM sfstream_overrides WHERE stream = ?", (stream,)
+        ).fetchone()
+        if pending is not None:
+            previous = pending[0]
+        else:
+            row = conn.execute(
+                "SELECT replay_id FROM sfstream_checkpoints WHERE stream = ?", (stream,)
+            ).fetchone()
+            previous = row[0] if row is not None else None
+        if start is not None and start >= 0:
+            conn.execute(_UPSERT, (stream, start, requested_at))
+        else:
+            conn.execute("DELETE FROM sfstream_checkpoints WHERE stream = ?", (stream,))
+        conn.execute(_UPSERT_OVERRIDE, (stream, start, previous, requested_at))
+    return Override(stream, start, previous if isinstance(previous, int) else None, requested_at)

@@ -18,7 +18,9 @@ async def test_conformance(name, check, factory):
 
 The factory returns a new store on the same location at every call, so that a check can
 close a store and open the location again. Checks use stream ids of their own, so they may
-share a location; each closes every store it opens. A failed check raises `AssertionError`.
+share a location (but not run at the same time on one: the ownership check needs the
+location's run lock to itself); each closes every store it opens. A failed check raises
+`AssertionError`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final, cast
 
 from sfstream.errors import ConfigError
-from sfstream.state.base import Checkpoint, StateStore
+from sfstream.state.base import Checkpoint, Override, StateStore, StreamOwnedError
 
 __all__ = ["STATE_STORE_CHECKS", "StoreFactory", "check_state_store"]
 
@@ -314,6 +316,142 @@ async def check_close_idempotent(factory: StoreFactory) -> None:
         _expect(await _ids(reopened, [stream]) == {stream: 9}, "a commit was lost on close")
 
 
+async def check_override_position(factory: StoreFactory) -> None:
+    """`override` with a replayId sets the checkpoint and stays pending until a commit."""
+    moved, fresh, other = _streams("override", 3)
+    async with _opened(factory) as store:
+        await store.commit({moved: 100, other: 5})
+        before = datetime.now(UTC)
+        first = await store.override(moved, 40)
+        _expect(isinstance(first, Override), f"override returned {first!r}")
+        _expect(
+            (first.stream, first.start, first.previous) == (moved, 40, 100),
+            f"override of a checkpoint 100 to 40 returned {first!r}",
+        )
+        stamp = _parse_time(first.requested_at)
+        _expect(
+            before - _CLOCK_TOLERANCE <= stamp <= datetime.now(UTC) + _CLOCK_TOLERANCE,
+            f"requested_at {first.requested_at} is not the time of the override",
+        )
+        _expect(await _ids(store, [moved]) == {moved: 40}, "override did not set the checkpoint")
+        pending = await store.overrides([moved, fresh, other])
+        _expect(pending == {moved: first}, f"pending overrides are {pending!r}")
+        second = await store.override(moved, 30)
+        _expect(
+            (second.start, second.previous) == (30, 100),
+            f"a second override must keep the first one's previous checkpoint: {second!r}",
+        )
+        new = await store.override(fresh, 7)
+        _expect(new.previous is None, f"a stream without a checkpoint had one: {new!r}")
+        _expect(await _ids(store, [fresh]) == {fresh: 7}, "override of a new stream was lost")
+    async with _opened(factory) as store:
+        pending = await store.overrides([moved, fresh])
+        _expect(pending == {moved: second, fresh: new}, f"after reopening: {pending!r}")
+        everything = await store.overrides()
+        _expect(
+            everything.get(moved) == second and everything.get(fresh) == new,
+            "overrides() disagrees with overrides(streams)",
+        )
+        await store.commit({moved: 31})
+        pending = await store.overrides([moved, fresh, other])
+        _expect(pending == {fresh: new}, f"a commit did not clear its override: {pending!r}")
+        _expect(await _ids(store, [moved, other]) == {moved: 31, other: 5}, "commit failed")
+        await store.commit({fresh: 8})
+
+
+async def check_override_forget(factory: StoreFactory) -> None:
+    """`override` with -2, -1 or None forgets the checkpoint; `reset` clears an override."""
+    earliest, latest, initial, reset = _streams("override-forget", 4)
+    async with _opened(factory) as store:
+        await store.commit({earliest: 100, latest: 101, initial: 102, reset: 103})
+        made = {
+            earliest: await store.override(earliest, -2),
+            latest: await store.override(latest, -1),
+            initial: await store.override(initial, None),
+        }
+        for stream, start, previous in (
+            (earliest, -2, 100),
+            (latest, -1, 101),
+            (initial, None, 102),
+        ):
+            got = made[stream]
+            _expect(
+                (got.start, got.previous) == (start, previous),
+                f"override({start}) of checkpoint {previous} returned {got!r}",
+            )
+        _expect(
+            await store.load([earliest, latest, initial]) == {},
+            "an override to earliest, latest or the initial replay kept the checkpoint",
+        )
+        _expect(await store.overrides(list(made)) == made, "overrides were not recorded")
+        await store.override(reset, 50)
+        _expect(await store.reset(reset) is True, "reset of an overridden checkpoint: False")
+        _expect(await store.reset(initial) is False, "reset found a checkpoint after override")
+        pending = await store.overrides([reset, initial])
+        _expect(pending == {}, f"reset did not clear the overrides: {pending!r}")
+    async with _opened(factory) as store:
+        pending = await store.overrides(list(made))
+        _expect(
+            pending == {earliest: made[earliest], latest: made[latest]},
+            f"after reopening, the overrides are {pending!r}",
+        )
+        await store.commit({earliest: 1, latest: 1})
+        _expect(await store.overrides(list(made)) == {}, "commits left overrides")
+
+
+async def check_override_invalid(factory: StoreFactory) -> None:
+    """Positions that are not a replayId, -2, -1 or None are refused; nothing is stored."""
+    (stream,) = _streams("override-invalid", 1)
+    async with _opened(factory) as store:
+        await store.commit({stream: 9})
+        for start in (-3, _INT64_MAX + 1, True, "5", 5.0):
+            try:
+                await store.override(stream, cast(int, start))
+            except ConfigError:
+                continue
+            raise AssertionError(f"override accepted the position {start!r}")
+        try:
+            await store.override("", 1)
+        except ConfigError:
+            pass
+        else:
+            raise AssertionError("override accepted an empty stream id")
+        _expect(await _ids(store, [stream]) == {stream: 9}, "a refused override changed state")
+        _expect(await store.overrides([stream]) == {}, "a refused override was recorded")
+
+
+class _BlockFailedError(Exception):
+    """Raised inside an `owner` block, to check that the block's failure releases it."""
+
+
+def _fail_inside() -> None:
+    raise _BlockFailedError
+
+
+async def check_owner(factory: StoreFactory) -> None:
+    """`owner` is exclusive across stores, never waits, and ends with its block."""
+    first, second = _streams("owner", 2)
+    async with _opened(factory) as one, _opened(factory) as two:
+        async with one.owner([first, second]):
+            try:
+                async with two.owner([first]):
+                    raise AssertionError("two stores owned one stream at once")
+            except StreamOwnedError as exc:
+                _expect(exc.retryable, "StreamOwnedError is not retryable")
+                _expect(first in str(exc), f"the refusal does not name the stream: {exc}")
+                _expect(exc.streams == [first], f"the refusal names {exc.streams}")
+            # Ownership is for operators' tools and runs: reads and commits go on.
+            await two.commit({first: 1})
+            _expect(await _ids(two, [first]) == {first: 1}, "a commit failed while owned")
+        async with two.owner([first, second]):
+            pass
+        with contextlib.suppress(_BlockFailedError):
+            async with one.owner([first]):
+                _fail_inside()
+        async with two.owner([first]):
+            pass
+
+
 STATE_STORE_CHECKS: Final[list[tuple[str, Callable[[StoreFactory], Awaitable[None]]]]] = [
     ("empty_load", check_empty_load),
     ("round_trip", check_round_trip),
@@ -328,6 +466,10 @@ STATE_STORE_CHECKS: Final[list[tuple[str, Callable[[StoreFactory], Awaitable[Non
     ("updated_at", check_updated_at),
     ("invalid_arguments", check_invalid_arguments),
     ("close_idempotent", check_close_idempotent),
+    ("override_position", check_override_position),
+    ("override_forget", check_override_forget),
+    ("override_invalid", check_override_invalid),
+    ("owner", check_owner),
 ]
 """Every check, by name: parametrize over it to get one test per check."""
 
