@@ -35,6 +35,7 @@ from sfstream.errors import (
     SfStreamError,
     TransportError,
 )
+from sfstream.netfail import network_error
 
 log = structlog.get_logger("sfstream.auth")
 
@@ -290,8 +291,11 @@ class TokenProvider:
                 ) as http_response:
                     response = TokenResponse(http_response.status, await http_response.read())
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TransportError(
-                f"token request to {request.url} failed: {type(exc).__name__}"
+            raise network_error(
+                exc,
+                doing=f"token request to {request.url}",
+                url=request.url,
+                timeout_s=self._timeout_s,
             ) from exc
         try:
             flow.send(response)

@@ -60,6 +60,7 @@ from sfstream.errors import (
     TerminalError,
     TransportError,
 )
+from sfstream.netfail import network_error
 
 log = structlog.get_logger("sfstream.client")
 
@@ -668,14 +669,12 @@ class StreamingClient:
                 ) as response:
                     status = response.status
                     raw = await response.read()
-        except TimeoutError:
-            if request.kind is RequestKind.CONNECT:
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            if isinstance(exc, TimeoutError) and request.kind is RequestKind.CONNECT:
                 self.stats.watchdog_timeouts += 1
-            return TransportError(
-                f"no answer to /meta/{request.kind.value} within {request.timeout_s:.0f} s"
+            return network_error(
+                exc, doing=f"/meta/{request.kind.value}", url=url, timeout_s=request.timeout_s
             )
-        except (aiohttp.ClientError, OSError) as exc:
-            return TransportError(f"/meta/{request.kind.value} failed: {type(exc).__name__}: {exc}")
         self._last_token = token
         return _decode(status, raw)
 

@@ -7,30 +7,117 @@ names; streams listed in the configuration are always kept and their settings wi
 
 `check_streams` finds what would otherwise be a silent empty stream: an entity whose change
 events are not enabled, a channel that does not exist, an inactive topic, a key field that is
-not on the event.
+not on the event. `validate_streams` is discovery plus those checks, as `sfstream check`
+prints them and as `sfstream run` applies them at every start: an error ends the run (exit 1,
+the words `check` prints), a warning is logged and the run goes on.
+
+| problem | severity |
+|---|---|
+| two streams with one stream id | `ConfigError` (exit 2): nothing starts |
+| a configured stream that would stay empty or run with null keys: change events not | error |
+| enabled for its entity, no entity selected, a custom channel without members, an | |
+| inactive topic, a key field the event lacks | |
+| a configured stream whose channel, event or topic does not exist (Salesforce refuses | error, |
+| the subscription itself) | `refused` |
+| the same, for a stream discovery found in the org's metadata itself | warning |
+| `key_field` on change events, PushTopic or generic streams (keyed otherwise) | warning |
+| the Tooling API cannot be read (which entities raise change events is unknown) | warning |
+
+At start, `sfstream run` ends with the errors unless `runtime.on_subscription_lost` is
+`continue`; an error that is `refused` is logged and left to the subscription, whose refusal
+ends the run (or not) by that same policy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Literal
+from typing import Any, Final, Literal, TypeVar
 
 from sfstream.bayeux import EARLIEST, LATEST, ReplayPolicy
 from sfstream.engine.config import Config, Replay, StreamConfig
-from sfstream.errors import ConfigError, SfStreamError
+from sfstream.errors import ConfigError, SfStreamError, TerminalError
 from sfstream.salesforce.rest import RestClient
 from sfstream.streams import ChannelKind, StreamSpec, parse_channel, stream_id
+
+T = TypeVar("T")
+
+_CDC_KINDS: Final = frozenset(
+    {ChannelKind.CHANGE_EVENTS, ChannelKind.ALL_CHANGE_EVENTS, ChannelKind.CHANGE_EVENT_CHANNEL}
+)
+_BY_RECORD_ID: Final = (
+    "change event records are keyed by the id of the changed record (ChangeEventHeader.recordIds)"
+)
+_KEYED_OTHERWISE: Final = {
+    ChannelKind.CHANGE_EVENTS: _BY_RECORD_ID,
+    ChannelKind.ALL_CHANGE_EVENTS: _BY_RECORD_ID,
+    ChannelKind.CHANGE_EVENT_CHANNEL: _BY_RECORD_ID,
+    ChannelKind.PUSH_TOPIC: "PushTopic records are keyed by sobject.Id",
+    ChannelKind.GENERIC: "generic streaming records have no key",
+}
+"""Kinds whose records ignore `key_field`, and how they are keyed instead."""
 
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """Something `sfstream check` reports about a stream."""
+    """Something `sfstream check` reports about a stream, and `sfstream run` at start.
+
+    Attributes:
+        refused: Salesforce itself refuses the stream's subscription (its channel, event or
+            topic does not exist), so a run does not have to stop for it at start: the
+            subscription fails with Salesforce's own words (which also tell a permission
+            problem from a missing channel) and `runtime.on_subscription_lost` applies.
+            False for what would go unnoticed: a stream that would run and stay empty, or
+            run with null keys.
+    """
 
     channel: str
     message: str
     severity: Literal["error", "warning"] = "error"
+    refused: bool = False
+
+
+class StreamCheckError(TerminalError):
+    """A stream would stay silently empty or run with null keys: found at start, before
+    subscribing.
+
+    Its message is the `FAIL` lines `sfstream check` prints for the same streams, without
+    the mark, joined by `; `.
+    """
+
+
+def stream_label(spec: StreamSpec) -> str:
+    """How `check` and `run` name a stream: `stream sf.event.x_changes (/data/XChangeEvent)`."""
+    return f"stream {spec.id} ({spec.channel})"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A stream with errors, in the words `check` prints after its `FAIL` mark."""
+
+    spec: StreamSpec
+    text: str
+    """`stream ID (CHANNEL): what is wrong[; what else]`."""
+    refused: bool
+    """Every error of it is one Salesforce refuses the subscription for (see `Problem`)."""
+
+
+def failures(specs: Iterable[StreamSpec], problems: Iterable[Problem]) -> list[Failure]:
+    """The streams of `specs` with errors among `problems`, in `specs` order."""
+    by_channel: dict[str, list[Problem]] = {}
+    for problem in problems:
+        if problem.severity == "error":
+            by_channel.setdefault(problem.channel, []).append(problem)
+    found = []
+    for spec in specs:
+        errors = by_channel.get(spec.channel)
+        if errors:
+            text = f"{stream_label(spec)}: {'; '.join(p.message for p in errors)}"
+            found.append(Failure(spec, text, all(p.refused for p in errors)))
+    return found
 
 
 def _replay(value: Replay) -> int:
@@ -59,28 +146,70 @@ def spec_from_config(
     )
 
 
-def check_unique(specs: Iterable[StreamSpec]) -> list[StreamSpec]:
+def check_unique(
+    specs: Iterable[StreamSpec], explicit: Mapping[str, str] | None = None
+) -> list[StreamSpec]:
     """Reject two channels that would share a stream id.
 
+    Args:
+        explicit: channel -> the `id:` the configuration gives it, to word the hint.
+
     Raises:
-        ConfigError: naming the channels and how to tell them apart (`id:` overrides).
+        ConfigError: naming the channels, the id, and what to change.
     """
-    seen: dict[str, str] = {}
+    ids = explicit or {}
+    seen: dict[str, StreamSpec] = {}
     result = []
     for spec in specs:
         other = seen.get(spec.id)
         if other is not None:
-            raise ConfigError(
-                f"channels {other} and {spec.channel} both map to stream id {spec.id!r}; give "
-                "one of them an explicit `id:` in `streams`"
-            )
-        seen[spec.id] = spec.channel
+            raise ConfigError(_collision(other, spec, ids))
+        seen[spec.id] = spec
         result.append(spec)
     return result
 
 
+def _collision(first: StreamSpec, second: StreamSpec, explicit: Mapping[str, str]) -> str:
+    """The message for two streams that map to one id, with a hint that fits the config."""
+    head = f"channels {first.channel} and {second.channel} both map to stream id {first.id!r}"
+    given = [spec for spec in (first, second) if spec.channel in explicit]
+    if len(given) == 2:
+        return f"{head}: both have the explicit `id: {first.id}`; change one of them"
+    if given:
+        (chosen,) = given
+        derived = second if chosen is first else first
+        found = " (found by discovery)" if derived.source == "metadata" else ""
+        exclude = (
+            f" (or exclude {derived.channel} from discovery)"
+            if derived.source == "metadata"
+            else ""
+        )
+        return (
+            f"{head}: {chosen.channel} has the explicit `id: {chosen.id}`, which is the id "
+            f"derived from {derived.channel}{found}; change that `id:`{exclude}"
+        )
+    discovered = [spec for spec in (first, second) if spec.source == "metadata"]
+    if not discovered:
+        return f"{head}; give one of them an explicit `id:` in `streams`"
+    if len(discovered) == 2:
+        return (
+            f"{head}; list one of them under `streams` with an explicit `id:`, or exclude one "
+            "from discovery"
+        )
+    (offered,) = discovered
+    configured = second if offered is first else first
+    return (
+        f"{head}; give {configured.channel} an explicit `id:` in `streams` (or exclude "
+        f"{offered.channel} from discovery)"
+    )
+
+
+def _explicit_ids(config: Config) -> dict[str, str]:
+    return {s.channel: s.id for s in config.streams if s.id is not None}
+
+
 def streams_from_config(config: Config) -> list[StreamSpec]:
-    return check_unique(spec_from_config(s) for s in config.streams)
+    return check_unique((spec_from_config(s) for s in config.streams), _explicit_ids(config))
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +231,56 @@ class OrgMetadata:
         return set().union(*self.selected.values()) if self.selected else set()
 
 
-async def read_metadata(rest: RestClient) -> OrgMetadata:
-    """Describe global, channel members, topics and generic channels."""
-    described = await rest.describe_global()
+async def read_metadata(
+    rest: RestClient, kinds: Iterable[ChannelKind] | None = None
+) -> OrgMetadata:
+    """Describe global, channel members, topics and generic channels, read concurrently.
+
+    Args:
+        kinds: read only what checking streams of these kinds needs (describe global for
+            change events and platform events, the Tooling API's channel members for change
+            events, PushTopic, StreamingChannel); None reads everything, for discovery.
+            What is not read stays empty: check only streams of `kinds` against it.
+    """
+    wanted = set(ChannelKind) if kinds is None else set(kinds)
+    described: list[dict[str, Any]] = []
+    members: list[dict[str, Any]] = []
+    topics: list[dict[str, Any]] = []
+    generic: list[dict[str, Any]] = []
+    tooling_error = None
+
+    async def describe_global() -> None:
+        described[:] = await rest.describe_global()
+
+    async def channel_members() -> None:
+        nonlocal tooling_error
+        try:
+            members[:] = await rest.query(
+                "SELECT DeveloperName, EventChannel, SelectedEntity "
+                "FROM PlatformEventChannelMember",
+                tooling=True,
+            )
+        except SfStreamError as exc:
+            if exc.retryable:
+                raise
+            tooling_error = str(exc)
+
+    async def push_topics() -> None:
+        topics[:] = await rest.query("SELECT Id, Name, IsActive FROM PushTopic")
+
+    async def streaming_channels() -> None:
+        generic[:] = await rest.query("SELECT Id, Name FROM StreamingChannel")
+
+    reads: list[Awaitable[None]] = []
+    if wanted & {ChannelKind.CHANGE_EVENTS, ChannelKind.PLATFORM_EVENT}:
+        reads.append(describe_global())
+    if wanted & _CDC_KINDS:
+        reads.append(channel_members())
+    if ChannelKind.PUSH_TOPIC in wanted:
+        reads.append(push_topics())
+    if ChannelKind.GENERIC in wanted:
+        reads.append(streaming_channels())
+    await _together(reads)
     change_events = {
         str(s["name"]): str(s.get("associateParentEntity") or "")
         for s in described
@@ -112,24 +288,11 @@ async def read_metadata(rest: RestClient) -> OrgMetadata:
     }
     platform_events = {str(s["name"]) for s in described if str(s.get("name", "")).endswith("__e")}
     selected: dict[str, set[str]] = {}
-    tooling_error = None
-    try:
-        members = await rest.query(
-            "SELECT DeveloperName, EventChannel, SelectedEntity FROM PlatformEventChannelMember",
-            tooling=True,
-        )
-    except SfStreamError as exc:
-        if exc.retryable:
-            raise
-        tooling_error = str(exc)
-        members = []
     for member in members:
         channel = str(member.get("EventChannel") or "")
         entity = str(member.get("SelectedEntity") or "")
         if channel and entity:
             selected.setdefault(channel, set()).add(entity)
-    topics = await rest.query("SELECT Id, Name, IsActive FROM PushTopic")
-    generic = await rest.query("SELECT Id, Name FROM StreamingChannel")
     return OrgMetadata(
         change_event_entities=change_events,
         selected=selected,
@@ -138,6 +301,17 @@ async def read_metadata(rest: RestClient) -> OrgMetadata:
         streaming_channels={str(c["Name"]) for c in generic},
         tooling_error=tooling_error,
     )
+
+
+async def _together(awaitables: Iterable[Awaitable[T]]) -> list[T]:
+    """Await all of them concurrently; the first failure cancels the others and is raised."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _matches(channel: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
@@ -171,7 +345,7 @@ def streams_from_metadata(config: Config, metadata: OrgMetadata) -> list[StreamS
         )
         specs.append(spec_from_config(stream, "metadata"))
     specs += [spec_from_config(s) for s in config.streams]
-    return check_unique(sorted(specs, key=lambda s: s.channel))
+    return check_unique(sorted(specs, key=lambda s: s.channel), _explicit_ids(config))
 
 
 async def discover(config: Config, rest: RestClient | None) -> list[StreamSpec]:
@@ -183,50 +357,58 @@ async def discover(config: Config, rest: RestClient | None) -> list[StreamSpec]:
     return streams_from_metadata(config, await read_metadata(rest))
 
 
+async def validate_streams(
+    config: Config, rest: RestClient
+) -> tuple[list[StreamSpec], list[Problem]]:
+    """The streams to run and their problems: what `sfstream check` prints, and what
+    `sfstream run` checks at every start.
+
+    The configured streams are checked for colliding ids first, before any request. The
+    org's metadata is read once (by metadata discovery, or only as much as the streams'
+    kinds need), the key fields of platform events are described concurrently.
+
+    Raises:
+        ConfigError: two streams map to one stream id.
+        SfStreamError: the org cannot be read (retryable while it is unreachable).
+    """
+    configured = streams_from_config(config)
+    if config.discovery.mode == "metadata":
+        metadata = await read_metadata(rest)
+        specs = streams_from_metadata(config, metadata)
+    else:
+        specs = configured
+        metadata = await read_metadata(rest, {spec.kind for spec in specs})
+    return specs, await check_streams(specs, metadata, rest)
+
+
 async def check_streams(
     specs: Iterable[StreamSpec], metadata: OrgMetadata, rest: RestClient
 ) -> list[Problem]:
-    """Everything that would make a stream fail or stay silently empty."""
+    """Everything that would make a stream fail or stay silently empty, as errors, and
+    settings that have no effect, as warnings.
+
+    A problem of a stream that discovery found in the org itself is a warning: the org
+    offers it, so it is not the configuration's mistake.
+    """
     problems: list[Problem] = []
     entities = {v: k for k, v in metadata.change_event_entities.items()}
+    key_checks: list[Awaitable[list[Problem]]] = []
     for spec in specs:
-        kind = spec.kind
-        if kind is ChannelKind.CHANGE_EVENTS:
-            problems += _check_entity(spec, entities, metadata)
-        elif kind is ChannelKind.ALL_CHANGE_EVENTS:
-            if metadata.tooling_error is None and not metadata.selected.get("ChangeEvents"):
-                problems.append(
-                    Problem(
-                        spec.channel,
-                        "no entity is selected for change events "
-                        "on the standard channel: the stream would stay empty",
-                    )
+        found = _problems(spec, entities, metadata, key_checks, rest)
+        if spec.source == "metadata":
+            found = [dataclasses.replace(p, severity="warning") for p in found]
+        problems += found
+        ignored = _KEYED_OTHERWISE.get(spec.kind)
+        if spec.key_field and ignored is not None:
+            problems.append(
+                Problem(
+                    spec.channel,
+                    f"key_field {spec.key_field} is ignored: {ignored}; remove key_field",
+                    "warning",
                 )
-        elif kind is ChannelKind.CHANGE_EVENT_CHANNEL:
-            if metadata.tooling_error is None and spec.entity not in metadata.selected:
-                problems.append(
-                    Problem(
-                        spec.channel,
-                        f"custom channel {spec.entity} does not exist or has no members",
-                    )
-                )
-        elif kind is ChannelKind.PLATFORM_EVENT:
-            if spec.entity not in metadata.platform_events:
-                problems.append(
-                    Problem(
-                        spec.channel, f"platform event {spec.entity} does not exist in this org"
-                    )
-                )
-            elif spec.key_field:
-                problems += await _check_key_field(spec, rest)
-        elif kind is ChannelKind.PUSH_TOPIC:
-            topic = spec.entity
-            if topic not in metadata.push_topics:
-                problems.append(Problem(spec.channel, f"PushTopic {topic} does not exist"))
-            elif not metadata.push_topics[topic]:
-                problems.append(Problem(spec.channel, f"PushTopic {topic} is not active"))
-        elif kind is ChannelKind.GENERIC and spec.channel not in metadata.streaming_channels:
-            problems.append(Problem(spec.channel, "StreamingChannel does not exist"))
+            )
+    for found in await _together(key_checks):
+        problems += found
     if metadata.tooling_error is not None:
         problems.append(
             Problem(
@@ -239,6 +421,59 @@ async def check_streams(
     return problems
 
 
+def _problems(
+    spec: StreamSpec,
+    entities: dict[str, str],
+    metadata: OrgMetadata,
+    key_checks: list[Awaitable[list[Problem]]],
+    rest: RestClient,
+) -> list[Problem]:
+    """The problems of one stream; a key field to describe is added to `key_checks`."""
+    problems: list[Problem] = []
+    kind = spec.kind
+    if kind is ChannelKind.CHANGE_EVENTS:
+        problems += _check_entity(spec, entities, metadata)
+    elif kind is ChannelKind.ALL_CHANGE_EVENTS:
+        if metadata.tooling_error is None and not metadata.selected.get("ChangeEvents"):
+            problems.append(
+                Problem(
+                    spec.channel,
+                    "no entity is selected for change events "
+                    "on the standard channel: the stream would stay empty",
+                )
+            )
+    elif kind is ChannelKind.CHANGE_EVENT_CHANNEL:
+        if metadata.tooling_error is None and spec.entity not in metadata.selected:
+            problems.append(
+                Problem(
+                    spec.channel,
+                    f"custom channel {spec.entity} does not exist or has no members",
+                )
+            )
+    elif kind is ChannelKind.PLATFORM_EVENT:
+        if spec.entity not in metadata.platform_events:
+            problems.append(
+                Problem(
+                    spec.channel,
+                    f"platform event {spec.entity} does not exist in this org",
+                    refused=True,
+                )
+            )
+        elif spec.key_field:
+            key_checks.append(_check_key_field(spec, rest))
+    elif kind is ChannelKind.PUSH_TOPIC:
+        topic = spec.entity
+        if topic not in metadata.push_topics:
+            problems.append(
+                Problem(spec.channel, f"PushTopic {topic} does not exist", refused=True)
+            )
+        elif not metadata.push_topics[topic]:
+            problems.append(Problem(spec.channel, f"PushTopic {topic} is not active"))
+    elif kind is ChannelKind.GENERIC and spec.channel not in metadata.streaming_channels:
+        problems.append(Problem(spec.channel, "StreamingChannel does not exist", refused=True))
+    return problems
+
+
 def _check_entity(
     spec: StreamSpec, entities: dict[str, str], metadata: OrgMetadata
 ) -> list[Problem]:
@@ -248,6 +483,7 @@ def _check_entity(
             Problem(
                 spec.channel,
                 f"{spec.entity} has no change events in this org (no {change_event} in describe)",
+                refused=True,
             )
         ]
     if metadata.tooling_error is None and change_event not in metadata.selected_entities:
@@ -267,6 +503,10 @@ async def _check_key_field(spec: StreamSpec, rest: RestClient) -> list[Problem]:
     names = {str(f.get("name")) for f in described.get("fields", []) if isinstance(f, dict)}
     if spec.key_field not in names:
         return [
-            Problem(spec.channel, f"key field {spec.key_field} is not a field of {spec.entity}")
+            Problem(
+                spec.channel,
+                f"key field {spec.key_field} is not a field of {spec.entity}",
+                "warning" if spec.source == "metadata" else "error",
+            )
         ]
     return []

@@ -8,6 +8,12 @@
 | generic | none | `{"payload": "..."}` | event |
 
 `GAP_*` and `GAP_OVERFLOW` change events pass through as records with `meta.gap: true`.
+
+A platform event's key field is checked against the event's definition at start (see
+`sfstream.engine.discovery`); an event that lacks it anyway (the field was removed since, or a
+platform event channel carries events without it) gets key null, and the first such event of
+a run logs `key_field_missing`. Every platform event payload carries all of its fields, null
+when unset, so a field that is merely unset is not reported.
 """
 
 from __future__ import annotations
@@ -15,9 +21,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import structlog
+
 from sfstream.bayeux import Event
 from sfstream.protocol import Record
 from sfstream.streams import ChannelKind, StreamSpec
+
+log = structlog.get_logger("sfstream.engine")
 
 Mapper = Callable[[Event, str], list[Record]]
 
@@ -58,26 +68,7 @@ def mapper_for(spec: StreamSpec, run_id: str) -> Mapper:
 
         return change_records
     if spec.kind in (ChannelKind.PLATFORM_EVENT, ChannelKind.PLATFORM_EVENT_CHANNEL):
-        key_field = spec.key_field
-
-        def event_records(event: Event, now: str) -> list[Record]:
-            data = event.data
-            payload = data.get("payload")
-            if not isinstance(payload, dict):
-                payload = {}
-            info = data.get("event")
-            uuid = info.get("EventUuid") if isinstance(info, dict) else None
-            key = payload.get(key_field) if key_field else uuid
-            meta = {
-                "channel": channel,
-                "schema_id": data.get("schema"),
-                "event_uuid": uuid,
-                "run_id": run_id,
-            }
-            replay_id = event.replay_id if event.replay_id is not None else 0
-            return [Record(stream, _key(key), replay_id, payload, meta, now)]
-
-        return event_records
+        return _event_mapper(spec, run_id)
     if spec.kind is ChannelKind.PUSH_TOPIC:
 
         def topic_records(event: Event, now: str) -> list[Record]:
@@ -107,6 +98,45 @@ def mapper_for(spec: StreamSpec, run_id: str) -> Mapper:
         return [Record(stream, None, replay_id, {"payload": data.get("payload")}, meta, now)]
 
     return generic_records
+
+
+def _event_mapper(spec: StreamSpec, run_id: str) -> Mapper:
+    """Platform events: keyed by the configured key field, else by `EventUuid`."""
+    stream = spec.id
+    channel = spec.channel
+    key_field = spec.key_field
+    missing_reported = False
+
+    def event_records(event: Event, now: str) -> list[Record]:
+        nonlocal missing_reported
+        data = event.data
+        payload = data.get("payload")
+        if not isinstance(payload, dict):
+            payload = {}
+        info = data.get("event")
+        uuid = info.get("EventUuid") if isinstance(info, dict) else None
+        key = payload.get(key_field) if key_field else uuid
+        if key is None and key_field and not missing_reported and key_field not in payload:
+            missing_reported = True
+            log.warning(
+                "key_field_missing",
+                stream=stream,
+                channel=channel,
+                key_field=key_field,
+                replay_id=event.replay_id,
+                note="records of this stream get key null while its events lack the "
+                "field; check the key_field against the event's definition",
+            )
+        meta = {
+            "channel": channel,
+            "schema_id": data.get("schema"),
+            "event_uuid": uuid,
+            "run_id": run_id,
+        }
+        replay_id = event.replay_id if event.replay_id is not None else 0
+        return [Record(stream, _key(key), replay_id, payload, meta, now)]
+
+    return event_records
 
 
 def _key(value: Any) -> str | None:

@@ -14,7 +14,7 @@ import contextlib
 import gc
 import random
 import uuid
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Final
 
 import structlog
@@ -22,10 +22,17 @@ import structlog
 from sfstream.bayeux.backoff import Backoff
 from sfstream.client import ClientSettings, StreamingClient
 from sfstream.engine.config import Config
-from sfstream.engine.discovery import discover
+from sfstream.engine.discovery import (
+    StreamCheckError,
+    failures,
+    streams_from_config,
+    validate_streams,
+)
 from sfstream.engine.pipeline import Pipeline, PipelineSettings, RunResult
 from sfstream.errors import SfStreamError, StartupTimeoutError
+from sfstream.netfail import host_of
 from sfstream.runners.wiring import (
+    OrgSession,
     credentials_of,
     open_registry,
     open_sink,
@@ -38,6 +45,8 @@ from sfstream.streams import StreamSpec
 log = structlog.get_logger("sfstream.connector")
 _STARTUP_BACKOFF_BASE_S: Final = 1.0
 _STARTUP_BACKOFF_CAP_S: Final = 60.0
+_WAIT_NOTICE_S: Final = 10.0
+"""A start-up step that takes longer says what it waits for: after 10 s, 20 s, 40 s, ..."""
 
 
 def tune_garbage_collector() -> None:
@@ -76,19 +85,23 @@ class Connector:
         await self.close()
 
     async def open(self) -> None:
-        """Log in, find the streams, open the stores and read where each stream resumes.
+        """Log in, find and check the streams, open the stores and read where each stream
+        resumes.
 
         Raises:
             SfStreamError: retryable while Salesforce, the state store or the sink is
-                unreachable (see `start`), terminal for what needs fixing.
+                unreachable (see `start`), terminal for what needs fixing: a
+                `ConfigError` for colliding stream ids, a `StreamCheckError` for a stream
+                `sfstream check` fails.
         """
         config = self.config
         try:
             session = await self._stack.enter_async_context(org_session(config))
-            rest = session.rest if config.discovery.mode == "metadata" else None
-            self.specs = await discover(config, rest)
+            self.specs = await self._validate(session)
             state = open_state(config)
             self._stack.push_async_callback(state.close)
+            # One run owns its streams: a second run, or `state set`, is refused meanwhile.
+            await self._stack.enter_async_context(state.owner([spec.id for spec in self.specs]))
             sink = open_sink(config)
             self._stack.push_async_callback(sink.close)
             registry = open_registry(config)
@@ -119,13 +132,66 @@ class Connector:
                     ),
                 ),
             )
-            await self.pipeline.prepare()
+            async with _waiting("the state store, the sink and the event schemas"):
+                await self.pipeline.prepare()
             await client.open()
             self._stack.push_async_callback(client.close)
         except BaseException:
             self.pipeline = None
             await self._stack.aclose()
             raise
+
+    async def _validate(self, session: OrgSession) -> list[StreamSpec]:
+        """The streams to run, checked as `sfstream check` checks them: once per start.
+
+        A warning is logged (`stream_warning`) and the run goes on. Errors end the run with
+        the words `check` prints, except with `runtime.on_subscription_lost: continue` (the
+        operator wants the other streams to go on) and for a channel Salesforce refuses
+        itself (its subscription fails in Salesforce's words and that policy applies): then
+        each is logged as `stream_check_failed`, in the same words, and the run goes on.
+
+        Raises:
+            ConfigError: two streams map to one stream id (found before any request).
+            StreamCheckError: a stream would stay silently empty or run with null keys.
+            SfStreamError: the org cannot be reached or read (retryable) or refuses the login.
+        """
+        config = self.config
+        streams_from_config(config)
+        async with _waiting(f"token endpoint {host_of(config.salesforce.login_url)}"):
+            token = await session.tokens.token()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        async with _waiting(f"REST API {host_of(token.instance_url)}"):
+            specs, problems = await validate_streams(config, session.rest)
+        streams = {spec.channel: spec.id for spec in specs}
+        warnings = [problem for problem in problems if problem.severity == "warning"]
+        for problem in warnings:
+            log.warning(
+                "stream_warning",
+                stream=streams.get(problem.channel),
+                channel=problem.channel,
+                warning=problem.message,
+            )
+        found = failures(specs, problems)
+        fatal = config.runtime.on_subscription_lost == "fail"
+        ending = [failure.text for failure in found if fatal and not failure.refused]
+        if ending:
+            raise StreamCheckError("; ".join(ending))
+        for failure in found:
+            log.error(
+                "stream_check_failed",
+                stream=failure.spec.id,
+                channel=failure.spec.channel,
+                error=failure.text,
+            )
+        log.info(
+            "streams_checked",
+            streams=len(specs),
+            warnings=len(warnings),
+            errors=len(found),
+            elapsed_ms=round((loop.time() - began) * 1000, 1),
+        )
+        return specs
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -186,6 +252,26 @@ async def start(
         else:
             return connector if opened else None
     return None
+
+
+@contextlib.asynccontextmanager
+async def _waiting(what: str) -> AsyncIterator[None]:
+    """Log `waiting` (`on`: what, `for_s`) while the body runs past 10 s, 20 s, 40 s, ..."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+
+    async def notices() -> None:
+        after = _WAIT_NOTICE_S
+        while True:
+            await asyncio.sleep(max(0.0, began + after - loop.time()))
+            log.info("waiting", on=what, for_s=round(loop.time() - began))
+            after *= 2
+
+    task = asyncio.create_task(notices())
+    try:
+        yield
+    finally:
+        task.cancel()
 
 
 async def _unless_stopped(opening: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:

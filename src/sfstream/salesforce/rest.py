@@ -21,6 +21,7 @@ from sfstream.errors import (
     TerminalError,
     TransportError,
 )
+from sfstream.netfail import network_error
 
 
 class NotFoundError(TerminalError):
@@ -71,7 +72,9 @@ class RestClient:
                         status = response.status
                         raw = await response.read()
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                raise TransportError(f"GET {path} failed: {type(exc).__name__}") from exc
+                raise network_error(
+                    exc, doing=f"GET {path}", url=url, timeout_s=self._timeout_s
+                ) from exc
             if status == 401 and attempt == 0:
                 token = await self._tokens.refresh(token)
                 continue
