@@ -15,7 +15,7 @@ COMMANDS: Final = {
     "discover": ("sfstream.cli.discover:discover", "Print the catalog: every stream to run."),
     "check": ("sfstream.cli.check:check", "Verify everything a run needs, without streaming."),
     "state": ("sfstream.cli.state:state", "Show and change stream checkpoints."),
-    "schema": ("sfstream.cli.schema:schema", "Show the registered schemas and their history."),
+    "schema": ("sfstream.cli.schema:schema", "Derive, list and show the schemas of the streams."),
     "manifest": ("sfstream.cli.manifest:manifest", "Print the connector manifest."),
     "tail": ("sfstream.cli.tail:tail", "Print the events of channels as JSON lines."),
     "emulator": ("sfstream_emulator.cli:main", "Run the bundled Salesforce emulator."),

@@ -2,6 +2,13 @@
 
 Each line on stdout is one message as Salesforce delivered it (`{"channel", "data"}`, with
 `data.event.replayId`). Gaps and recoveries are logged on stderr.
+
+With `--config FILE`, the connector's configuration says how to log in (its `salesforce`
+section, its secrets store, its API version) and, unless `--channel` is given, what to follow:
+the streams a run would use, each from its `initial_replay`. A refresh token that Salesforce
+rotates is then written back to the secrets store, as `sfstream run` does. Without it, the
+login comes from flags and `SFSTREAM_*` secrets, and a rotated refresh token is followed in
+memory only.
 """
 
 from __future__ import annotations
@@ -10,35 +17,69 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 import click
 import orjson
 import structlog
 
-from sfstream.auth import GRANT_TYPES, OAuthCredentials
-from sfstream.bayeux import Event, Gap, ReplayPolicy, SubscriptionLost
+from sfstream.auth import GRANT_TYPES, OAuthCredentials, TokenProvider
+from sfstream.bayeux import LATEST, Event, Gap, ReplayPolicy, SubscriptionLost
 from sfstream.client import ClientSettings, StreamingClient
 from sfstream.errors import ConfigError, ExitCode, SfStreamError
 from sfstream.secrets import EnvSecretsStore, FileSecretsStore, SecretsStore
 
+if TYPE_CHECKING:
+    from sfstream.engine.config import Config
+
 log = structlog.get_logger("sfstream.tail")
+
+DEFAULT_API_VERSION: Final = "62.0"
+_LOGIN_OPTIONS: Final = {
+    "login_url": "--login-url",
+    "client_id": "--client-id",
+    "grant": "--grant",
+    "username": "--username",
+    "secrets_file": "--secrets-file",
+    "emulator_url": "--emulator",
+}
+"""Parameter -> flag of the options that say how to log in without a configuration."""
+
+
+@dataclass(frozen=True, slots=True)
+class TailChannel:
+    """One channel to follow, and from where."""
+
+    channel: str
+    replay_from: int = LATEST
+    on_invalid_replay: ReplayPolicy = ReplayPolicy.FAIL
 
 
 @dataclass(frozen=True, slots=True)
 class TailRequest:
-    channels: tuple[str, ...]
-    replay_from: int
-    on_invalid_replay: ReplayPolicy
+    follows: tuple[TailChannel, ...]
     max_messages: int | None
     api_version: str
 
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(f.channel for f in self.follows)
 
-async def follow(credentials: OAuthCredentials, request: TailRequest, out: BinaryIO) -> int:
-    """Stream until interrupted or `max_messages` printed; returns the exit code."""
+
+async def follow(
+    credentials: OAuthCredentials,
+    request: TailRequest,
+    out: BinaryIO,
+    *,
+    tokens: TokenProvider | None = None,
+) -> int:
+    """Stream until interrupted or `max_messages` printed; returns the exit code.
+
+    `tokens`: a token provider to log in with (one of the client's own otherwise).
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -47,9 +88,9 @@ async def follow(credentials: OAuthCredentials, request: TailRequest, out: Binar
     printed = 0
     lost = 0
     settings = ClientSettings(api_version=request.api_version)
-    async with StreamingClient(credentials, settings) as client:
-        for channel in request.channels:
-            await client.subscribe(channel, request.replay_from, request.on_invalid_replay)
+    async with StreamingClient(credentials, settings, tokens=tokens) as client:
+        for wanted in request.follows:
+            await client.subscribe(wanted.channel, wanted.replay_from, wanted.on_invalid_replay)
         iterator = aiter(client)
         while not stop.is_set():
             next_item = asyncio.ensure_future(anext(iterator))
@@ -78,16 +119,69 @@ async def follow(credentials: OAuthCredentials, request: TailRequest, out: Binar
             elif isinstance(item, SubscriptionLost):
                 lost += 1
                 log.error("subscription_lost", channel=item.channel, error=str(item.error))
-                if lost == len(request.channels):
+                if lost == len(request.follows):
                     return ExitCode.FAILURE
     log.info("tail_stopped", messages=printed)
     return ExitCode.OK
 
 
-def run_tail(credentials: OAuthCredentials, request: TailRequest) -> int:
-    """Run `tail` to completion; terminal errors become exit code 1 with one log line."""
+async def follow_configured(
+    config: Config,
+    out: BinaryIO,
+    *,
+    channels: tuple[str, ...] = (),
+    replay_from: int | None = None,
+    on_invalid_replay: ReplayPolicy | None = None,
+    max_messages: int | None = None,
+    api_version: str | None = None,
+) -> int:
+    """`follow` with the login, the secrets store and (without `channels`) the streams of
+    `config`; a rotated refresh token is written back as `sfstream run` writes it.
+
+    `replay_from` and `on_invalid_replay` (None: each stream's own) apply to every channel;
+    channels given without them start at -1 and fail on an invalid replayId.
+    """
+    from sfstream.engine.discovery import discover
+    from sfstream.runners.wiring import credentials_of, org_session
+
+    async with org_session(config) as session:
+        if channels:
+            follows = tuple(
+                TailChannel(
+                    channel,
+                    LATEST if replay_from is None else replay_from,
+                    on_invalid_replay or ReplayPolicy.FAIL,
+                )
+                for channel in channels
+            )
+        else:
+            rest = session.rest if config.discovery.mode == "metadata" else None
+            specs = await discover(config, rest)
+            if not specs:
+                raise ConfigError(
+                    "no stream to follow: discovery found none; pass --channel, or widen "
+                    "discovery.include"
+                )
+            follows = tuple(
+                TailChannel(
+                    spec.channel,
+                    spec.initial_replay if replay_from is None else replay_from,
+                    on_invalid_replay or spec.on_invalid_replay,
+                )
+                for spec in specs
+            )
+        request = TailRequest(follows, max_messages, api_version or config.salesforce.api_version)
+        return await follow(credentials_of(config), request, out, tokens=session.tokens)
+
+
+def run_tail(main: Callable[[BinaryIO], Coroutine[Any, Any, int]]) -> int:
+    """Run `main(stdout)` to completion: a configuration that cannot be used becomes exit code
+    2, another terminal error exit code 1, each with one log line."""
     try:
-        return asyncio.run(follow(credentials, request, sys.stdout.buffer))
+        return asyncio.run(main(sys.stdout.buffer))
+    except ConfigError as exc:
+        log.error("tail_failed", error=str(exc), retryable=False)  # noqa: TRY400
+        return ExitCode.USAGE
     except SfStreamError as exc:
         # One clear line, no traceback: the error says what to fix.
         log.error("tail_failed", error=str(exc), retryable=exc.retryable)  # noqa: TRY400
@@ -216,26 +310,36 @@ def _credentials(
 
 @click.command()
 @click.option(
+    "--config",
+    "-c",
+    "config_path",
+    envvar="SFSTREAM_CONFIG",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Log in as this connector configuration does (its salesforce section, secrets store "
+    "and API version) and, without --channel, follow its streams [env SFSTREAM_CONFIG].",
+)
+@click.option(
     "--channel",
     "channels",
     multiple=True,
-    required=True,
-    help="Channel to follow, e.g. /data/AccountChangeEvent (repeatable).",
+    help="Channel to follow, e.g. /data/AccountChangeEvent (repeatable); required without "
+    "--config.",
 )
 @click.option(
     "--replay",
     "replay_from",
-    default=-1,
-    show_default=True,
+    default=None,
     type=int,
-    help="-1: new events only; -2: every retained event first; N: after replayId N.",
+    help="-1: new events only; -2: every retained event first; N: after replayId N. "
+    "[default: -1, or each configured stream's initial_replay]",
 )
 @click.option(
     "--on-invalid-replay",
     type=click.Choice(["fail", "earliest", "latest"]),
-    default="fail",
-    show_default=True,
-    help="When Salesforce rejects the replayId as invalid or expired.",
+    default=None,
+    help="When Salesforce rejects the replayId as invalid or expired. "
+    "[default: fail, or each configured stream's on_invalid_replay]",
 )
 @click.option(
     "--max-messages",
@@ -243,22 +347,29 @@ def _credentials(
     default=None,
     help="Exit after printing this many events.",
 )
-@click.option("--api-version", default="62.0", show_default=True)
+@click.option(
+    "--api-version",
+    default=None,
+    help=f"[default: {DEFAULT_API_VERSION}, or the configuration's salesforce.api_version]",
+)
 @click.option(
     "--log-level",
-    default="info",
-    show_default=True,
+    default=None,
     type=click.Choice(["debug", "info", "warning", "error"]),
+    help="[default: info, or the configuration's logging.level]",
 )
 @_login_options
+@click.pass_context
 def tail(
+    ctx: click.Context,
     *,
+    config_path: Path | None,
     channels: tuple[str, ...],
-    replay_from: int,
-    on_invalid_replay: str,
+    replay_from: int | None,
+    on_invalid_replay: str | None,
     max_messages: int | None,
-    api_version: str,
-    log_level: str,
+    api_version: str | None,
+    log_level: str | None,
     login_url: str,
     client_id: str | None,
     grant: str,
@@ -268,16 +379,41 @@ def tail(
 ) -> None:
     """Print the events of one or more channels as JSON lines on stdout.
 
-    Logs go to stderr. Exit codes: 0 when stopped (Ctrl+C, --max-messages), 1 when
-    Salesforce refuses the login or every subscription, 2 for a usage error.
+    Logs go to stderr. With --config, the configuration says how to log in and, without
+    --channel, which channels to follow. Exit codes: 0 when stopped (Ctrl+C,
+    --max-messages), 1 when Salesforce refuses the login or every subscription, 2 for a
+    usage or configuration error.
     """
     from sfstream.observability import configure_logging
 
-    if replay_from < -2:
+    if replay_from is not None and replay_from < -2:
         raise click.BadParameter("must be -1, -2 or a replayId", param_hint="--replay")
     for channel in channels:
         if not channel.startswith("/"):
             raise click.BadParameter(f"{channel!r} must start with '/'", param_hint="--channel")
+    policy = ReplayPolicy(on_invalid_replay) if on_invalid_replay is not None else None
+    if config_path is not None:
+        _refuse_login_options(ctx, config_path)
+        from sfstream.cli.common import load
+
+        config = load(config_path, log_level=log_level)
+
+        def configured(out: BinaryIO) -> Coroutine[Any, Any, int]:
+            return follow_configured(
+                config,
+                out,
+                channels=channels,
+                replay_from=replay_from,
+                on_invalid_replay=policy,
+                max_messages=max_messages,
+                api_version=api_version,
+            )
+
+        sys.exit(run_tail(configured))
+    if not channels:
+        raise click.UsageError(
+            "Missing option '--channel' (or --config FILE to follow its streams)"
+        )
     try:
         credentials = _credentials(
             login_url=login_url,
@@ -294,8 +430,40 @@ def tail(
         for s in (credentials.client_secret, credentials.refresh_token, credentials.password)
         if s is not None
     ]
-    configure_logging(level=log_level, secrets=secrets)
+    configure_logging(level=log_level or "info", secrets=secrets)
     request = TailRequest(
-        channels, replay_from, ReplayPolicy(on_invalid_replay), max_messages, api_version
+        tuple(
+            TailChannel(
+                channel,
+                LATEST if replay_from is None else replay_from,
+                policy or ReplayPolicy.FAIL,
+            )
+            for channel in channels
+        ),
+        max_messages,
+        api_version or DEFAULT_API_VERSION,
     )
-    sys.exit(run_tail(credentials, request))
+
+    def flags(out: BinaryIO) -> Coroutine[Any, Any, int]:
+        return follow(credentials, request, out)
+
+    sys.exit(run_tail(flags))
+
+
+def _refuse_login_options(ctx: click.Context, config_path: Path) -> None:
+    """Login flags on the command line contradict a configuration's login (their
+    environment variables are ignored with one)."""
+    from click.core import ParameterSource
+
+    given = [
+        flag
+        for name, flag in _LOGIN_OPTIONS.items()
+        if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    ]
+    if given:
+        source = ctx.get_parameter_source("config_path")
+        where = "SFSTREAM_CONFIG" if source is ParameterSource.ENVIRONMENT else "--config"
+        raise click.UsageError(
+            f"{' and '.join(given)} cannot be combined with {where} ({config_path}): the "
+            "configuration's salesforce section and secrets store say how to log in"
+        )

@@ -10,6 +10,9 @@ the client stops polling; each step of that is logged as backpressure.
 
 Where a stream starts: the higher of its checkpoint and what the sink says it already holds
 (a crash between a write and its checkpoint leaves the sink ahead); else its initial replay.
+An operator's override (`sfstream state set|reset`) wins over both: the run writes a GAP
+note (`operator_set` or `operator_reset`) into the sink, so that readers see the rewind or
+the skip, before it takes the override over.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Final
 import structlog
 
 from sfstream.bayeux import Event, Gap, SubscriptionLost
+from sfstream.bayeux.messages import event_time_s
 from sfstream.client import StreamingClient, StreamItem
 from sfstream.engine.ledger import CheckpointLedger
 from sfstream.engine.records import Mapper, mapper_for
@@ -31,7 +35,7 @@ from sfstream.errors import SfStreamError, SubscriptionError, TerminalError
 from sfstream.protocol import GapMessage, Message, SchemaMessage, StateMessage
 from sfstream.schema.tracker import SchemaTracker, Tracked
 from sfstream.sinks.base import Sink
-from sfstream.state.base import StateStore
+from sfstream.state.base import Override, StateStore
 from sfstream.streams import StreamSpec
 
 log = structlog.get_logger("sfstream.engine")
@@ -49,6 +53,15 @@ class StreamStats:
     gaps: int = 0
     checkpoint: int | None = None
     checkpoints: int = 0
+    started: bool = False
+    """Whether the stream got its position and was subscribed: it has streamed."""
+    last_event_data: dict[str, Any] | None = None
+    """The `data` of the last event received (the live status computes the lag from it)."""
+
+    @property
+    def last_event_time(self) -> float | None:
+        """When Salesforce says the last event received happened (epoch seconds)."""
+        return None if self.last_event_data is None else event_time_s(self.last_event_data)
 
 
 @dataclass(slots=True)
@@ -142,33 +155,77 @@ class Pipeline:
             return
         positions = await self.positions()
         if self.schemas is not None:
-            self._announced = list(await self.schemas.start(self.specs.values()))
+            self._announced = list(await self.schemas.start(self.specs.values(), positions))
         self._positions = positions
 
     async def positions(self) -> dict[str, int]:
-        """Where each stream resumes: checkpoint, sink high-water mark, or initial replay."""
+        """Where each stream resumes: override, checkpoint, sink high-water mark, or initial
+        replay.
+
+        An operator's override wins over the sink's high-water mark. Its GAP note is written
+        to the sink first; then a replayId or a reset is cleared from the store at once
+        (the stream's checkpoint, or the note in the sink, now says the same), while
+        `earliest` and `latest` stay until the stream's first checkpoint (nothing else would
+        remember them if the run stopped before).
+        """
         ids = [spec.id for spec in self.specs.values()]
         checkpoints = await self.state.load(ids)
+        for stream, found in checkpoints.items():
+            if stream in self.stats:
+                # Known before anything else can fail: a run that never starts still reports it.
+                self.stats[stream].checkpoint = found.replay_id
+        overrides = await self.state.overrides(ids)
         held = await self.sink.high_watermarks(ids)
         ahead: dict[str, int] = {}
         positions: dict[str, int] = {}
         start: dict[str, int | None] = {}
+        notes: list[GapMessage] = []
+        settled: dict[str, int] = {}
+        reset: list[str] = []
         for spec in self.specs.values():
             checkpoint = checkpoints.get(spec.id)
             stored = checkpoint.replay_id if checkpoint is not None else None
             sink_mark = held.get(spec.id)
-            if sink_mark is not None and (stored is None or sink_mark > stored):
+            override = overrides.get(spec.id)
+            if override is not None:
+                stored = _override_checkpoint(override)
+                notes.append(_override_note(override, spec, sink_mark))
+                if override.start is None:
+                    reset.append(spec.id)
+                elif override.start >= 0:
+                    settled[spec.id] = override.start
+            elif sink_mark is not None and (stored is None or sink_mark > stored):
                 ahead[spec.id] = sink_mark
                 stored = sink_mark
             start[spec.id] = stored
             self.stats[spec.id].checkpoint = stored
-            positions[spec.id] = stored if stored is not None else spec.initial_replay
+            positions[spec.id] = stored if stored is not None else _initial(spec, override)
         self.ledger = CheckpointLedger(start)
+        if notes:
+            await self._take_over(notes, settled, reset)
         if ahead:
             # The sink got a batch whose checkpoint never landed: record that it has it.
             log.warning("sink_ahead_of_checkpoint", streams=ahead)
             await self.state.commit(ahead)
         return positions
+
+    async def _take_over(
+        self, notes: list[GapMessage], settled: dict[str, int], reset: list[str]
+    ) -> None:
+        """Write the overrides' GAP notes (durably), then clear what the store can forget."""
+        for note in notes:
+            log.warning(
+                "operator_override",
+                stream=note.stream,
+                reason=note.reason,
+                from_replay_id=note.from_replay_id,
+                to=note.to,
+            )
+        await self.sink.write(notes)
+        for stream in reset:
+            await self.state.reset(stream)  # the GAP note now starts the stream over
+        if settled:
+            await self.state.commit(settled)  # the checkpoint the override already set
 
     async def subscribe_all(
         self, positions: dict[str, int], stop: asyncio.Event | None = None
@@ -184,6 +241,7 @@ class Pipeline:
                     return  # stopped while subscribing: the client is closing
                 raise
             else:
+                self.stats[spec.id].started = True
                 log.info(
                     "stream_started", stream=spec.id, channel=spec.channel, replay_id=replay_from
                 )
@@ -365,6 +423,7 @@ class Pipeline:
             spec, mapper = route
             stats = self.stats[spec.id]
             stats.received += 1
+            stats.last_event_data = item.data
             replay_id = item.replay_id
             if replay_id is not None and not self.ledger.admit(spec.id, replay_id):
                 stats.deduplicated += 1
@@ -488,6 +547,11 @@ class Pipeline:
     def _log_summary(self, *, final: bool) -> None:
         client = self.client.stats
         for stream, stats in self.stats.items():
+            fields: dict[str, Any] = {}
+            if stats.started or stats.checkpoint is not None:
+                # A stream that never started shows its stored checkpoint, if it has one;
+                # "None" would read as if its state were lost.
+                fields["checkpoint"] = stats.checkpoint
             log.info(
                 "stream_summary",
                 stream=stream,
@@ -495,7 +559,8 @@ class Pipeline:
                 emitted=stats.emitted,
                 deduplicated=stats.deduplicated,
                 gaps=stats.gaps,
-                checkpoint=stats.checkpoint,
+                **fields,
+                started=stats.started,
                 final=final,
             )
         log.info(
@@ -507,6 +572,51 @@ class Pipeline:
             backpressure_waits=client.backpressure_waits,
             final=final,
         )
+
+
+def _override_checkpoint(override: Override) -> int | None:
+    """The checkpoint a stream has once the run takes `override` over."""
+    return override.start if override.start is not None and override.start >= 0 else None
+
+
+def _initial(spec: StreamSpec, override: Override | None) -> int:
+    """Where a stream without a position subscribes: the override's policy, or its own."""
+    if override is not None and override.start is not None and override.start < 0:
+        return override.start
+    return spec.initial_replay
+
+
+def _override_note(override: Override, spec: StreamSpec, sink_mark: int | None) -> GapMessage:
+    """The GAP note that tells readers of the sink about an operator's change."""
+    known = [p for p in (override.previous, sink_mark) if p is not None]
+    before = max(known) if known else None
+    target = _override_checkpoint(override)
+    if target is not None:
+        to = str(target)
+        where = f"resumes after replayId {target}"
+    else:
+        policy = _initial(spec, override)
+        to = {-2: "earliest", -1: "latest"}.get(policy, str(policy))
+        where = f"starts from {to}" if policy < 0 else f"resumes after replayId {policy}"
+    reason = "operator_reset" if override.start is None else "operator_set"
+    command = "sfstream state reset" if override.start is None else "sfstream state set"
+    was = f"replayId {before}" if before is not None else "no position"
+    if target is not None and before is not None and target > before:
+        effect = f"events after {before} up to {target} are skipped"
+    elif target is None and to == "latest":
+        effect = "events published before the run and not yet written are skipped"
+    else:
+        effect = (
+            "events already written may be delivered again: deduplicate on (stream, replay_id, key)"
+        )
+    return GapMessage(
+        spec.id,
+        reason,
+        before,
+        to,
+        f"an operator changed the position ({command}, {override.requested_at}): the stream "
+        f"was at {was} and {where}; {effect}",
+    )
 
 
 def _first(group: BaseExceptionGroup[Any]) -> BaseException:

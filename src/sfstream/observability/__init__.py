@@ -1,5 +1,6 @@
-"""Logs, metrics and traces."""
+"""Logs, metrics and traces, and the live status of a run on a terminal."""
 
 from sfstream.observability.logging import RedactSecrets, configure_logging
+from sfstream.observability.status import StatusDisplay, live_status, status_wanted
 
-__all__ = ["RedactSecrets", "configure_logging"]
+__all__ = ["RedactSecrets", "StatusDisplay", "configure_logging", "live_status", "status_wanted"]

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from sfstream.engine.config import load_config
+from sfstream.engine.config import load_config, log_warnings
 from sfstream.errors import SfStreamError
 from sfstream.observability import configure_logging
 from sfstream.runners.connector import new_run_id, start, tune_garbage_collector
@@ -61,6 +61,7 @@ async def run_until(config_path: str, run_id: str, budget_s: float) -> dict[str,
     except SfStreamError as exc:
         return {"run_id": run_id, "ok": False, "error": str(exc)}
     configure_logging(level=config.logging.level, json=True, secrets=config.secret_values())
+    log_warnings(config)
     if budget_s <= 0:
         return {
             "run_id": run_id,

@@ -26,6 +26,7 @@ import structlog
 
 from sfstream.engine.config import Config
 from sfstream.errors import ConfigError, ExitCode, SfStreamError
+from sfstream.observability.status import live_status
 from sfstream.runners.connector import start, tune_garbage_collector
 
 log = structlog.get_logger("sfstream.service")
@@ -108,7 +109,10 @@ async def _run(
         if connector is None:
             log.info("stopped_before_start")
             return ExitCode.OK
-        async with connector:
+        assert connector.pipeline is not None  # `start` returns an open connector
+        # On a terminal with console logs, a live status line per stream under the logs.
+        status = live_status(connector.pipeline.stats, config.logging.format)
+        async with connector, status:
             task = asyncio.create_task(connector.run(stop))
             deadline = asyncio.create_task(
                 _shutdown_deadline(stop, forced, config.runtime.shutdown_timeout_s)
