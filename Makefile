@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --no-warn-script-location -e '.[dev]'
+	@# An editable install leaves src/ uncompiled, and PYTHONDONTWRITEBYTECODE (set on some
+	@# machines) stops Python from caching it: every `sfstream` process would compile it again.
+	$(BIN)/python -m compileall -q src >/dev/null
 	@touch $(STAMP)
 
 # Faye, the independent Bayeux server of tests/interop/test_faye.py, comes from npm.

@@ -7,7 +7,8 @@
 | `SCHEMA` | `stream`, `version`, `schema` (and `diff`): the shape of later records |
 | `GAP` | `stream`, `reason`, `from_replay_id`, `to`: events may be missing here |
 
-Logs never go to stdout. Messages are serialized once, by `encode`, with orjson.
+Logs never go to stdout. Messages are serialized once, by `encode_lines`: records around
+their payload's JSON text as it arrived, everything else with orjson.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+import msgspec
 import orjson
 
 from sfstream.errors import EncodingError
@@ -28,7 +30,12 @@ GAP: Final = "GAP"
 
 @dataclass(slots=True)
 class Record:
-    """One event (or one record of a merged change event) of a stream."""
+    """One event (or one record of a merged change event) of a stream.
+
+    `data` is the event's payload: the JSON text it arrived as (`msgspec.Raw`, written out
+    unchanged; `record_data` decodes it) or, for records built from decoded values, those
+    values.
+    """
 
     stream: str
     key: str | None
@@ -83,27 +90,69 @@ Message = Record | StateMessage | GapMessage | SchemaMessage
 
 def encode(message: Message) -> bytes:
     """One line of output, without the newline."""
-    return orjson.dumps(message)
+    return encode_lines([message])[:-1]
+
+
+def record_data(record: Record) -> Any:
+    """A record's `data` as objects: decoded once here when it is the payload's JSON text
+    (`msgspec.Raw`), for sinks that map fields to columns."""
+    data = record.data
+    return msgspec.json.decode(data) if isinstance(data, msgspec.Raw) else data
 
 
 def encode_lines(messages: Sequence[Message]) -> bytes:
     """Messages as JSON lines, each with its newline: what a sink writes.
+
+    A record whose `data` is the payload's JSON text
+    (`msgspec.Raw`) is assembled around those bytes, copied once into the result: the
+    payload is never encoded again. Keys come in the order of `Record`'s fields, as for every other
+    message.
 
     Raises:
         EncodingError: a message cannot be encoded (a payload nested deeper than the
             encoder allows, say); it names the stream and replayId of the first such one.
     """
     dumps = orjson.dumps
-    option = orjson.OPT_APPEND_NEWLINE
-    try:
-        return b"".join([dumps(message, option=option) for message in messages])
-    except orjson.JSONEncodeError:
-        for message in messages:
-            try:
-                dumps(message)
-            except orjson.JSONEncodeError as exc:
-                raise _unencodable(message, exc) from None
-        raise
+    newline = orjson.OPT_APPEND_NEWLINE
+    parts: list[Any] = []
+    append = parts.append
+    prefixes = _STREAM_PREFIXES
+    emitted: str | None = None
+    suffix = b""
+    for message in messages:
+        try:
+            if type(message) is not Record:
+                append(dumps(message, option=newline))
+                continue
+            stream = message.stream
+            prefix = prefixes.get(stream)
+            if prefix is None:
+                prefix = prefixes.setdefault(stream, b'{"stream":' + dumps(stream) + b',"key":')
+            append(prefix)
+            append(dumps(message.key))
+            append(b',"replay_id":%d,"data":' % message.replay_id)
+            data = message.data
+            append(data if type(data) is msgspec.Raw else dumps(data, default=_fragment))
+            append(b',"meta":')
+            append(dumps(message.meta))
+            if message.emitted_at is not emitted:
+                emitted = message.emitted_at
+                suffix = b',"emitted_at":' + dumps(emitted) + b',"type":"RECORD"}\n'
+            append(suffix)
+        except (orjson.JSONEncodeError, TypeError) as exc:
+            raise _unencodable(message, exc) from None
+    return b"".join(parts)
+
+
+def _fragment(value: Any) -> orjson.Fragment:
+    """JSON text kept as it arrived (`msgspec.Raw`) inside other data, as is."""
+    if isinstance(value, msgspec.Raw):
+        return orjson.Fragment(bytes(value))
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
+_STREAM_PREFIXES: dict[str, bytes] = {}
+"""`{"stream":<id>,"key":` per stream id, the start of each of its RECORD lines."""
 
 
 def _unencodable(message: Message, exc: Exception) -> EncodingError:

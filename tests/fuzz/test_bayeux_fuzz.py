@@ -23,10 +23,12 @@ import contextlib
 import dataclasses
 import math
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import given
@@ -55,6 +57,7 @@ from sfstream.bayeux import (
     SubscriptionLost,
     SubState,
     Unsubscribed,
+    decode,
     parse,
 )
 from sfstream.errors import (
@@ -752,3 +755,94 @@ def test_advice_with_non_finite_or_odd_numbers_is_ignored_or_kept_finite(
     assert reply.advice is not None
     for value in (reply.advice.interval_ms, reply.advice.timeout_ms):
         assert value is None or (isinstance(value, int) and value >= 0)
+
+
+# -- the bytes decoder ------------------------------------------------------------------------
+
+
+def _same_result(raw: bytes) -> None:
+    """`decode(raw)` agrees with `parse(orjson.loads(raw))`, or both refuse it alike."""
+    try:
+        expected = parse(orjson.loads(raw))
+    except (orjson.JSONDecodeError, ProtocolError) as exc:
+        with pytest.raises(type(exc)):
+            decode(raw)
+        return
+    replies, events = decode(raw)
+    assert replies == expected[0]
+    assert len(events) == len(expected[1])
+    for got, want in zip(events, expected[1], strict=True):
+        assert type(got) is type(want)
+        if isinstance(got, MalformedEvent):
+            assert isinstance(want, MalformedEvent)
+            # An integer past 64 bits reads as a float to orjson, as an int here: both refuse it.
+            if {got.value_type, want.value_type} != {"int", "float"}:
+                assert got == want
+            assert got.channel == want.channel
+            continue
+        assert isinstance(want, Event)
+        assert (got.channel, got.replay_id, got.data) == (want.channel, want.replay_id, want.data)
+        assert got.schema_id == want.schema_id
+        assert got.change_header() == want.change_header()
+        for name in ("EventUuid", "createdDate", "type"):
+            assert got.info(name) == want.info(name)
+        # What a record of it would carry is valid JSON on one line, equal to the decoded one.
+        payload = want.data.get("payload")
+        for text, expected_payload in (
+            (got.payload_json(), payload if isinstance(payload, dict) else {}),
+            (got.payload_json(object_only=False), payload),
+        ):
+            line = bytes(text) if isinstance(text, msgspec.Raw) else orjson.dumps(text)
+            assert b"\n" not in line
+            assert orjson.loads(line) == expected_payload
+
+
+def _byte_mutations(choose: Chooser, raw: bytes) -> bytes:
+    """Damage the bytes as a network or a proxy might."""
+    kind = choose.integer(0, 6)
+    if kind == 0 or not raw:
+        return raw
+    at = choose.integer(0, len(raw) - 1)
+    if kind == 1:
+        return raw[:at]  # cut short
+    if kind == 2:
+        return raw[:at] + b"\xff\xfe" + raw[at:]  # invalid UTF-8
+    if kind == 3:
+        return raw.replace(b",", b",\n", 1)  # a line break between tokens
+    if kind == 4:
+        huge = [2**63, 2**63 - 1, 2**64 + 1, -1, 10**30, 0][choose.integer(0, 5)]
+        return re.sub(rb'"replayId":-?[0-9]+', b'"replayId":%d' % huge, raw, count=1)
+    if kind == 5:
+        return raw.replace(b'"payload":', b'"payload":"text","p2":', 1)
+    return raw[:at] + b"\x00" + raw[at:]
+
+
+@fuzz_settings(300)
+@given(data=st.data(), kind=st.sampled_from(list(RequestKind)))
+def test_decode_of_mutated_replies_agrees_with_parse(
+    data: st.DataObject, kind: RequestKind
+) -> None:
+    choose = HypothesisChooser(data)
+    server = Server(choose)
+    message: dict[str, Any] = {"channel": f"/meta/{kind.value}", "id": "7", "clientId": "c1"}
+    if kind is RequestKind.SUBSCRIBE:
+        message.update(subscription=CHANNELS[0], ext={"replay": {CHANNELS[0]: 1_000}})
+    body = mutated_body(choose, server.answer(Request(kind, [message], 0, 5.0), list(CHANNELS)))
+    try:
+        raw = orjson.dumps(body)
+    except (orjson.JSONEncodeError, TypeError):
+        return
+    _same_result(raw)
+    _same_result(_byte_mutations(choose, raw))
+
+
+@fuzz_settings(300)
+@given(body=json_values)
+def test_decode_of_any_json_value_agrees_with_parse(body: Any) -> None:
+    try:
+        raw = orjson.dumps(body)
+    except (orjson.JSONEncodeError, TypeError):
+        return
+    _same_result(raw)
+    _same_result(orjson.dumps([{"channel": "/data/AccountChangeEvent", "data": body}]))
+    _same_result(orjson.dumps([{"channel": "/u/Notes", "data": {"payload": body, "event": {}}}]))

@@ -6,7 +6,16 @@ over HTTP.
 """
 
 from sfstream.bayeux.backoff import Backoff
-from sfstream.bayeux.messages import Advice, Event, MalformedEvent, MetaChannel, Reply, parse
+from sfstream.bayeux.messages import (
+    Advice,
+    ChangeHeader,
+    Event,
+    MalformedEvent,
+    MetaChannel,
+    Reply,
+    decode,
+    parse,
+)
 from sfstream.bayeux.session import Session
 from sfstream.bayeux.types import (
     EARLIEST,
@@ -36,6 +45,7 @@ __all__ = [
     "LATEST",
     "Advice",
     "Backoff",
+    "ChangeHeader",
     "Counters",
     "Event",
     "EventRejected",
@@ -59,5 +69,6 @@ __all__ = [
     "Subscription",
     "SubscriptionLost",
     "Unsubscribed",
+    "decode",
     "parse",
 ]

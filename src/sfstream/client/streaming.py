@@ -49,7 +49,7 @@ from sfstream.bayeux import (
     Step,
     Subscribed,
     SubscriptionLost,
-    parse,
+    decode,
 )
 from sfstream.bayeux.messages import MalformedEvent, Reply
 from sfstream.errors import (
@@ -685,8 +685,7 @@ def _decode(status: int, raw: bytes) -> _Outcome:
     if status >= 500 or status == 429:
         return TransportError(f"HTTP {status} from the CometD endpoint")
     try:
-        decoded = orjson.loads(raw)
-        return parse(decoded)
+        return decode(raw)
     except (orjson.JSONDecodeError, ProtocolError) as exc:
         text = raw[:200].decode("utf-8", "replace")
         if status == 200:

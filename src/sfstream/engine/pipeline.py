@@ -55,13 +55,13 @@ class StreamStats:
     checkpoints: int = 0
     started: bool = False
     """Whether the stream got its position and was subscribed: it has streamed."""
-    last_event_data: dict[str, Any] | None = None
-    """The `data` of the last event received (the live status computes the lag from it)."""
+    last_event: Event | None = None
+    """The last event received (the live status computes the lag from it)."""
 
     @property
     def last_event_time(self) -> float | None:
         """When Salesforce says the last event received happened (epoch seconds)."""
-        return None if self.last_event_data is None else event_time_s(self.last_event_data)
+        return None if self.last_event is None else event_time_s(self.last_event.data)
 
 
 @dataclass(slots=True)
@@ -370,7 +370,7 @@ class Pipeline:
                 route = self._route(item)
                 if route is not None:
                     cached = cache.get(route[0].id)
-                    if cached is not None and cached[0] == item.data.get("schema"):
+                    if cached is not None and cached[0] == item.schema_id:
                         tracked = cached[1]  # the common case: the schema seen last
                     else:
                         tracked = await self._track_schema(item)
@@ -389,7 +389,7 @@ class Pipeline:
         if route is None:
             return None
         spec = route[0]
-        schema_id = event.data.get("schema")
+        schema_id = event.schema_id
         cached = self._schema_cache.get(spec.id)
         if cached is not None and cached[0] == schema_id:
             return cached[1]
@@ -423,7 +423,7 @@ class Pipeline:
             spec, mapper = route
             stats = self.stats[spec.id]
             stats.received += 1
-            stats.last_event_data = item.data
+            stats.last_event = item
             replay_id = item.replay_id
             if replay_id is not None and not self.ledger.admit(spec.id, replay_id):
                 stats.deduplicated += 1

@@ -22,8 +22,10 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
+from msgspec import UNSET, DecodeError, ValidationError
 
-from sfstream.bayeux import Event
+from sfstream.bayeux import ChangeHeader, Event
+from sfstream.bayeux.messages import decode_change_header as decode_header
 from sfstream.protocol import Record
 from sfstream.streams import ChannelKind, StreamSpec
 
@@ -33,31 +35,42 @@ Mapper = Callable[[Event, str], list[Record]]
 
 
 def mapper_for(spec: StreamSpec, run_id: str) -> Mapper:
-    """The function that turns this stream's events into records."""
+    """The function that turns this stream's events into records.
+
+    A record's `data` is the event's payload as the JSON text it arrived as (a
+    `msgspec.Raw`, written out unchanged): only the fields that make the key and `meta` are
+    read from an event.
+    """
     stream = spec.id
     channel = spec.channel
     if spec.kind.is_cdc:
 
         def change_records(event: Event, now: str) -> list[Record]:
-            data = event.data
-            payload = data.get("payload")
-            if not isinstance(payload, dict):
-                payload = {}
-            header = payload.get("ChangeEventHeader")
-            if not isinstance(header, dict):
-                header = {}
-            change_type = header.get("changeType")
-            ids = header.get("recordIds")
+            body = event.body
+            header: ChangeHeader | None = None
+            if body is not None and body.payload is not UNSET:
+                # The hot path: the header alone is decoded; the payload stays as it came.
+                try:
+                    header = decode_header(body.payload).ChangeEventHeader
+                    payload: Any = body.payload  # decoded as an object: it is one
+                except (ValidationError, DecodeError):
+                    header = None
+            if header is None:
+                header = event.change_header()
+                payload = event.payload_json()
+            change_type = header.changeType
+            ids = header.recordIds
             keys: list[Any] = ids if isinstance(ids, list) and ids else [None]
+            schema_id = body.schema if body is not None else event.schema_id
             meta = {
                 "channel": channel,
-                "schema_id": data.get("schema"),
-                "entity": header.get("entityName"),
+                "schema_id": schema_id if type(schema_id) is str else None,
+                "entity": header.entityName,
                 "change_type": change_type,
-                "commit_timestamp": header.get("commitTimestamp"),
-                "transaction_key": header.get("transactionKey"),
-                "sequence_number": header.get("sequenceNumber"),
-                "gap": isinstance(change_type, str) and change_type.startswith("GAP_"),
+                "commit_timestamp": header.commitTimestamp,
+                "transaction_key": header.transactionKey,
+                "sequence_number": header.sequenceNumber,
+                "gap": type(change_type) is str and change_type.startswith("GAP_"),
                 "run_id": run_id,
             }
             replay_id = event.replay_id if event.replay_id is not None else 0
@@ -72,30 +85,25 @@ def mapper_for(spec: StreamSpec, run_id: str) -> Mapper:
     if spec.kind is ChannelKind.PUSH_TOPIC:
 
         def topic_records(event: Event, now: str) -> list[Record]:
-            data = event.data
-            sobject = data.get("sobject")
-            if not isinstance(sobject, dict):
-                sobject = {}
-            info = data.get("event")
-            info = info if isinstance(info, dict) else {}
+            sobject = event.sobject_json()
+            found, record_id = event.member_field("sobject", "Id")
             meta = {
                 "channel": channel,
-                "event_type": info.get("type"),
-                "created_date": info.get("createdDate"),
+                "event_type": event.info("type"),
+                "created_date": event.info("createdDate"),
                 "run_id": run_id,
             }
             replay_id = event.replay_id if event.replay_id is not None else 0
-            return [Record(stream, _key(sobject.get("Id")), replay_id, sobject, meta, now)]
+            key = _key(record_id) if found else None
+            return [Record(stream, key, replay_id, sobject, meta, now)]
 
         return topic_records
 
     def generic_records(event: Event, now: str) -> list[Record]:
-        data = event.data
-        info = data.get("event")
-        info = info if isinstance(info, dict) else {}
-        meta = {"channel": channel, "created_date": info.get("createdDate"), "run_id": run_id}
+        meta = {"channel": channel, "created_date": event.info("createdDate"), "run_id": run_id}
         replay_id = event.replay_id if event.replay_id is not None else 0
-        return [Record(stream, None, replay_id, {"payload": data.get("payload")}, meta, now)]
+        payload = event.payload_json(object_only=False)
+        return [Record(stream, None, replay_id, {"payload": payload}, meta, now)]
 
     return generic_records
 
@@ -109,14 +117,12 @@ def _event_mapper(spec: StreamSpec, run_id: str) -> Mapper:
 
     def event_records(event: Event, now: str) -> list[Record]:
         nonlocal missing_reported
-        data = event.data
-        payload = data.get("payload")
-        if not isinstance(payload, dict):
-            payload = {}
-        info = data.get("event")
-        uuid = info.get("EventUuid") if isinstance(info, dict) else None
-        key = payload.get(key_field) if key_field else uuid
-        if key is None and key_field and not missing_reported and key_field not in payload:
+        uuid = event.info("EventUuid")
+        if key_field:
+            present, key = event.payload_field(key_field)
+        else:
+            present, key = True, uuid
+        if not present and not missing_reported:
             missing_reported = True
             log.warning(
                 "key_field_missing",
@@ -129,17 +135,18 @@ def _event_mapper(spec: StreamSpec, run_id: str) -> Mapper:
             )
         meta = {
             "channel": channel,
-            "schema_id": data.get("schema"),
+            "schema_id": event.schema_id,
             "event_uuid": uuid,
             "run_id": run_id,
         }
         replay_id = event.replay_id if event.replay_id is not None else 0
+        payload = event.payload_json()
         return [Record(stream, _key(key), replay_id, payload, meta, now)]
 
     return event_records
 
 
 def _key(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value if isinstance(value, str) else str(value)
+    if value is None or type(value) is str:
+        return value
+    return str(value)

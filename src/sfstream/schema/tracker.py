@@ -304,23 +304,23 @@ class SchemaTracker:
 
     def lookup(self, spec: StreamSpec, event: Event) -> Tracked | None:
         """The subject and version of an event already known (None: `observe` it first)."""
-        schema_id = event.data.get("schema")
-        if isinstance(schema_id, str):
+        schema_id = event.schema_id
+        if schema_id is not None:
             return self._by_schema_id.get((spec.id, schema_id))
         return self._static.get(spec.id)
 
     def needs_observe(self, spec: StreamSpec, event: Event) -> bool:
-        schema_id = event.data.get("schema")
+        schema_id = event.schema_id
         return (
-            isinstance(schema_id, str)
+            schema_id is not None
             and (spec.id, schema_id) not in self._by_schema_id
             and (spec.id, schema_id) not in self._failed
         )
 
     async def observe(self, spec: StreamSpec, event: Event) -> None:
         """Learn (derive and register) the schema an event names."""
-        schema_id = event.data.get("schema")
-        assert isinstance(schema_id, str)
+        schema_id = event.schema_id
+        assert schema_id is not None
         pending = self._pending.pop((spec.id, schema_id), None)
         if pending is not None:
             # The stream's current schema, derived at start: it is registered only now, so

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Final, TypeVar
@@ -116,3 +117,10 @@ async def run_blocking(
         if inline:
             return function()
         return await asyncio.to_thread(function)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of `data` (a single `os.write` writes at most about 2 GiB)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

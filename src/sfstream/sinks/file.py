@@ -41,7 +41,7 @@ import structlog
 
 from sfstream.errors import StorageError
 from sfstream.protocol import Message, encode_lines
-from sfstream.sinks._io import run_blocking, translate_os_errors
+from sfstream.sinks._io import run_blocking, translate_os_errors, write_all
 from sfstream.sinks._jsonl import (
     DEFAULT_BLOCK_BYTES,
     ReverseLines,
@@ -239,7 +239,7 @@ class FileSink:
             fd = self._ensure_open()
             size = os.fstat(fd).st_size
             try:
-                _write_all(fd, data)
+                write_all(fd, data)
                 os.fsync(fd)
             except OSError:
                 self._undo(fd, size)
@@ -275,14 +275,6 @@ class FileSink:
             self._state = "closed"
             if fd is not None:
                 os.close(fd)  # releases the lock too
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Write every byte of `data` (a single `os.write` writes at most about 2 GiB)."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def _fsync_directory(directory: Path) -> None:
