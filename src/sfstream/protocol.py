@@ -7,14 +7,13 @@
 | `SCHEMA` | `stream`, `version`, `schema` (and `diff`): the shape of later records |
 | `GAP` | `stream`, `reason`, `from_replay_id`, `to`: events may be missing here |
 
-Logs never go to stdout. Messages are serialized once, by `encode_lines`: records around
-their payload's JSON text as it arrived, everything else with orjson.
+Logs never go to stdout. Messages are serialized once, by `encode_lines` (msgspec): a
+record around its payload's JSON text as it arrived.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import msgspec
@@ -28,8 +27,7 @@ SCHEMA: Final = "SCHEMA"
 GAP: Final = "GAP"
 
 
-@dataclass(slots=True)
-class Record:
+class Record(msgspec.Struct, gc=False):
     """One event (or one record of a merged change event) of a stream.
 
     `data` is the event's payload: the JSON text it arrived as (`msgspec.Raw`, written out
@@ -46,8 +44,7 @@ class Record:
     type: Literal["RECORD"] = "RECORD"
 
 
-@dataclass(slots=True)
-class StateMessage:
+class StateMessage(msgspec.Struct, gc=False):
     """The stream is written up to `replay_id`."""
 
     stream: str
@@ -55,8 +52,7 @@ class StateMessage:
     type: Literal["STATE"] = "STATE"
 
 
-@dataclass(slots=True)
-class GapMessage:
+class GapMessage(msgspec.Struct, gc=False):
     """Events of `stream` may be missing between `from_replay_id` and the next record."""
 
     stream: str
@@ -67,8 +63,7 @@ class GapMessage:
     type: Literal["GAP"] = "GAP"
 
 
-@dataclass(slots=True)
-class SchemaMessage:
+class SchemaMessage(msgspec.Struct):
     """The schema the following records of `stream` (with this `schema_version`) follow.
 
     `subject` is the stream id, or `<stream id>.<entity>` for streams that carry several
@@ -79,7 +74,7 @@ class SchemaMessage:
     subject: str
     version: int
     schema: dict[str, Any]
-    diff: list[dict[str, Any]] = field(default_factory=list)
+    diff: list[dict[str, Any]] = msgspec.field(default_factory=list)
     breaking: bool = False
     schema_id: str | None = None
     type: Literal["SCHEMA"] = "SCHEMA"
@@ -103,56 +98,26 @@ def record_data(record: Record) -> Any:
 def encode_lines(messages: Sequence[Message]) -> bytes:
     """Messages as JSON lines, each with its newline: what a sink writes.
 
-    A record whose `data` is the payload's JSON text
-    (`msgspec.Raw`) is assembled around those bytes, copied once into the result: the
-    payload is never encoded again. Keys come in the order of `Record`'s fields, as for every other
-    message.
+    One call encodes the whole batch (msgspec). A record whose `data` is the payload's JSON
+    text (`msgspec.Raw`) gets those bytes copied in as they are: the payload is never
+    encoded again. Keys come in the order of each message's fields.
 
     Raises:
         EncodingError: a message cannot be encoded (a payload nested deeper than the
             encoder allows, say); it names the stream and replayId of the first such one.
     """
-    dumps = orjson.dumps
-    newline = orjson.OPT_APPEND_NEWLINE
-    parts: list[Any] = []
-    append = parts.append
-    prefixes = _STREAM_PREFIXES
-    emitted: str | None = None
-    suffix = b""
-    for message in messages:
-        try:
-            if type(message) is not Record:
-                append(dumps(message, option=newline))
-                continue
-            stream = message.stream
-            prefix = prefixes.get(stream)
-            if prefix is None:
-                prefix = prefixes.setdefault(stream, b'{"stream":' + dumps(stream) + b',"key":')
-            append(prefix)
-            append(dumps(message.key))
-            append(b',"replay_id":%d,"data":' % message.replay_id)
-            data = message.data
-            append(data if type(data) is msgspec.Raw else dumps(data, default=_fragment))
-            append(b',"meta":')
-            append(dumps(message.meta))
-            if message.emitted_at is not emitted:
-                emitted = message.emitted_at
-                suffix = b',"emitted_at":' + dumps(emitted) + b',"type":"RECORD"}\n'
-            append(suffix)
-        except (orjson.JSONEncodeError, TypeError) as exc:
-            raise _unencodable(message, exc) from None
-    return b"".join(parts)
+    try:
+        return _ENCODER.encode_lines(messages)
+    except (msgspec.EncodeError, TypeError, ValueError, RecursionError):
+        for message in messages:
+            try:
+                _ENCODER.encode(message)
+            except (msgspec.EncodeError, TypeError, ValueError, RecursionError) as exc:
+                raise _unencodable(message, exc) from None
+        raise
 
 
-def _fragment(value: Any) -> orjson.Fragment:
-    """JSON text kept as it arrived (`msgspec.Raw`) inside other data, as is."""
-    if isinstance(value, msgspec.Raw):
-        return orjson.Fragment(bytes(value))
-    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
-
-
-_STREAM_PREFIXES: dict[str, bytes] = {}
-"""`{"stream":<id>,"key":` per stream id, the start of each of its RECORD lines."""
+_ENCODER: Final = msgspec.json.Encoder()
 
 
 def _unencodable(message: Message, exc: Exception) -> EncodingError:

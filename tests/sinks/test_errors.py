@@ -73,7 +73,7 @@ async def test_an_event_that_cannot_be_encoded_is_a_classified_error(
     from sfstream.sinks import FileSink, StdoutSink
 
     good = Record("sf.event.account_changes", "001", 7, {"Name": "a"}, {}, "now")
-    deep = Record("sf.event.account_changes", "001", 8, _nested(300), {}, "now")
+    deep = Record("sf.event.account_changes", "001", 8, _nested(5000), {}, "now")
     sink = FileSink(tmp_path / "out.jsonl") if sink_type == "file" else StdoutSink()
     try:
         with pytest.raises(EncodingError) as raised:

@@ -139,8 +139,36 @@ class _ChangePayload(msgspec.Struct, gc=False):
 
 _EMPTY_HEADER: Final = ChangeHeader()
 _CHANGE_PAYLOAD: Final = msgspec.json.Decoder(_ChangePayload)
-decode_change_header: Final = _CHANGE_PAYLOAD.decode
-"""Decode a change event payload's `ChangeEventHeader` alone (`.ChangeEventHeader`)."""
+_CHANGE_HEADER: Final = msgspec.json.Decoder(ChangeHeader)
+_HEADER_FIRST: Final = b'{"ChangeEventHeader":'
+_HEADER_WINDOW: Final = 4096
+
+
+def change_header_of(payload: msgspec.Raw) -> ChangeHeader | None:
+    """The `ChangeEventHeader` of a change event payload (JSON text), decoding as little of
+    the payload as it can; None when the payload is not an object.
+
+    Salesforce writes the header first, and its members are strings, numbers and lists of
+    strings: the header's object then ends at the first `}` after its start. That slice is
+    decoded alone; if it is not the whole header (a `}` inside a string, a nested object),
+    it is not valid JSON, and the whole payload is decoded instead.
+    """
+    view = memoryview(payload)
+    head = bytes(view[:_HEADER_WINDOW])
+    if head.startswith(_HEADER_FIRST):
+        end = head.find(b"}", len(_HEADER_FIRST))
+        if end > 0:
+            try:
+                return _CHANGE_HEADER.decode(view[len(_HEADER_FIRST) : end + 1])
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                pass
+    try:
+        header = _CHANGE_PAYLOAD.decode(payload).ChangeEventHeader
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    return header if header is not None else _EMPTY_HEADER
+
+
 _FIELD_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {}
 _EMPTY_OBJECT: Final = msgspec.Raw(b"{}")
 _OPEN_BRACE: Final = ord("{")
@@ -228,12 +256,9 @@ class Event(msgspec.Struct, gc=False):
         """`data.payload.ChangeEventHeader`: the fields that key and describe the change."""
         body = self.body
         if body is not None and body.payload is not _UNSET:
-            try:
-                header = _CHANGE_PAYLOAD.decode(body.payload).ChangeEventHeader
-            except (msgspec.ValidationError, msgspec.DecodeError):
-                pass  # not the usual shape: read it from the decoded data below
-            else:
-                return header if header is not None else _EMPTY_HEADER
+            header = change_header_of(body.payload)
+            if header is not None:
+                return header
         payload = self.data.get("payload")
         found = payload.get("ChangeEventHeader") if isinstance(payload, dict) else None
         if not isinstance(found, dict):

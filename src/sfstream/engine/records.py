@@ -22,10 +22,10 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from msgspec import UNSET, DecodeError, ValidationError
+from msgspec import UNSET
 
 from sfstream.bayeux import ChangeHeader, Event
-from sfstream.bayeux.messages import decode_change_header as decode_header
+from sfstream.bayeux.messages import change_header_of
 from sfstream.protocol import Record
 from sfstream.streams import ChannelKind, StreamSpec
 
@@ -50,11 +50,8 @@ def mapper_for(spec: StreamSpec, run_id: str) -> Mapper:
             header: ChangeHeader | None = None
             if body is not None and body.payload is not UNSET:
                 # The hot path: the header alone is decoded; the payload stays as it came.
-                try:
-                    header = decode_header(body.payload).ChangeEventHeader
-                    payload: Any = body.payload  # decoded as an object: it is one
-                except (ValidationError, DecodeError):
-                    header = None
+                header = change_header_of(body.payload)
+                payload: Any = body.payload  # a header was found: it is an object
             if header is None:
                 header = event.change_header()
                 payload = event.payload_json()

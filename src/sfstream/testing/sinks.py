@@ -20,10 +20,11 @@ not on `close`.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, Protocol
+
+import msgspec
 
 from sfstream.errors import StorageError
 from sfstream.protocol import (
@@ -87,12 +88,9 @@ def _streams(check: str, *names: str) -> list[str]:
 
 
 def _expected(messages: Sequence[Message]) -> list[dict[str, Any]]:
-    # Every field by name, values as given (they are JSON values already); shallow, unlike
-    # `dataclasses.asdict`, which would deep-copy multi-megabyte payloads.
-    return [
-        {field.name: getattr(message, field.name) for field in dataclasses.fields(message)}
-        for message in messages
-    ]
+    # Every field by name, values as given (they are JSON values already); shallow, so that
+    # multi-megabyte payloads are not copied.
+    return [msgspec.structs.asdict(message) for message in messages]
 
 
 @asynccontextmanager
