@@ -36,7 +36,7 @@ HEADER = {
     "payload",
     [
         {"ChangeEventHeader": HEADER, "Name": "Acme"},
-        # A `}` inside a string of the header: the quick slice is not the header.
+        # A `}` inside a string of the header.
         {"ChangeEventHeader": {**HEADER, "changeOrigin": "client=a}b"}, "Name": "x"},
         # A nested object in the header (not Salesforce's shape, decoded all the same).
         {"ChangeEventHeader": {**HEADER, "extra": {"a": 1}}, "Name": "x"},

@@ -139,29 +139,11 @@ class _ChangePayload(msgspec.Struct, gc=False):
 
 _EMPTY_HEADER: Final = ChangeHeader()
 _CHANGE_PAYLOAD: Final = msgspec.json.Decoder(_ChangePayload)
-_CHANGE_HEADER: Final = msgspec.json.Decoder(ChangeHeader)
-_HEADER_FIRST: Final = b'{"ChangeEventHeader":'
-_HEADER_WINDOW: Final = 4096
 
 
 def change_header_of(payload: msgspec.Raw) -> ChangeHeader | None:
-    """The `ChangeEventHeader` of a change event payload (JSON text), decoding as little of
-    the payload as it can; None when the payload is not an object.
-
-    Salesforce writes the header first, and its members are strings, numbers and lists of
-    strings: the header's object then ends at the first `}` after its start. That slice is
-    decoded alone; if it is not the whole header (a `}` inside a string, a nested object),
-    it is not valid JSON, and the whole payload is decoded instead.
-    """
-    view = memoryview(payload)
-    head = bytes(view[:_HEADER_WINDOW])
-    if head.startswith(_HEADER_FIRST):
-        end = head.find(b"}", len(_HEADER_FIRST))
-        if end > 0:
-            try:
-                return _CHANGE_HEADER.decode(view[len(_HEADER_FIRST) : end + 1])
-            except (msgspec.ValidationError, msgspec.DecodeError):
-                pass
+    """The `ChangeEventHeader` of a change event payload (JSON text), its other members
+    skipped, not decoded; None when the payload is not an object."""
     try:
         header = _CHANGE_PAYLOAD.decode(payload).ChangeEventHeader
     except (msgspec.ValidationError, msgspec.DecodeError):

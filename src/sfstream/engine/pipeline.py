@@ -364,17 +364,22 @@ class Pipeline:
         max_records = self.settings.max_records
         tracking = self.schemas is not None
         cache = self._schema_cache
+        mappers = self._mappers
         for item in items:
+            if type(item) is not Event:
+                self._take(item, now)  # a Gap or a lost subscription
+                continue
+            route = mappers.get(item.channel) or self._route(item)
+            if route is None:
+                continue
             tracked = None
-            if tracking and isinstance(item, Event):
-                route = self._route(item)
-                if route is not None:
-                    cached = cache.get(route[0].id)
-                    if cached is not None and cached[0] == item.schema_id:
-                        tracked = cached[1]  # the common case: the schema seen last
-                    else:
-                        tracked = await self._track_schema(item)
-            self._take(item, now, tracked)
+            if tracking:
+                cached = cache.get(route[0].id)
+                if cached is not None and cached[0] == item.schema_id:
+                    tracked = cached[1]  # the common case: the schema seen last
+                else:
+                    tracked = await self._track_schema(item)
+            self._take_event(item, route, now, tracked)
             if self._batch.records >= max_records:
                 await self._hand_over(self._flush())
 
@@ -418,28 +423,8 @@ class Pipeline:
     def _take(self, item: StreamItem, now: str, tracked: Tracked | None = None) -> None:
         if isinstance(item, Event):
             route = self._route(item)
-            if route is None:
-                return
-            spec, mapper = route
-            stats = self.stats[spec.id]
-            stats.received += 1
-            stats.last_event = item
-            replay_id = item.replay_id
-            if replay_id is not None and not self.ledger.admit(spec.id, replay_id):
-                stats.deduplicated += 1
-                return
-            batch = self._batch
-            if not batch.messages:
-                batch.started = self._clock()
-            records = mapper(item, now)
-            if tracked is not None:
-                meta = records[0].meta
-                meta["schema_version"] = tracked.version
-                if tracked.subject != spec.id:
-                    meta["schema_subject"] = tracked.subject
-            batch.messages.extend(records)
-            batch.records += len(records)
-            stats.emitted += len(records)
+            if route is not None:
+                self._take_event(item, route, now, tracked)
         elif isinstance(item, Gap):
             spec = self.specs[item.channel]
             self.stats[spec.id].gaps += 1
@@ -463,6 +448,31 @@ class Pipeline:
             )
         elif isinstance(item, SubscriptionLost):
             self._subscription_lost(item)
+
+    def _take_event(
+        self, event: Event, route: tuple[StreamSpec, Mapper], now: str, tracked: Tracked | None
+    ) -> None:
+        spec, mapper = route
+        stats = self.stats[spec.id]
+        stats.received += 1
+        stats.last_event = event
+        replay_id = event.replay_id
+        if replay_id is not None and not self.ledger.admit(spec.id, replay_id):
+            stats.deduplicated += 1
+            return
+        batch = self._batch
+        if not batch.messages:
+            batch.started = self._clock()
+        records = mapper(event, now)
+        if tracked is not None:
+            meta = records[0].meta  # shared by the records of one event
+            meta["schema_version"] = tracked.version
+            if tracked.subject != spec.id:
+                meta["schema_subject"] = tracked.subject
+        batch.messages.extend(records)
+        count = len(records)
+        batch.records += count
+        stats.emitted += count
 
     def _flush(self) -> _Batch:
         """Seal the open batch: its STATE messages say what it reaches; start a new one."""
