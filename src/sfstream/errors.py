@@ -201,7 +201,8 @@ class StorageError(TerminalError):
     """A state store or sink refused an operation (permissions, corruption, full disk)."""
 
 
-_CODE: Final = re.compile(r"^\s*(\d{3})\s*:")
+_CODE: Final = r"^\s*(\d{3})\s*:"
+"""Compiled on first use (by `re`, which keeps it): only failures need it."""
 # Exact or leading texts of Salesforce's Streaming API errors, most specific first.
 _TABLE: Final[tuple[tuple[str, type[SfStreamError]], ...]] = (
     ("401::Authentication invalid", AuthExpiredError),
@@ -229,7 +230,7 @@ _TABLE: Final[tuple[tuple[str, type[SfStreamError]], ...]] = (
 
 def error_code(text: str) -> int | None:
     """The numeric code of a Bayeux error string (`"403::Unknown client"` -> 403)."""
-    match = _CODE.match(text)
+    match = re.match(_CODE, text)
     return int(match.group(1)) if match else None
 
 

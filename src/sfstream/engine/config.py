@@ -20,7 +20,6 @@ which the caller logs once logging is set up (`log_warnings`).
 from __future__ import annotations
 
 import asyncio
-import difflib
 import os
 import re
 import types
@@ -70,7 +69,7 @@ BreakingChange = Literal["warn", "fail"]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -620,7 +619,8 @@ _SECRET_FIELDS: Final = (
 )
 """Fields that hold secrets: their values are never shown, and one written inline in the
 file is warned about."""
-_LIBPQ_PASSWORD: Final = re.compile(r"(?i)(?:^|\s)password\s*=\s*\S")
+_LIBPQ_PASSWORD: Final = r"(?i)(?:^|\s)password\s*=\s*\S"  # noqa: S105 - a pattern
+"""Compiled on first use (by `re`): only a PostgreSQL DSN is searched."""
 
 
 def _inline_secrets(raw: Mapping[str, Any], sources: _Sources) -> tuple[ConfigWarning, ...]:
@@ -659,7 +659,7 @@ def _dsn_has_password(dsn: str) -> bool:
             return bool(urllib.parse.urlsplit(dsn.strip()).password)
         except ValueError:
             return False
-    return _LIBPQ_PASSWORD.search(dsn) is not None
+    return re.search(_LIBPQ_PASSWORD, dsn) is not None
 
 
 @dataclass
@@ -885,6 +885,8 @@ def _list_item_model(info: FieldInfo) -> type[BaseModel] | None:
 
 
 def _suggestion(key: str, model: type[BaseModel]) -> str:
+    import difflib  # only for an unknown key
+
     names = list(model.model_fields)
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
     if close:

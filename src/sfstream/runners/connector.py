@@ -58,8 +58,14 @@ def tune_garbage_collector() -> None:
     the default thresholds the collector rescans the long-lived heap (modules, config,
     caches) thousands of times a second. Freezing what exists at start-up and collecting the
     young generation less often cut CPU per event by about 16% in bench/throughput.py.
+
+    The first call collects the young generations only: the old one holds what the imports
+    left (a few dozen unreachable objects, frozen with the rest), and a full collection of
+    it took about 50 ms of every cold start (bench/footprint.py). A later call (the next
+    invocation of a warm AWS Lambda function) collects everything first, so that the
+    previous run's garbage is not frozen.
     """
-    gc.collect()
+    gc.collect(2 if gc.get_freeze_count() else 1)
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     _keep_freed_heap()

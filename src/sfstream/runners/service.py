@@ -20,14 +20,18 @@ import os
 import signal
 import sys
 import threading
-from typing import Final
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Final
 
 import structlog
 
 from sfstream.engine.config import Config
 from sfstream.errors import ConfigError, ExitCode, SfStreamError
-from sfstream.observability.status import live_status
 from sfstream.runners.connector import start, tune_garbage_collector
+
+if TYPE_CHECKING:
+    from sfstream.observability.status import StreamCounters
 
 log = structlog.get_logger("sfstream.service")
 
@@ -111,7 +115,7 @@ async def _run(
             return ExitCode.OK
         assert connector.pipeline is not None  # `start` returns an open connector
         # On a terminal with console logs, a live status line per stream under the logs.
-        status = live_status(connector.pipeline.stats, config.logging.format)
+        status = _live_status(connector.pipeline.stats, config.logging.format)
         async with connector, status:
             task = asyncio.create_task(connector.run(stop))
             deadline = asyncio.create_task(
@@ -154,6 +158,22 @@ async def _run(
         return ExitCode.FAILURE
     log.info("run_stopped")
     return ExitCode.OK
+
+
+def _live_status(
+    streams: Mapping[str, StreamCounters], log_format: str
+) -> AbstractAsyncContextManager[object]:
+    """`sfstream.observability.status.live_status`, imported only when stderr is a terminal
+    and logs are not JSON: a run in a container or a function never loads it."""
+    try:
+        terminal = log_format != "json" and sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError, OSError):
+        terminal = False
+    if not terminal:
+        return contextlib.nullcontext()
+    from sfstream.observability.status import live_status
+
+    return live_status(streams, log_format)
 
 
 async def _shutdown_deadline(stop: asyncio.Event, forced: asyncio.Event, timeout_s: float) -> None:

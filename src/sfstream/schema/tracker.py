@@ -48,7 +48,8 @@ from sfstream.streams import ChannelKind, StreamSpec, snake
 
 log = structlog.get_logger("sfstream.schema")
 _RETRIES: Final = 3
-_SELECT: Final = re.compile(r"^\s*select\s+(.+?)\s+from\s+(\w+)", re.IGNORECASE | re.DOTALL)
+_SELECT: Final = r"(?is)^\s*select\s+(.+?)\s+from\s+(\w+)"
+"""A PushTopic's query (compiled on first use, by `re`: only PushTopic streams need it)."""
 
 BreakingPolicy = Literal["warn", "fail"]
 _T = TypeVar("_T")
@@ -169,7 +170,7 @@ async def _topic_model(spec: StreamSpec, rest: RestClient) -> RecordModel:
     )
     if not found:
         raise TerminalError(f"PushTopic {name} does not exist", channel=spec.channel)
-    match = _SELECT.match(str(found[0].get("Query", "")))
+    match = re.match(_SELECT, str(found[0].get("Query", "")))
     if match is None:
         raise TerminalError(
             f"PushTopic {name} has a query sfstream cannot read", channel=spec.channel

@@ -212,8 +212,9 @@ def _line_name(raw: str) -> str:
 # -- writing ---------------------------------------------------------------------------------
 
 _QUOTES = "'\""
-_INDENT = re.compile(r"\{[ \t]*(?:\r\n|\r|\n)([ \t]+)\S")
-_SPACED_COLON = re.compile(r"\"\s*:\s")
+# Compiled on first use (by `re`, which keeps them): only writing a secret needs them.
+_INDENT = r"\{[ \t]*(?:\r\n|\r|\n)([ \t]+)\S"
+_SPACED_COLON = r"\"\s*:\s"
 
 
 def _json_with(text: str, name: str, value: str) -> str:
@@ -222,10 +223,10 @@ def _json_with(text: str, name: str, value: str) -> str:
     data[name] = value
     leading = text[: len(text) - len(text.lstrip())]
     trailing = text[len(text.rstrip()) :]
-    indent = _INDENT.search(text)
+    indent = re.search(_INDENT, text)
     if indent is not None:
         body = json.dumps(data, ensure_ascii=False, indent=indent.group(1))
-    elif _SPACED_COLON.search(text):
+    elif re.search(_SPACED_COLON, text):
         body = json.dumps(data, ensure_ascii=False)
     else:
         body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))

@@ -7,12 +7,26 @@
 `sfstream.runners.wiring.open_state(config)` builds the configured one. Every backend passes
 `sfstream.testing.state.check_state_store`. Besides checkpoints, a store keeps operators'
 pending positions (`Override`) and the run lock (`StateStore.owner`); see
-`sfstream.state.base`.
+`sfstream.state.base`. The backends are imported on first use: a run loads only the one it
+is configured with.
 """
 
+import typing
+
+from sfstream import _lazy
 from sfstream.state.base import Checkpoint, Override, StateStore, StreamOwnedError
-from sfstream.state.postgres import PostgresStateStore
-from sfstream.state.sqlite import SqliteStateStore
+
+if typing.TYPE_CHECKING:
+    from sfstream.state.postgres import PostgresStateStore
+    from sfstream.state.sqlite import SqliteStateStore
+else:
+    __getattr__, __dir__ = _lazy.exports(
+        __name__,
+        {
+            "PostgresStateStore": "sfstream.state.postgres",
+            "SqliteStateStore": "sfstream.state.sqlite",
+        },
+    )
 
 __all__ = [
     "Checkpoint",
