@@ -21,9 +21,10 @@ on the channel name only.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, Literal
+
+import msgspec
 
 from sfstream.bayeux.types import LATEST, ReplayPolicy
 from sfstream.errors import ConfigError
@@ -54,8 +55,7 @@ class ChannelKind(StrEnum):
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelInfo:
+class ChannelInfo(msgspec.Struct, frozen=True):
     """A parsed channel name.
 
     Attributes:
@@ -165,8 +165,7 @@ def check_stream_id(value: str) -> str:
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class StreamSpec:
+class StreamSpec(msgspec.Struct, frozen=True):
     """One stream the connector runs."""
 
     id: str

@@ -220,6 +220,30 @@ def test_a_refresh_token_in_the_response_is_kept_hidden() -> None:
     )
 
 
+def test_an_access_token_is_shown_and_compared_without_its_refresh_token() -> None:
+    token = AccessToken(SecretStr("t"), "https://x.my", refresh_token=SecretStr("5Aep.one"))
+    rotated = AccessToken(SecretStr("t"), "https://x.my", refresh_token=SecretStr("5Aep.two"))
+    assert repr(token) == (
+        "AccessToken(value=SecretStr('**********'), instance_url='https://x.my', "
+        "token_type='Bearer', issued_at_ms=None, identity_url=None)"
+    )
+    assert token == rotated
+    assert hash(token) == hash(rotated)
+    assert token != AccessToken(SecretStr("u"), "https://x.my")
+    assert token != AccessToken(SecretStr("t"), "https://x.my", issued_at_ms=1)
+
+
+def test_token_requests_and_responses_show_no_secret() -> None:
+    request = next(token_flow(creds()))
+    assert repr(request) == (
+        "TokenRequest(url='https://login.salesforce.com/services/oauth2/token')"
+    )
+    response = TokenResponse(200, orjson.dumps({"access_token": "00Dxx!AQ.tok"}))
+    assert repr(response) == "TokenResponse(status=200)"
+    assert repr(creds()).count("SecretStr('**********')") == 2
+    assert SECRET not in repr(creds())
+
+
 def emulator_creds(emu: Emulator) -> OAuthCredentials:
     c = emu.credentials
     return creds(

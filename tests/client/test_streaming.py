@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import pytest
 import pytest_asyncio
 from pydantic import SecretStr
@@ -612,7 +612,7 @@ async def test_an_event_corrupt_every_time_ends_its_subscription_not_the_others(
     sfstream_emulator: Emulator,
 ) -> None:
     emu = sfstream_emulator
-    settings = dataclasses.replace(FAST, protocol_error_limit=3)
+    settings = msgspec.structs.replace(FAST, protocol_error_limit=3)
     corrupter = Corrupter(CHANNEL, "poison", CORRUPTIONS["string"], times=None)
     async with RewritingProxy(emu.url, corrupter) as proxy:
         creds = credentials(emu, login_url=proxy.url)
@@ -648,7 +648,7 @@ async def test_when_the_only_subscription_is_lost_to_corrupt_events_the_client_e
     sfstream_emulator: Emulator,
 ) -> None:
     emu = sfstream_emulator
-    settings = dataclasses.replace(FAST, protocol_error_limit=2)
+    settings = msgspec.structs.replace(FAST, protocol_error_limit=2)
     corrupter = Corrupter(CHANNEL, "poison", CORRUPTIONS["two-to-the-63"], times=None)
     items: list[Any] = []
     async with RewritingProxy(emu.url, corrupter) as proxy:

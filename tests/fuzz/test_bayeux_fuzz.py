@@ -20,7 +20,6 @@ fuzz tests) and under `random.Random` (a check that the driver reaches every pha
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import random
 import re
@@ -668,7 +667,7 @@ class Driver:
             if delivered is not None:
                 assert subscription.last_replay_id == delivered
             assert subscription.resume_from >= EARLIEST
-        assert all(count >= 0 for count in dataclasses.astuple(session.counters))
+        assert all(count >= 0 for count in msgspec.structs.astuple(session.counters))
 
 
 # -- the tests ------------------------------------------------------------------------------

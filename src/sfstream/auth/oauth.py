@@ -17,12 +17,11 @@ message or log line carries them.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Awaitable, Callable, Generator
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import msgspec
 import orjson
 import structlog
 from pydantic import SecretStr
@@ -43,8 +42,7 @@ RefreshTokenRotated = Callable[[SecretStr], Awaitable[None]]
 """Called with the new refresh token after Salesforce rotated it (the old one is dead)."""
 
 
-@dataclass(frozen=True, slots=True)
-class OAuthCredentials:
+class OAuthCredentials(msgspec.Struct, frozen=True):
     """What the token endpoint needs for one grant type.
 
     Attributes:
@@ -79,32 +77,64 @@ class OAuthCredentials:
             raise ConfigError(grant_needs_message(self.grant_type, missing))
 
 
-@dataclass(frozen=True, slots=True)
-class TokenRequest:
+class TokenRequest(msgspec.Struct, frozen=True):
     """A POST to the token endpoint; `repr` hides the form values."""
 
     url: str
-    form: dict[str, str] = field(repr=False)
+    form: dict[str, str]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__qualname__}(url={self.url!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class TokenResponse:
+class TokenResponse(msgspec.Struct, frozen=True):
+    """The token endpoint's answer; `repr` leaves out the body (it holds the token)."""
+
     status: int
-    body: bytes = field(repr=False)
+    body: bytes
+
+    def __repr__(self) -> str:
+        return f"{type(self).__qualname__}(status={self.status!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class AccessToken:
-    """A Salesforce session: the token and the instance it is valid for."""
+class AccessToken(msgspec.Struct, frozen=True):
+    """A Salesforce session: the token and the instance it is valid for.
+
+    `repr`, equality and the hash leave out `refresh_token`.
+    """
 
     value: SecretStr
     instance_url: str
     token_type: str = "Bearer"  # noqa: S105 - a scheme name, not a secret
     issued_at_ms: int | None = None
     identity_url: str | None = None
-    refresh_token: SecretStr | None = field(default=None, repr=False, compare=False)
+    refresh_token: SecretStr | None = None
     """The refresh token the response carried, if any: with refresh token rotation on,
     Salesforce sends a new one with every refresh_token grant."""
+
+    def _compared(self) -> tuple[object, ...]:
+        return (
+            self.value,
+            self.instance_url,
+            self.token_type,
+            self.issued_at_ms,
+            self.identity_url,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AccessToken) or other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._compared() == other._compared()
+
+    def __hash__(self) -> int:
+        return hash(self._compared())
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__qualname__}(value={self.value!r}, instance_url={self.instance_url!r}, "
+            f"token_type={self.token_type!r}, issued_at_ms={self.issued_at_ms!r}, "
+            f"identity_url={self.identity_url!r})"
+        )
 
     def authorization(self) -> str:
         """The `Authorization` header value."""
@@ -247,7 +277,7 @@ class TokenProvider:
             self._token = token
             rotated = self._rotated(token)
             if rotated is not None:
-                self.credentials = dataclasses.replace(self.credentials, refresh_token=rotated)
+                self.credentials = msgspec.structs.replace(self.credentials, refresh_token=rotated)
                 self.rotations += 1
                 log.info("refresh_token_rotated", rotations=self.rotations)
                 await self._report_rotation(rotated)

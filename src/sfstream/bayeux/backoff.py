@@ -14,7 +14,8 @@ No delay ever exceeds the cap.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+
+import msgspec
 
 
 def ceiling_s(base_s: float, cap_s: float, attempt: int, floor_s: float = 0.0) -> float:
@@ -37,8 +38,7 @@ def jittered_s(
     return rng.uniform(low, ceiling)
 
 
-@dataclass(slots=True)
-class Backoff:
+class Backoff(msgspec.Struct):
     """Delays for consecutive failures.
 
     Args:
@@ -49,7 +49,7 @@ class Backoff:
 
     base_s: float = 0.5
     cap_s: float = 30.0
-    rng: random.Random = field(default_factory=random.Random)
+    rng: random.Random = msgspec.field(default_factory=random.Random)
     failures: int = 0
 
     def __post_init__(self) -> None:

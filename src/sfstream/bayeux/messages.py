@@ -15,7 +15,6 @@ the session drops it and recovers.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final, Literal, TypeGuard
@@ -48,8 +47,7 @@ durable from 37.0 too and carry one as well, but an event without it (a non-dura
 stream) is accepted there, with `replay_id` None."""
 
 
-@dataclass(frozen=True, slots=True)
-class Advice:
+class Advice(msgspec.Struct, frozen=True):
     """Server advice: how and when to reconnect (Bayeux §advice)."""
 
     reconnect: Reconnect | None = None
@@ -77,8 +75,7 @@ def _is_number(value: object) -> TypeGuard[int | float]:
     return value >= 0 and (isinstance(value, int) or math.isfinite(value))
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(msgspec.Struct, frozen=True):
     """A reply on a meta channel."""
 
     channel: MetaChannel
@@ -293,8 +290,7 @@ def _mapping(body: EventBody | None) -> dict[str, Any]:
     return data
 
 
-@dataclass(frozen=True, slots=True)
-class MalformedEvent:
+class MalformedEvent(msgspec.Struct, frozen=True):
     """An event whose envelope breaks the protocol; what it carried is not kept.
 
     Attributes:

@@ -3,9 +3,10 @@ reports. `session.py` holds the state machine that produces them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
+
+import msgspec
 
 from sfstream.bayeux.messages import Event
 from sfstream.errors import InvalidReplayIdError, MalformedEventError, Recovery, SfStreamError
@@ -50,8 +51,7 @@ class RequestKind(StrEnum):
     DISCONNECT = "disconnect"
 
 
-@dataclass(slots=True)
-class Subscription:
+class Subscription(msgspec.Struct):
     """A wanted subscription and where it resumes from."""
 
     channel: str
@@ -90,8 +90,7 @@ class Subscription:
         return self.start
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(msgspec.Struct, frozen=True):
     """One POST the driver must send: its messages and how long to wait for the answer."""
 
     kind: RequestKind
@@ -104,19 +103,16 @@ class Request:
 # -- notices --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Subscribed:
+class Subscribed(msgspec.Struct, frozen=True):
     channel: str
     replay_from: int
 
 
-@dataclass(frozen=True, slots=True)
-class Unsubscribed:
+class Unsubscribed(msgspec.Struct, frozen=True):
     channel: str
 
 
-@dataclass(frozen=True, slots=True)
-class Gap:
+class Gap(msgspec.Struct, frozen=True):
     """The server refused `replay_id`; the subscription fell back to `fallback` (-1 or -2).
 
     Events between the refused id and the fallback point may be missing.
@@ -128,16 +124,14 @@ class Gap:
     error: InvalidReplayIdError
 
 
-@dataclass(frozen=True, slots=True)
-class SubscriptionLost:
+class SubscriptionLost(msgspec.Struct, frozen=True):
     """A subscription failed for good; other subscriptions go on."""
 
     channel: str
     error: SfStreamError
 
 
-@dataclass(frozen=True, slots=True)
-class EventRejected:
+class EventRejected(msgspec.Struct, frozen=True):
     """An event on `channel` broke the protocol: it was dropped, with every later event of
     the same response on that channel; the stream resumes from its last good replayId.
 
@@ -149,8 +143,7 @@ class EventRejected:
     consecutive: int
 
 
-@dataclass(frozen=True, slots=True)
-class Reauthenticate:
+class Reauthenticate(msgspec.Struct, frozen=True):
     """The driver must refresh the access token, then call `Session.authenticated`.
 
     `delay_s`: how long to wait before refreshing, from the retry schedule (a connection
@@ -161,8 +154,7 @@ class Reauthenticate:
     delay_s: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class Recovering:
+class Recovering(msgspec.Struct, frozen=True):
     """The session lost its connection and will recover; `delay_s` before the next try."""
 
     error: SfStreamError
@@ -170,15 +162,13 @@ class Recovering:
     delay_s: float
 
 
-@dataclass(frozen=True, slots=True)
-class SessionFailed:
+class SessionFailed(msgspec.Struct, frozen=True):
     """The session cannot go on; `error` is terminal."""
 
     error: SfStreamError
 
 
-@dataclass(frozen=True, slots=True)
-class Handshaken:
+class Handshaken(msgspec.Struct, frozen=True):
     client_id: str
     replay_supported: bool
 
@@ -196,16 +186,14 @@ Notice = (
 )
 
 
-@dataclass(slots=True)
-class Step:
+class Step(msgspec.Struct):
     """What one input produced: events to deliver, in order, and notices."""
 
-    events: list[Event] = field(default_factory=list)
-    notices: list[Notice] = field(default_factory=list)
+    events: list[Event] = msgspec.field(default_factory=list)
+    notices: list[Notice] = msgspec.field(default_factory=list)
 
 
-@dataclass(slots=True)
-class Counters:
+class Counters(msgspec.Struct):
     handshakes: int = 0
     rehandshakes: int = 0
     reconnects: int = 0

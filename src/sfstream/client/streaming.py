@@ -23,12 +23,12 @@ import ssl
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self
 from urllib.parse import urlsplit
 
 import aiohttp
+import msgspec
 import orjson
 import structlog
 
@@ -70,8 +70,7 @@ StreamItem = Event | Gap | SubscriptionLost
 _CLOSE_TIMEOUT_S: Final = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class ClientSettings:
+class ClientSettings(msgspec.Struct, frozen=True):
     """Network and flow-control settings.
 
     Attributes:
@@ -109,8 +108,7 @@ class ClientSettings:
     ssl: ssl.SSLContext | bool = True
 
 
-@dataclass(slots=True)
-class ClientStats:
+class ClientStats(msgspec.Struct):
     """Counters for metrics and tests."""
 
     requests: int = 0

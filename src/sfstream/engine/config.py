@@ -25,12 +25,12 @@ import re
 import types
 import urllib.parse
 from collections.abc import Callable, Mapping, Set
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin
 
 import annotated_types
+import msgspec
 import structlog
 import yaml
 from pydantic import (
@@ -326,8 +326,7 @@ class Config(_Frozen):
         return self._warnings
 
 
-@dataclass(frozen=True, slots=True)
-class ConfigWarning:
+class ConfigWarning(msgspec.Struct, frozen=True):
     """Something in a configuration that works but should change. Names a field, never
     shows its value."""
 
@@ -370,8 +369,7 @@ class _UnsafeDocumentError(Exception):
     that contains itself."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Duplicate:
+class _Duplicate(msgspec.Struct, frozen=True):
     path: _Loc
     lines: tuple[int, ...]
 
@@ -470,8 +468,7 @@ def _bound(total: int, shared: bool) -> None:
 # -- environment overrides ---------------------------------------------------------------------
 
 
-@dataclass
-class _Sources:
+class _Sources(msgspec.Struct):
     """Where each part of the merged document came from: the file, or a variable."""
 
     variables: dict[tuple[str, ...], str]
@@ -662,8 +659,7 @@ def _dsn_has_password(dsn: str) -> bool:
     return re.search(_LIBPQ_PASSWORD, dsn) is not None
 
 
-@dataclass
-class _Resolution:
+class _Resolution(msgspec.Struct):
     """What resolving the references of one document found."""
 
     store: Callable[[], SecretsStore] | None
@@ -759,8 +755,7 @@ def _store_opener(
 # -- messages -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Problem:
+class _Problem(msgspec.Struct, frozen=True):
     text: str
     from_env: bool = False
 
@@ -950,8 +945,7 @@ def _shown(value: Any) -> str:
     return _kind(value)
 
 
-@dataclass(frozen=True, slots=True)
-class _Unknown:
+class _Unknown(msgspec.Struct, frozen=True):
     """A key the mapping at its place does not have."""
 
     key: str | int
@@ -959,8 +953,7 @@ class _Unknown:
     """The annotation of the mapping (a model)."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Failure:
+class _Failure(msgspec.Struct, frozen=True):
     """One validation error of a field, with what the field takes."""
 
     error: Any

@@ -31,11 +31,11 @@ ends the run (or not) by that same policy.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Awaitable, Iterable, Mapping
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Final, Literal, TypeVar
+
+import msgspec
 
 from sfstream.bayeux import EARLIEST, LATEST, ReplayPolicy
 from sfstream.engine.config import Config, Replay, StreamConfig
@@ -61,8 +61,7 @@ _KEYED_OTHERWISE: Final = {
 """Kinds whose records ignore `key_field`, and how they are keyed instead."""
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
+class Problem(msgspec.Struct, frozen=True):
     """Something `sfstream check` reports about a stream, and `sfstream run` at start.
 
     Attributes:
@@ -94,8 +93,7 @@ def stream_label(spec: StreamSpec) -> str:
     return f"stream {spec.id} ({spec.channel})"
 
 
-@dataclass(frozen=True, slots=True)
-class Failure:
+class Failure(msgspec.Struct, frozen=True):
     """A stream with errors, in the words `check` prints after its `FAIL` mark."""
 
     spec: StreamSpec
@@ -212,8 +210,7 @@ def streams_from_config(config: Config) -> list[StreamSpec]:
     return check_unique((spec_from_config(s) for s in config.streams), _explicit_ids(config))
 
 
-@dataclass(frozen=True, slots=True)
-class OrgMetadata:
+class OrgMetadata(msgspec.Struct, frozen=True):
     """What the org says about its streaming channels."""
 
     change_event_entities: dict[str, str]
@@ -396,7 +393,7 @@ async def check_streams(
     for spec in specs:
         found = _problems(spec, entities, metadata, key_checks, rest)
         if spec.source == "metadata":
-            found = [dataclasses.replace(p, severity="warning") for p in found]
+            found = [msgspec.structs.replace(p, severity="warning") for p in found]
         problems += found
         ignored = _KEYED_OTHERWISE.get(spec.kind)
         if spec.key_field and ignored is not None:

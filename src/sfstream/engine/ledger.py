@@ -21,11 +21,11 @@ batch the sink holds. `tests/engine/test_ledger.py` checks this with hypothesis.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+
+import msgspec
 
 
-@dataclass(frozen=True, slots=True)
-class Sealed:
+class Sealed(msgspec.Struct, frozen=True):
     """A batch closed for writing: its sequence number and the positions it reaches."""
 
     seq: int

@@ -20,10 +20,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import msgspec
 import structlog
 
 from sfstream.bayeux import Event, Gap, SubscriptionLost
@@ -43,8 +43,7 @@ _DRAIN_LIMIT: Final = 5000
 _BACKPRESSURE_LOG_EVERY_S: Final = 10.0
 
 
-@dataclass(slots=True)
-class StreamStats:
+class StreamStats(msgspec.Struct):
     """Per-stream counters, logged in the periodic summary."""
 
     received: int = 0
@@ -64,30 +63,27 @@ class StreamStats:
         return None if self.last_event is None else event_time_s(self.last_event.data)
 
 
-@dataclass(slots=True)
-class RunResult:
+class RunResult(msgspec.Struct):
     """How a run ended."""
 
     streams: dict[str, StreamStats]
     error: SfStreamError | None = None
-    lost: list[SubscriptionLost] = field(default_factory=list)
+    lost: list[SubscriptionLost] = msgspec.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
 
-@dataclass(slots=True)
-class _Batch:
-    messages: list[Message] = field(default_factory=list)
+class _Batch(msgspec.Struct):
+    messages: list[Message] = msgspec.field(default_factory=list)
     records: int = 0
     started: float = 0.0
-    seqs: list[int] = field(default_factory=list)
+    seqs: list[int] = msgspec.field(default_factory=list)
     """The ledger's sequence numbers of the batches this write carries."""
 
 
-@dataclass(frozen=True, slots=True)
-class PipelineSettings:
+class PipelineSettings(msgspec.Struct, frozen=True):
     max_records: int = 2000
     max_wait_s: float = 0.0
     max_inflight: int = 2

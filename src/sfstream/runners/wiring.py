@@ -16,10 +16,10 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
+import msgspec
 import structlog
 from pydantic import SecretStr
 
@@ -196,8 +196,7 @@ def open_registry(config: Config) -> SchemaRegistry:
     return SqliteSchemaRegistry(path)
 
 
-@dataclass
-class OrgSession:
+class OrgSession(msgspec.Struct):
     """An authenticated connection to the org for REST calls."""
 
     http: aiohttp.ClientSession

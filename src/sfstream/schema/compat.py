@@ -15,14 +15,14 @@ Nested members of compound fields are compared by dotted path (`BillingAddress.C
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
+
+import msgspec
 
 ChangeKind = Literal["field_added", "field_removed", "type_changed", "nullability_changed"]
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(msgspec.Struct, frozen=True):
     kind: ChangeKind
     field: str
     before: str | None
@@ -39,8 +39,7 @@ class Change:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class _Shape:
+class _Shape(msgspec.Struct, frozen=True):
     json_types: frozenset[str]
     sf_type: str
     nullable: bool

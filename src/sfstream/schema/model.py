@@ -15,8 +15,9 @@ Fields are kept sorted by name so that the same definition always yields the sam
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Final, Literal
+
+import msgspec
 
 from sfstream.errors import ProtocolError
 
@@ -70,8 +71,7 @@ _HIDDEN_EVENT_FIELDS: Final = frozenset({"ReplayId", "EventUuid"})
 _HIDDEN_CDC_FIELDS: Final = frozenset({"Id", "ReplayId", "IsDeleted", "SystemModstamp"})
 
 
-@dataclass(frozen=True, slots=True)
-class FieldModel:
+class FieldModel(msgspec.Struct, frozen=True):
     """One field of a record's `data`.
 
     Attributes:
@@ -95,8 +95,7 @@ class FieldModel:
     enum: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class RecordModel:
+class RecordModel(msgspec.Struct, frozen=True):
     """The shape of one subject's records (`data`)."""
 
     name: str
@@ -106,7 +105,7 @@ class RecordModel:
     schema_id: str | None = None
     """Salesforce's schema id (`data.schema` of events), when derived from `eventSchema`."""
     origin: Literal["eventSchema", "describe", "static"] = "eventSchema"
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = msgspec.field(default_factory=dict)
 
 
 CHANGE_TYPES: Final = (

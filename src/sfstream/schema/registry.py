@@ -14,11 +14,11 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+import msgspec
 import orjson
 
 from sfstream.errors import StorageError, StorageUnavailableError
@@ -28,8 +28,7 @@ from sfstream.schema.render import canonical_bytes, fingerprint
 _T = TypeVar("_T")
 
 
-@dataclass(frozen=True, slots=True)
-class SchemaVersion:
+class SchemaVersion(msgspec.Struct, frozen=True):
     """One registered version of a subject's schema."""
 
     subject: str

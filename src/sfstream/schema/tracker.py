@@ -30,9 +30,9 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
+import msgspec
 import structlog
 
 from sfstream.bayeux import Event
@@ -59,16 +59,14 @@ class SchemaChangeError(TerminalError):
     """A breaking schema change on a stream whose policy is `on_breaking_change: fail`."""
 
 
-@dataclass(frozen=True, slots=True)
-class Tracked:
+class Tracked(msgspec.Struct, frozen=True):
     subject: str
     version: int
     schema_id: str | None = None
     """The Salesforce schema id the events of this version name (None: no schema ids)."""
 
 
-@dataclass(frozen=True, slots=True)
-class CurrentSchema:
+class CurrentSchema(msgspec.Struct, frozen=True):
     """A stream's schema as the org defines it now, rendered for its subject."""
 
     subject: str
@@ -86,8 +84,7 @@ class CurrentSchema:
         return fingerprint(self.schema)
 
 
-@dataclass(frozen=True, slots=True)
-class Derived:
+class Derived(msgspec.Struct, frozen=True):
     """What `SchemaTracker.derive` did for one stream."""
 
     spec: StreamSpec

@@ -13,9 +13,10 @@ import fcntl
 import json
 import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+import msgspec
 
 from sfstream.state._common import iso_utc, utc_now
 
@@ -23,8 +24,7 @@ _PRIVATE: Final = 0o600
 _MAX_INFO_BYTES: Final = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class Holder:
+class Holder(msgspec.Struct, frozen=True):
     """Who holds a run lock, as it wrote itself into the lock file."""
 
     pid: int | None

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from typing import Final, Protocol, runtime_checkable
+
+import msgspec
 
 from sfstream.errors import StorageUnavailableError
 
@@ -32,8 +33,7 @@ START_LATEST: Final = -1
 """`Override.start`: start from the next new event."""
 
 
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
+class Checkpoint(msgspec.Struct, frozen=True):
     """A stream's position: every event up to `replay_id` is durably written."""
 
     stream: str
@@ -42,8 +42,7 @@ class Checkpoint:
     """ISO-8601 UTC time of the commit that wrote it."""
 
 
-@dataclass(frozen=True, slots=True)
-class Override:
+class Override(msgspec.Struct, frozen=True):
     """An operator's position for a stream, waiting for a run to take it over."""
 
     stream: str
