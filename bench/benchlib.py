@@ -242,6 +242,7 @@ def write_sfstream_config(
     *,
     batch: dict[str, Any] | None = None,
     runtime: dict[str, Any] | None = None,
+    observability: dict[str, Any] | None = None,
     level: str = "info",
 ) -> Path:
     """An `sfstream run` configuration: file sink and SQLite state in `directory`."""
@@ -275,6 +276,9 @@ def write_sfstream_config(
     if runtime:
         lines.append("runtime:")
         lines += [f"  {key}: {value}" for key, value in runtime.items()]
+    if observability:
+        lines.append("observability:")
+        lines += [f"  {key}: {value}" for key, value in observability.items()]
     lines += ["logging:", f"  level: {level}", "  format: json", ""]
     path = directory / "sfstream.yaml"
     path.write_text("\n".join(lines))

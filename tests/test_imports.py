@@ -30,6 +30,9 @@ NOT_ON_THE_RUN_PATH = frozenset(
         "boto3",
         "botocore",
         "sfstream.observability.status",  # the live status line, on a terminal only
+        "opentelemetry",  # traces, when `OTEL_*` variables configure an exporter
+        "sfstream.observability.emf",  # the AWS Lambda handler's metrics
+        "aws_lambda_powertools",
         "sfstream.cli.check",
         "sfstream.cli.discover",
         "sfstream.cli.manifest",
@@ -82,7 +85,7 @@ def test_the_run_path_leaves_out_what_a_run_does_not_use() -> None:
     assert not NOT_ON_THE_RUN_PATH & loaded
 
 
-_PROBE = """
+RUN_PROBE = """
 import atexit, runpy, sys
 def _write():
     with open(OUT, "w") as handle:
@@ -91,6 +94,8 @@ atexit.register(_write)
 sys.argv = ["sfstream", *sys.argv[1:]]
 runpy.run_module("sfstream.cli", run_name="__main__")
 """
+"""`python -c` source that runs `sfstream ARGS` and, at exit, writes the names of the modules
+it loaded to the file OUT."""
 
 
 async def test_a_real_run_leaves_out_what_it_does_not_use(
@@ -102,7 +107,7 @@ async def test_a_real_run_leaves_out_what_it_does_not_use(
     out = tmp_path / "modules.txt"
     with (tmp_path / "run.log").open("wb") as stderr:
         process = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-c", _PROBE.replace("OUT", repr(str(out)))),
+            *(sys.executable, "-c", RUN_PROBE.replace("OUT", repr(str(out)))),
             *("run", "--config", str(tmp_path / "sfstream.yaml")),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=stderr,

@@ -5,13 +5,18 @@ SfStreamError                     retryable?  recovery
 ├── ConfigError                   no          NONE            caller mistake: bad config,
 │   └── SecretError               no          NONE            missing or unreadable secret
 ├── RetryableError                yes
-│   ├── TransportError            yes         RECONNECT       network failure, timeout, 5xx
-│   │   └── ServerBusyError       yes         RECONNECT       503 / "Server is too busy"
+│   ├── TransportError            yes         RECONNECT       network failure, timeout
+│   │   ├── ConnectStalledError   yes         RECONNECT       no connect round trip in time
+│   │   ├── ServerError           yes         RECONNECT       HTTP 5xx
+│   │   │   └── ServerBusyError   yes         RECONNECT       503 / "Server is too busy"
+│   │   └── ThrottledError        yes         RECONNECT       HTTP 429
 │   ├── UnknownClientError        yes         REHANDSHAKE     403::Unknown client
 │   ├── ClientLimitError          yes         REHANDSHAKE     concurrent client limit
 │   ├── AuthExpiredError          yes         REAUTHENTICATE  401::Authentication invalid
 │   ├── MalformedEventError       yes         REHANDSHAKE     an event's envelope breaks the
 │   │                                                         protocol (bad replayId)
+│   ├── StreamSilentError         yes         REHANDSHAKE     a busy stream got nothing for
+│   │                                                         its `max_silence_s`
 │   └── StorageUnavailableError   yes         RECONNECT       state store or sink unreachable
 └── TerminalError                 no
     ├── AuthenticationError       no          NONE            invalid_grant, bad client
@@ -104,8 +109,22 @@ class TransportError(RetryableError):
     """The request failed on the network, timed out, or got a 5xx/429."""
 
 
-class ServerBusyError(TransportError):
+class ConnectStalledError(TransportError):
+    """No reply to `/meta/connect` within the advised timeout plus the network margin (a
+    half-open connection behind a NAT, a wedged proxy): the session is abandoned and
+    started over."""
+
+
+class ServerError(TransportError):
+    """The server answered with an HTTP 5xx status."""
+
+
+class ServerBusyError(ServerError):
     """Salesforce asked us to come back later (503 "Server is too busy")."""
+
+
+class ThrottledError(TransportError):
+    """The server answered HTTP 429 (too many requests)."""
 
 
 class UnknownClientError(RetryableError):
@@ -151,6 +170,13 @@ class MalformedEventError(RetryableError):
     ) -> None:
         super().__init__(message, channel=channel, replay_id=replay_id)
         self.value_type = value_type
+
+
+class StreamSilentError(RetryableError):
+    """A stream configured as busy (`max_silence_s`) received nothing for that long: the
+    session starts over and resubscribes it."""
+
+    recovery = Recovery.REHANDSHAKE
 
 
 class StorageUnavailableError(RetryableError):

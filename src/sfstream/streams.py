@@ -177,6 +177,9 @@ class StreamSpec(msgspec.Struct, frozen=True):
     on_invalid_replay: ReplayPolicy = ReplayPolicy.FAIL
     source: Literal["config", "metadata"] = "config"
     on_breaking_change: Literal["warn", "fail"] = "warn"
+    max_silence_s: float | None = None
+    """A stream known to be busy: resubscribed from its checkpoint when it receives nothing
+    for this long (None: never)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -189,4 +192,5 @@ class StreamSpec(msgspec.Struct, frozen=True):
             "on_invalid_replay": self.on_invalid_replay.value,
             "on_breaking_change": self.on_breaking_change,
             "source": self.source,
+            "max_silence_s": self.max_silence_s,
         }

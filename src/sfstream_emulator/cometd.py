@@ -217,6 +217,14 @@ class CometdServer:
     def subscriber_count(self, channel: str) -> int:
         return sum(1 for s in self.sessions.values() if channel in s.subscriptions)
 
+    def drop_subscriptions(self, channel: str) -> int:
+        """Forget every client's subscription to `channel` without telling them; how many."""
+        dropped = 0
+        for session in self.sessions.values():
+            if session.subscriptions.pop(channel, None) is not None:
+                dropped += 1
+        return dropped
+
     # -- HTTP entry point -------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

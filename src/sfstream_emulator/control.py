@@ -68,6 +68,8 @@ class Controlled(Protocol):
 
     def expire_clients(self) -> int: ...
 
+    def drop_subscriptions(self, channel: str) -> int: ...
+
     def restart(self) -> int: ...
 
     def set_allocation(
@@ -129,6 +131,11 @@ class _Advance(BaseModel):
 class _Revoke(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: str = Field(default="access", pattern="^(access|refresh)$")
+
+
+class _Drop(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    channel: str = Field(pattern="^/")
 
 
 class _Allocation(BaseModel):
@@ -208,6 +215,7 @@ class ControlApi:
             web.post(f"{p}/tokens/revoke", self.revoke),
             web.post(f"{p}/tokens/restore", self.restore),
             web.post(f"{p}/clients/expire", self.expire),
+            web.post(f"{p}/subscriptions/drop", self.drop_subscriptions),
             web.post(f"{p}/restart", self.restart),
             web.post(f"{p}/allocation", self.allocation),
             web.post(f"{p}/schema/{{entity}}", self.alter),
@@ -315,6 +323,12 @@ class ControlApi:
 
     async def expire(self, request: web.Request) -> web.StreamResponse:
         return _ok({"expired": self.emulator.expire_clients()})
+
+    async def drop_subscriptions(self, request: web.Request) -> web.StreamResponse:
+        body = await _model(request, _Drop)
+        if isinstance(body, web.Response):
+            return body
+        return _ok({"dropped": self.emulator.drop_subscriptions(body.channel)})
 
     async def restart(self, request: web.Request) -> web.StreamResponse:
         return _ok({"expired": self.emulator.restart()})

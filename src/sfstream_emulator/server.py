@@ -251,6 +251,13 @@ class Emulator:
         """Forget every CometD client: their next message gets `403::Unknown client`."""
         return self.cometd.expire_all()
 
+    def drop_subscriptions(self, channel: str) -> int:
+        """Forget every client's subscription to `channel` without a word: the clients stay
+        connected and receive nothing more from it (what users of real orgs report as a
+        subscription that "stops receiving events without an error"). How many were dropped.
+        """
+        return self.cometd.drop_subscriptions(channel)
+
     def restart(self) -> int:
         """Behave like a restarted server: sessions are gone, events and tokens stay."""
         return self.cometd.expire_all()

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 
-async def start_run(config_path: Path, log: Path, *args: str) -> asyncio.subprocess.Process:
-    """Start `sfstream run --config CONFIG_PATH [ARGS]`, its stderr (the logs) appended to log."""
+async def start_run(
+    config_path: Path, log: Path, *args: str, env: Mapping[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """Start `sfstream run --config CONFIG_PATH [ARGS]`, its stderr (the logs) appended to log.
+
+    `env` is added to this process's environment.
+    """
+    environment = None if env is None else {**os.environ, **env}
     with log.open("ab") as stderr:
         return await asyncio.create_subprocess_exec(
             sys.executable,
@@ -20,4 +28,5 @@ async def start_run(config_path: Path, log: Path, *args: str) -> asyncio.subproc
             *args,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=stderr,
+            env=environment,
         )

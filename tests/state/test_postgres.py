@@ -99,6 +99,7 @@ async def test_table_is_created_with_its_schema(
         ("stream", "text", "NO"),
         ("replay_id", "bigint", "NO"),
         ("updated_at", "timestamp with time zone", "NO"),
+        ("event_time", "double precision", "YES"),
     ]
 
 
@@ -233,7 +234,7 @@ async def columns(admin: psycopg.AsyncConnection[Any], table: str) -> list[tuple
 async def test_an_existing_table_keeps_its_data_and_gets_its_overrides_table(
     admin: psycopg.AsyncConnection[Any], table: str
 ) -> None:
-    # A table as earlier releases left it, with a checkpoint.
+    # A table as earlier releases left it, with checkpoints.
     await admin.execute(
         sql.SQL(
             "CREATE TABLE {} (stream text PRIMARY KEY, replay_id bigint NOT NULL,"
@@ -241,15 +242,38 @@ async def test_an_existing_table_keeps_its_data_and_gets_its_overrides_table(
         ).format(sql.Identifier(table))
     )
     await admin.execute(
-        sql.SQL("INSERT INTO {} VALUES ('sf.event.a', 1553783, now())").format(
-            sql.Identifier(table)
-        )
+        sql.SQL(
+            "INSERT INTO {} VALUES ('sf.event.a', 1553783, now()), ('sf.event.b', 7, now())"
+        ).format(sql.Identifier(table))
     )
+    async with PostgresStateStore(DSN, table=table, read_only=True) as reader:
+        # A read-only store reads the table as it is: checkpoints without event times.
+        loaded = await reader.load()
+        assert {s: (c.replay_id, c.event_time) for s, c in loaded.items()} == {
+            "sf.event.a": (1553783, None),
+            "sf.event.b": (7, None),
+        }
+        assert list(await reader.load(["sf.event.b"])) == ["sf.event.b"]
+    assert [name for name, _, _ in await columns(admin, table)] == [
+        "stream",
+        "replay_id",
+        "updated_at",
+    ]
     async with PostgresStateStore(DSN, table=table) as store:
         assert (await store.load())["sf.event.a"].replay_id == 1553783
         made = await store.override("sf.event.a", None)
         assert (made.start, made.previous) == (None, 1553783)
-        assert await store.load() == {}
+        assert list(await store.load()) == ["sf.event.b"]
+        await store.commit({"sf.event.b": 9}, {"sf.event.b": 1714521600.25})
+    assert await columns(admin, table) == [
+        ("stream", "text", "NO"),
+        ("replay_id", "bigint", "NO"),
+        ("updated_at", "timestamp with time zone", "NO"),
+        ("event_time", "double precision", "YES"),
+    ]
+    async with PostgresStateStore(DSN, table=table, read_only=True) as reader:
+        point = (await reader.load())["sf.event.b"]
+        assert (point.replay_id, point.event_time) == (9, 1714521600.25)
     assert await columns(admin, f"{table}_overrides") == [
         ("stream", "text", "NO"),
         ("start", "bigint", "YES"),

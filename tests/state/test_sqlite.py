@@ -122,6 +122,7 @@ async def test_wal_journal_and_schema(db_path: Path) -> None:
         "stream": ("TEXT", False, True),
         "replay_id": ("INTEGER", True, False),
         "updated_at": ("TEXT", True, False),
+        "event_time": ("REAL", False, False),
     }
     assert row[0] == 7
     assert row[1].endswith("+00:00")

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from sfstream.errors import StorageError
-from sfstream.state import SqliteStateStore, StreamOwnedError
+from sfstream.state import Checkpoint, SqliteStateStore, StreamOwnedError
 from sfstream.state.sqlite import SCHEMA_VERSION
 
 STREAM = "sf.event.account_changes"
@@ -37,6 +37,16 @@ INSERT INTO sfstream_checkpoints VALUES
     ('sf.event.order_placed', 12, '2024-05-01T00:00:01.000000+00:00');
 PRAGMA user_version = 1;
 """
+
+# The schema of version 2 (the previous release): the overrides table beside it.
+VERSION_2 = VERSION_1.replace(
+    "PRAGMA user_version = 1;",
+    """CREATE TABLE sfstream_overrides (
+    stream TEXT PRIMARY KEY, start INTEGER, previous INTEGER, requested_at TEXT NOT NULL);
+INSERT INTO sfstream_overrides VALUES
+    ('sf.event.order_placed', 5, 12, '2024-05-01T00:00:02.000000+00:00');
+PRAGMA user_version = 2;""",
+)
 
 # Owns a stream until stdin closes or it is killed: what a running connector does.
 HOLD_OWNER = """
@@ -74,14 +84,22 @@ print(json.dumps(asyncio.run(main())))
 """
 
 
-def version_1(path: Path) -> None:
+def version_1(path: Path, script: str = VERSION_1) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path)
     try:
-        conn.executescript(VERSION_1)
+        conn.executescript(script)
     finally:
         conn.close()
     path.chmod(0o600)
+
+
+def checkpoint_columns(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [str(row[1]) for row in conn.execute("PRAGMA table_info(sfstream_checkpoints)")]
+    finally:
+        conn.close()
 
 
 def schema(path: Path) -> tuple[int, set[str]]:
@@ -116,10 +134,37 @@ async def test_an_earlier_schema_is_migrated_in_place_keeping_its_checkpoints(
             "sf.event.order_placed": 12,
         }
         assert loaded[STREAM].updated_at == "2024-05-01T00:00:00.000000+00:00"
+        assert loaded[STREAM].event_time is None
         made = await store.override(STREAM, 1500000)
         assert (made.start, made.previous) == (1500000, 1553783)
-    assert SCHEMA_VERSION == 2
-    assert schema(path) == (2, {"sfstream_checkpoints", "sfstream_overrides"})
+    assert SCHEMA_VERSION == 3
+    assert schema(path) == (3, {"sfstream_checkpoints", "sfstream_overrides"})
+    assert checkpoint_columns(path) == ["stream", "replay_id", "updated_at", "event_time"]
+
+
+async def test_the_previous_schema_gets_event_times_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    version_1(path, VERSION_2)
+    async with SqliteStateStore(path, read_only=True) as reader:
+        # A read-only store reads the file as it is: checkpoints without event times.
+        loaded = await reader.load()
+        assert {s: (c.replay_id, c.event_time) for s, c in loaded.items()} == {
+            STREAM: (1553783, None),
+            "sf.event.order_placed": (12, None),
+        }
+    assert schema(path)[0] == 2
+    async with SqliteStateStore(path) as store:
+        loaded = await store.load()
+        assert loaded[STREAM] == Checkpoint(STREAM, 1553783, "2024-05-01T00:00:00.000000+00:00")
+        assert (await store.overrides())["sf.event.order_placed"].start == 5
+        await store.commit({STREAM: 1553790}, {STREAM: 1714521600.25})
+    assert schema(path) == (3, {"sfstream_checkpoints", "sfstream_overrides"})
+    assert checkpoint_columns(path) == ["stream", "replay_id", "updated_at", "event_time"]
+    async with SqliteStateStore(path, read_only=True) as reader:
+        loaded = await reader.load()
+        assert (loaded[STREAM].replay_id, loaded[STREAM].event_time) == (1553790, 1714521600.25)
+        assert loaded["sf.event.order_placed"].replay_id == 12
+        assert (await reader.overrides())["sf.event.order_placed"].start == 5
 
 
 async def test_a_read_only_store_changes_nothing(tmp_path: Path) -> None:

@@ -239,6 +239,17 @@ class Session:
         if subscription is not None and subscription.state in (SubState.SENT, SubState.ACTIVE):
             self._unsubscribes.append(channel)
 
+    def start_over(self, now: float, error: SfStreamError) -> Step:
+        """Leave the current connection for a new one, as after a failure: a farewell
+        `/meta/disconnect`, a new handshake after the backoff, and every wanted subscription
+        resubscribed from its last delivered replayId. Nothing happens (an empty step) while
+        the session is not connected: it is already on its way back, or ending.
+        """
+        step = Step()
+        if self.phase in (Phase.CONNECTED, Phase.HANDSHAKING):
+            self._recover(error, now, step, farewell=True)
+        return step
+
     def close(self) -> None:
         """Ask for a `/meta/disconnect` (sent by the next `poll`)."""
         self._close_requested = True

@@ -6,9 +6,11 @@
 | `discover` | `sfstream.cli.discover` |
 | `check` | `sfstream.cli.check` |
 | `state show/set/reset` | `sfstream.cli.state` |
+| `status` | `sfstream.cli.status` |
 | `schema list/show/history` | `sfstream.cli.schema` |
 | `manifest` | `sfstream.cli.manifest` |
 | `tail` | `sfstream.cli.tail` |
+| `healthcheck` | `sfstream.cli.healthcheck` |
 | `emulator` | `sfstream_emulator.cli` (the emulator's own command) |
 
 Exit codes are `sfstream.errors.ExitCode`, for every command.

@@ -15,9 +15,17 @@ COMMANDS: Final = {
     "discover": ("sfstream.cli.discover:discover", "Print the catalog: every stream to run."),
     "check": ("sfstream.cli.check:check", "Verify everything a run needs, without streaming."),
     "state": ("sfstream.cli.state:state", "Show and change stream checkpoints."),
+    "status": (
+        "sfstream.cli.status:status",
+        "Print each stream's checkpoint, last event time and lag (live with --url).",
+    ),
     "schema": ("sfstream.cli.schema:schema", "Derive, list and show the schemas of the streams."),
     "manifest": ("sfstream.cli.manifest:manifest", "Print the connector manifest."),
     "tail": ("sfstream.cli.tail:tail", "Print the events of channels as JSON lines."),
+    "healthcheck": (
+        "sfstream.cli.healthcheck:healthcheck",
+        "Ask a running connector's health endpoint (exit 0 or 1).",
+    ),
     "emulator": ("sfstream_emulator.cli:main", "Run the bundled Salesforce emulator."),
 }
 """name -> ("module:attribute", one-line help shown by `sfstream --help`)."""

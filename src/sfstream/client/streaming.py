@@ -54,13 +54,17 @@ from sfstream.bayeux import (
 from sfstream.bayeux.messages import MalformedEvent, Reply
 from sfstream.errors import (
     AuthenticationError,
+    ConnectStalledError,
     ProtocolError,
     ServerBusyError,
+    ServerError,
     SfStreamError,
     TerminalError,
+    ThrottledError,
     TransportError,
 )
 from sfstream.netfail import network_error
+from sfstream.observability.telemetry import Telemetry, reconnect_reason
 
 log = structlog.get_logger("sfstream.client")
 
@@ -214,6 +218,8 @@ class StreamingClient:
         wall_clock: seconds since the epoch, to compare with the time Salesforce puts in
             events (injected in tests).
         tokens: a token provider to share (with REST calls); one of its own otherwise.
+        telemetry: where errors, reconnects, subscriptions and round trips are reported
+            (shared with the connector's pipeline and exporters); one of its own otherwise.
     """
 
     def __init__(
@@ -225,8 +231,10 @@ class StreamingClient:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         tokens: TokenProvider | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.credentials = credentials
+        self.telemetry = telemetry if telemetry is not None else Telemetry(clock)
         self.settings = settings or ClientSettings()
         s = self.settings
         self.session = Session(
@@ -306,6 +314,7 @@ class StreamingClient:
             raise
         self._proxy = s.proxy or environment_proxy(token.instance_url)
         self.stats.token_requests = self._tokens.refreshes
+        self.telemetry.session_started()
         self._driver = asyncio.create_task(self._drive(), name="sfstream-streaming-client")
 
     async def close(self) -> None:
@@ -330,6 +339,8 @@ class StreamingClient:
                     self._driver.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await self._driver
+            if self._driver is not None:
+                self.telemetry.session_ended(self._error)
             if self._http is not None:
                 await self._http.close()
         finally:
@@ -378,6 +389,17 @@ class StreamingClient:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._subscribe_waiters[channel] = future
         return await future
+
+    def start_over(self, error: SfStreamError) -> bool:
+        """Abandon the session for a new one (a new handshake, every subscription resumed
+        from its last delivered replayId), as after `error`; False when the session is not
+        connected (already recovering, or closing)."""
+        step = self.session.start_over(self._clock(), error)
+        if not step.notices:
+            return False
+        self._handle_notices(step, [])
+        self._wake.set()
+        return True
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop receiving `channel`."""
@@ -439,6 +461,11 @@ class StreamingClient:
             self._drained.set()
 
     @property
+    def token_refreshes(self) -> int:
+        """Access tokens obtained so far by the token provider (the login and refreshes)."""
+        return self._tokens.refreshes if self._tokens is not None else 0
+
+    @property
     def queue_depth(self) -> int:
         """Items received and not yet taken by the consumer."""
         return self._queued
@@ -495,6 +522,9 @@ class StreamingClient:
         waiters: set[asyncio.Future[Any]] = set(pending)
         waiters.add(waits.wake())
         if not connect_allowed and self.session.wants_connect():
+            # The connect is held back on purpose while the consumer catches up: the
+            # session is not stalled.
+            self.telemetry.round_trip()
             self._note_backpressure()
             waiters.add(waits.drained())
         deadline = self.session.next_deadline(now, connect=connect_allowed)
@@ -509,7 +539,11 @@ class StreamingClient:
             self.stats.transport_errors += 1
             return self.session.fail(request, now, outcome)
         replies, events = outcome
-        return self.session.receive(request, now, replies, events)
+        if request.kind is RequestKind.CONNECT:
+            self.telemetry.round_trip()
+        step = self.session.receive(request, now, replies, events)
+        self.telemetry.connect_timeout_s = self.session.connect_timeout_s()
+        return step
 
     def _note_backpressure(self) -> None:
         self.stats.backpressure_waits += 1
@@ -549,6 +583,7 @@ class StreamingClient:
         self.stats.replay_skipped = counters.replay_skipped
         for notice in step.notices:
             if isinstance(notice, Subscribed):
+                self.telemetry.channel_up(notice.channel)
                 log.info("subscribed", channel=notice.channel, replay_id=notice.replay_from)
                 waiter = self._subscribe_waiters.pop(notice.channel, None)
                 if waiter is not None and not waiter.done():
@@ -563,6 +598,8 @@ class StreamingClient:
                 )
                 chunk.append(notice)
             elif isinstance(notice, SubscriptionLost):
+                self.telemetry.channel_down(notice.channel)
+                self.telemetry.error(notice.error)
                 log.error(
                     "subscription_lost",
                     channel=notice.channel,
@@ -575,6 +612,7 @@ class StreamingClient:
                 else:
                     chunk.append(notice)
             elif isinstance(notice, EventRejected):
+                self.telemetry.error(notice.error)
                 # The channel and the offending value's type, never the payload.
                 log.error(
                     "protocol_error",
@@ -586,13 +624,18 @@ class StreamingClient:
                 )
             elif isinstance(notice, Recovering):
                 self.stats.reconnects += 1
+                reason = reconnect_reason(notice.error)
+                self.telemetry.error(notice.error)
+                self.telemetry.reconnect(reason, notice.error)
                 log.warning(
                     "reconnecting",
+                    reason=reason,
                     error=notice.error.server_text or str(notice.error),
                     recovery=notice.recovery.value,
                     delay_s=round(notice.delay_s, 3),
                 )
             elif isinstance(notice, Handshaken):
+                self.telemetry.handshake()
                 self.stats.handshakes = counters.handshakes
                 self.stats.rehandshakes = counters.rehandshakes
                 log.info(
@@ -607,6 +650,8 @@ class StreamingClient:
         (on the same schedule) after each transient failure of the token endpoint."""
         assert self._tokens is not None
         self.stats.reauthentications += 1
+        self.telemetry.error(notice.error)
+        self.telemetry.reconnect("auth", notice.error)
         log.warning(
             "reauthenticating",
             error=notice.error.server_text or str(notice.error),
@@ -639,6 +684,7 @@ class StreamingClient:
     def _fail(self, error: SfStreamError) -> None:
         if self._error is None:
             self._error = error
+            self.telemetry.error(error)
             log.error("session_failed", error=str(error), retryable=error.retryable)
         for waiter in self._subscribe_waiters.values():
             if not waiter.done():
@@ -670,6 +716,11 @@ class StreamingClient:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             if isinstance(exc, TimeoutError) and request.kind is RequestKind.CONNECT:
                 self.stats.watchdog_timeouts += 1
+                return ConnectStalledError(
+                    f"/meta/connect got no reply within {request.timeout_s:g} s (the advised "
+                    "timeout plus the network margin): the connection is presumed dead "
+                    "(a half-open connection behind a NAT or a proxy); starting the session over"
+                )
             return network_error(
                 exc, doing=f"/meta/{request.kind.value}", url=url, timeout_s=request.timeout_s
             )
@@ -680,8 +731,10 @@ class StreamingClient:
 def _decode(status: int, raw: bytes) -> _Outcome:
     if status == 503:
         return ServerBusyError("HTTP 503: Salesforce is too busy")
-    if status >= 500 or status == 429:
-        return TransportError(f"HTTP {status} from the CometD endpoint")
+    if status == 429:
+        return ThrottledError("HTTP 429 from the CometD endpoint: too many requests")
+    if status >= 500:
+        return ServerError(f"HTTP {status} from the CometD endpoint")
     try:
         return decode(raw)
     except (orjson.JSONDecodeError, ProtocolError) as exc:
@@ -693,4 +746,6 @@ def _decode(status: int, raw: bytes) -> _Outcome:
             return TerminalError(
                 f"the CometD endpoint refused the request: HTTP {status}: {text}", server_text=text
             )
-        return TransportError(f"HTTP {status} from the CometD endpoint: {text}")
+        return (ServerError if status >= 500 else TransportError)(
+            f"HTTP {status} from the CometD endpoint: {text}"
+        )

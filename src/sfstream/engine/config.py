@@ -169,6 +169,10 @@ class StreamConfig(_Frozen):
     """When Salesforce rejects the checkpoint as invalid or expired."""
     on_breaking_change: BreakingChange = "warn"
     """When the stream's schema changes in a way that breaks readers: log it, or stop."""
+    max_silence_s: float | None = Field(default=None, gt=0)
+    """For a stream known to be busy: when it receives nothing for this long, it is
+    resubscribed from its checkpoint and reported (`stream_silent`, and
+    `sfstream_reconnects_total{reason="silence"}`). Unset: a quiet stream is normal."""
 
     @field_validator("channel")
     @classmethod
@@ -248,12 +252,28 @@ class RuntimeConfig(_Frozen):
     startup_timeout_s: float | None = Field(default=None, gt=0)
     """How long start-up may retry retryable failures (Salesforce, the state store or the
     sink unreachable) before the run gives up with exit 1; no limit when unset."""
+    connect_margin_s: float = Field(default=15.0, gt=0)
+    """The stall watchdog: a `/meta/connect` with no reply within the advised timeout
+    (110 s from Salesforce) plus this long is abandoned, and the session starts over
+    (`sfstream_reconnects_total{reason="stall"}`)."""
     on_subscription_lost: Literal["fail", "continue"] = "fail"
     """End the run (exit 1) when a subscription fails for good, or keep the others going."""
     disk_io: Literal["inline", "thread"] = "inline"
     """Where the file sink's write + fsync and the SQLite checkpoint commit run: on the event
     loop (no thread hand-off: the lowest latency) or in a worker thread (the loop goes on
     receiving while the disk works: for slow or network file systems)."""
+
+
+class ObservabilityConfig(_Frozen):
+    """Metrics and health endpoints of `sfstream run`."""
+
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Serve `/metrics` (Prometheus), `/healthz` and `/readyz` on this port (0: any free
+    port, logged). Unset: no endpoint."""
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - a container's endpoint is reached from outside
+    connect_grace_s: float = Field(default=30.0, gt=0)
+    """`/healthz` fails when no `/meta/connect` round trip completed within the advised
+    timeout plus this long."""
 
 
 class LoggingConfig(_Frozen):
@@ -273,6 +293,7 @@ class Config(_Frozen):
     sink: SinkConfig = SinkConfig()
     batch: BatchConfig = BatchConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
     logging: LoggingConfig = LoggingConfig()
 
     _secret_refs: Mapping[str, str] = PrivateAttr(default_factory=lambda: MappingProxyType({}))
@@ -781,6 +802,7 @@ _EXPECTED: Final[Mapping[str, str]] = MappingProxyType(
         "streams.*.id": "a stream id (like sf.event.account_changes)",
         "streams.*.key_field": "a field name",
         "streams.*.initial_replay": _REPLAY,
+        "streams.*.max_silence_s": f"{_SECONDS} (or no value, for none)",
         "discovery.include": "a list of glob patterns (like ['/data/*'])",
         "discovery.include.*": "a glob pattern (like /data/*)",
         "discovery.exclude": "a list of glob patterns (like ['/data/*'])",
@@ -793,6 +815,10 @@ _EXPECTED: Final[Mapping[str, str]] = MappingProxyType(
         "runtime.summary_interval_s": _SECONDS,
         "runtime.shutdown_timeout_s": _SECONDS,
         "runtime.startup_timeout_s": f"{_SECONDS} (or no value, for no limit)",
+        "runtime.connect_margin_s": _SECONDS,
+        "observability.metrics_port": "a port number from 0 to 65535 (0: any free port)",
+        "observability.metrics_host": "an address to listen on (like 0.0.0.0 or 127.0.0.1)",
+        "observability.connect_grace_s": _SECONDS,
     }
 )
 """What a field takes, in the user's words, where its type does not say it well enough."""

@@ -141,6 +141,7 @@ def spec_from_config(
         on_invalid_replay=ReplayPolicy(stream.on_invalid_replay),
         source=source,
         on_breaking_change=stream.on_breaking_change,
+        max_silence_s=stream.max_silence_s,
     )
 
 

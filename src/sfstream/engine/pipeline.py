@@ -31,8 +31,9 @@ from sfstream.bayeux.messages import event_time_s
 from sfstream.client import StreamingClient, StreamItem
 from sfstream.engine.ledger import CheckpointLedger
 from sfstream.engine.records import Mapper, mapper_for
-from sfstream.errors import SfStreamError, SubscriptionError, TerminalError
-from sfstream.protocol import GapMessage, Message, SchemaMessage, StateMessage
+from sfstream.errors import SfStreamError, StreamSilentError, SubscriptionError, TerminalError
+from sfstream.observability.telemetry import BatchReport
+from sfstream.protocol import GapMessage, Message, Record, SchemaMessage, StateMessage
 from sfstream.schema.tracker import SchemaTracker, Tracked
 from sfstream.sinks.base import Sink
 from sfstream.state.base import Override, StateStore
@@ -56,11 +57,20 @@ class StreamStats(msgspec.Struct):
     """Whether the stream got its position and was subscribed: it has streamed."""
     last_event: Event | None = None
     """The last event received (the live status computes the lag from it)."""
+    written: int = 0
+    """Records the sink holds durably (counted per batch, once written)."""
+    last_written: Event | None = None
+    """The event of the last record the sink holds durably."""
 
     @property
     def last_event_time(self) -> float | None:
         """When Salesforce says the last event received happened (epoch seconds)."""
         return None if self.last_event is None else event_time_s(self.last_event.data)
+
+    @property
+    def last_written_time(self) -> float | None:
+        """When Salesforce says the event of the last record written happened."""
+        return None if self.last_written is None else event_time_s(self.last_written.data)
 
 
 class RunResult(msgspec.Struct):
@@ -81,6 +91,17 @@ class _Batch(msgspec.Struct):
     started: float = 0.0
     seqs: list[int] = msgspec.field(default_factory=list)
     """The ledger's sequence numbers of the batches this write carries."""
+    streams: dict[str, tuple[int, Event | None]] = msgspec.field(default_factory=dict)
+    """stream -> (records, last event) this write carries, counted when it was sealed."""
+
+
+class _Report(msgspec.Struct):
+    """A batch written, waiting for its commit to be reported."""
+
+    started: float
+    write_s: float
+    records: int
+    streams: dict[str, tuple[int, int]]
 
 
 class PipelineSettings(msgspec.Struct, frozen=True):
@@ -123,13 +144,18 @@ class Pipeline:
         self.run_id = run_id
         self._clock = clock
         self.stats = {spec.id: StreamStats() for spec in specs}
+        self.telemetry = client.telemetry
+        for spec in specs:
+            self.telemetry.subscribed.setdefault(spec.channel, False)
         self._mappers: dict[str, tuple[StreamSpec, Mapper]] = {
-            spec.channel: (spec, mapper_for(spec, run_id)) for spec in specs
+            spec.channel: (spec, mapper_for(spec, run_id, self._gap_counter(spec.id)))
+            for spec in specs
         }
         self.ledger = CheckpointLedger({})
         self._positions: dict[str, int] | None = None
         self._announced: list[SchemaMessage] = []
         self._batch = _Batch()
+        self._sealed_counts = dict.fromkeys(self.stats, 0)
         self._batches: asyncio.Queue[_Batch | None] = asyncio.Queue(settings.max_inflight)
         self._lost: list[SubscriptionLost] = []
         self._draining = False
@@ -137,6 +163,14 @@ class Pipeline:
         self._schema_cache: dict[str, tuple[object, Tracked | None]] = {}
         self.backpressure = 0
         self._backpressure_logged = -_BACKPRESSURE_LOG_EVERY_S
+
+    def _gap_counter(self, stream: str) -> Callable[[str], None]:
+        telemetry = self.telemetry
+
+        def counted(change_type: str) -> None:
+            telemetry.gap(stream, change_type.lower())
+
+        return counted
 
     # -- start ------------------------------------------------------------------------------
 
@@ -210,6 +244,7 @@ class Pipeline:
     ) -> None:
         """Write the overrides' GAP notes (durably), then clear what the store can forget."""
         for note in notes:
+            self.telemetry.gap(note.stream, note.reason)
             log.warning(
                 "operator_override",
                 stream=note.stream,
@@ -231,6 +266,8 @@ class Pipeline:
             try:
                 await self.client.subscribe(spec.channel, replay_from, spec.on_invalid_replay)
             except SubscriptionError as exc:
+                self.telemetry.error(exc)
+                self.telemetry.channel_down(spec.channel)
                 self._subscription_lost(SubscriptionLost(spec.channel, exc))
             except SfStreamError:
                 if stop is not None and stop.is_set():
@@ -276,6 +313,7 @@ class Pipeline:
                 writer = tasks.create_task(self._write_batches(), name="sfstream-writer")
                 watcher = tasks.create_task(self._close_on(stop), name="sfstream-stop")
                 summary = tasks.create_task(self._summaries(), name="sfstream-summary")
+                silence = tasks.create_task(self._watch_silence(), name="sfstream-silence")
                 try:
                     if self._announced:
                         await self._hand_over(_Batch(messages=list(self._announced)))
@@ -289,15 +327,19 @@ class Pipeline:
                 finally:
                     watcher.cancel()
                     summary.cancel()
+                    silence.cancel()
                     await self._finish(writer)
         except* SfStreamError as failures:
             first = _first(failures)
             assert isinstance(first, SfStreamError)
+            if error is None:
+                self.telemetry.error(first)
             error = error or first
         except* Exception as failures:
             crash = _first(failures)
             log.error("pipeline_crashed", error=repr(crash), exc_info=crash)  # noqa: TRY400
             error = TerminalError(f"the pipeline stopped: {crash!r}")
+            self.telemetry.error(error)
         finally:
             self._log_summary(final=True)
         return RunResult(self.stats, error, self._lost)
@@ -407,6 +449,7 @@ class Pipeline:
     def _announce(self, message: SchemaMessage | None) -> None:
         if message is None:
             return
+        self.telemetry.schema_changed(message.stream)
         self._append(message)
         self._schema_cache.clear()
 
@@ -424,6 +467,7 @@ class Pipeline:
         elif isinstance(item, Gap):
             spec = self.specs[item.channel]
             self.stats[spec.id].gaps += 1
+            self.telemetry.gap(spec.id, "replay_id_rejected")
             # The stream restarts from the fallback: ids below the old position are new.
             self.ledger.restart(spec.id)
             self._append(
@@ -476,8 +520,13 @@ class Pipeline:
         self._batch = _Batch()
         sealed = self.ledger.seal()
         batch.seqs.append(sealed.seq)
+        counts = self._sealed_counts
         for stream, replay_id in sealed.positions.items():
             batch.messages.append(StateMessage(stream, replay_id))
+            # The streams that moved: their records since the last seal are this batch's.
+            stats = self.stats[stream]
+            batch.streams[stream] = (stats.emitted - counts[stream], stats.last_event)
+            counts[stream] = stats.emitted
         return batch
 
     async def _hand_over(self, batch: _Batch | None) -> None:
@@ -527,23 +576,133 @@ class Pipeline:
                     batch.messages.extend(more.messages)
                     batch.seqs.extend(more.seqs)
                     batch.records += more.records
+                    for stream, (count, last) in more.streams.items():
+                        before = batch.streams.get(stream)
+                        batch.streams[stream] = (count + (before[0] if before else 0), last)
+                began_wall = time.time()
+                began = time.perf_counter()
                 if batch.messages:
                     await self.sink.write(batch.messages)
+                write_s = time.perf_counter() - began
+                for stream, (count, last) in batch.streams.items():
+                    stats = self.stats[stream]
+                    stats.written += count
+                    if last is not None:
+                        stats.last_written = last
                 release: dict[str, int] = {}
                 for seq in batch.seqs:
                     release.update(self.ledger.written(seq))
                 if committing is not None:
                     await committing
                     committing = None
+                report = self._batch_report(batch, began_wall, write_s)
                 if release:
-                    committing = commits.create_task(self._commit(release))
+                    # Taken now: the next batch's write may move `last_written` before the
+                    # commit runs.
+                    times = {
+                        stream: moment
+                        for stream in release
+                        if (moment := self.stats[stream].last_written_time) is not None
+                    }
+                    committing = commits.create_task(self._commit(release, report, times))
+                else:
+                    self._report(report, None)
 
-    async def _commit(self, checkpoints: dict[str, int]) -> None:
-        await self.state.commit(checkpoints)
+    async def _commit(
+        self,
+        checkpoints: dict[str, int],
+        report: _Report | None = None,
+        event_times: dict[str, float] | None = None,
+    ) -> None:
+        began = time.perf_counter()
+        await self.state.commit(checkpoints, event_times)
+        commit_s = time.perf_counter() - began
         for stream, replay_id in checkpoints.items():
             stats = self.stats[stream]
             stats.checkpoint = replay_id
             stats.checkpoints += 1
+        if report is not None:
+            self._report(report, commit_s)
+
+    def _batch_report(self, batch: _Batch, started: float, write_s: float) -> _Report | None:
+        """What the telemetry is told of `batch` once committed; None when nobody listens.
+
+        Only a listener (the traces) needs each stream's first and last replayId, found by
+        a pass over the batch; the timings alone cost nothing per record."""
+        telemetry = self.telemetry
+        if not (telemetry.listeners or telemetry.write_timings or telemetry.commit_timings):
+            return None
+        streams: dict[str, tuple[int, int]] = {}
+        if telemetry.listeners:
+            for message in batch.messages:
+                if type(message) is Record:
+                    span = streams.get(message.stream)
+                    replay_id = message.replay_id
+                    streams[message.stream] = (
+                        (replay_id, replay_id) if span is None else (span[0], replay_id)
+                    )
+        return _Report(started, write_s, batch.records, streams)
+
+    def _report(self, report: _Report | None, commit_s: float | None) -> None:
+        """Tell the telemetry about a batch that is through the sink (and committed)."""
+        if report is None:
+            return
+        self.telemetry.batch_written(
+            BatchReport(
+                started=report.started,
+                ended=time.time(),
+                write_s=report.write_s,
+                commit_s=commit_s,
+                records=report.records,
+                streams=report.streams,
+            )
+        )
+
+    async def _watch_silence(self) -> None:
+        """Start the session over when a stream with `max_silence_s` receives nothing that
+        long (a subscription Salesforce dropped without a word, the usual "stops receiving
+        events without an error"); the stream resumes from its last delivered replayId.
+
+        Silence is seen from the stream's received count, checked a few times per
+        `max_silence_s`: nothing is added to the per-event path.
+        """
+        watched = [spec for spec in self.specs.values() if spec.max_silence_s is not None]
+        if not watched:
+            return
+        quietest = min(spec.max_silence_s or 0.0 for spec in watched)
+        interval = max(0.05, quietest / 4)
+        now = self._clock()
+        seen = {spec.id: (self.stats[spec.id].received, now) for spec in watched}
+        while True:
+            await asyncio.sleep(interval)
+            now = self._clock()
+            for spec in watched:
+                stats = self.stats[spec.id]
+                count, since = seen[spec.id]
+                if stats.received != count or not stats.started:
+                    seen[spec.id] = (stats.received, now)
+                    continue
+                assert spec.max_silence_s is not None
+                silent_s = now - since
+                if silent_s < spec.max_silence_s:
+                    continue
+                log.warning(
+                    "stream_silent",
+                    stream=spec.id,
+                    channel=spec.channel,
+                    silent_s=round(silent_s, 1),
+                    max_silence_s=spec.max_silence_s,
+                    replay_id=self.ledger.last_admitted(spec.id),
+                )
+                error = StreamSilentError(
+                    f"{spec.id} received nothing for {silent_s:.0f} s "
+                    f"(max_silence_s: {spec.max_silence_s:g})",
+                    channel=spec.channel,
+                )
+                self.client.start_over(error)
+                # Every watched stream is resubscribed: each gets its full time again.
+                seen = {s.id: (self.stats[s.id].received, now) for s in watched}
+                break
 
     async def _summaries(self) -> None:
         while True:

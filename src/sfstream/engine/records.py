@@ -34,12 +34,15 @@ log = structlog.get_logger("sfstream.engine")
 Mapper = Callable[[Event, str], list[Record]]
 
 
-def mapper_for(spec: StreamSpec, run_id: str) -> Mapper:
+def mapper_for(
+    spec: StreamSpec, run_id: str, on_gap: Callable[[str], None] | None = None
+) -> Mapper:
     """The function that turns this stream's events into records.
 
     A record's `data` is the event's payload as the JSON text it arrived as (a
     `msgspec.Raw`, written out unchanged): only the fields that make the key and `meta` are
-    read from an event.
+    read from an event. `on_gap` is called with the change type of each gap event
+    (`GAP_CREATE`, `GAP_OVERFLOW`, ...).
     """
     stream = spec.id
     channel = spec.channel
@@ -70,6 +73,8 @@ def mapper_for(spec: StreamSpec, run_id: str) -> Mapper:
                 "gap": type(change_type) is str and change_type.startswith("GAP_"),
                 "run_id": run_id,
             }
+            if meta["gap"] and on_gap is not None:
+                on_gap(change_type)
             replay_id = event.replay_id if event.replay_id is not None else 0
             if len(keys) == 1:
                 return [Record(stream, _key(keys[0]), replay_id, payload, meta, now)]

@@ -33,6 +33,7 @@ from sfstream.engine.discovery import (
 from sfstream.engine.pipeline import Pipeline, PipelineSettings, RunResult
 from sfstream.errors import SfStreamError, StartupTimeoutError
 from sfstream.netfail import host_of
+from sfstream.observability.telemetry import Telemetry
 from sfstream.runners.wiring import (
     OrgSession,
     credentials_of,
@@ -105,9 +106,12 @@ def new_run_id() -> str:
 class Connector:
     """One run of the connector over its configured streams."""
 
-    def __init__(self, config: Config, run_id: str | None = None) -> None:
+    def __init__(
+        self, config: Config, run_id: str | None = None, telemetry: Telemetry | None = None
+    ) -> None:
         self.config = config
         self.run_id = run_id or new_run_id()
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.specs: list[StreamSpec] = []
         self.pipeline: Pipeline | None = None
         self._stack = contextlib.AsyncExitStack()
@@ -148,8 +152,11 @@ class Connector:
             settings = ClientSettings(
                 api_version=config.salesforce.api_version,
                 max_pending_events=config.runtime.max_pending_events,
+                network_margin_s=config.runtime.connect_margin_s,
             )
-            client = StreamingClient(credentials_of(config), settings, tokens=session.tokens)
+            client = StreamingClient(
+                credentials_of(config), settings, tokens=session.tokens, telemetry=self.telemetry
+            )
             batch = config.batch
             self.pipeline = Pipeline(
                 self.specs,
@@ -245,6 +252,7 @@ async def start(
     *,
     timeout_s: float | None = None,
     rng: random.Random | None = None,
+    telemetry: Telemetry | None = None,
 ) -> Connector | None:
     """Open a connector, retrying what may pass, until it opens or `stop` is set.
 
@@ -253,7 +261,8 @@ async def start(
     backoff with full jitter (1 s doubling up to 60 s); a terminal one (a refused login, a
     bad configuration, a permission denied) is raised at once. `stop` ends the attempts at
     once and returns None; so does the end of `timeout_s` (None: no limit), with the last
-    error raised.
+    error raised. Each failure is counted in `telemetry`, which the connector then reports
+    to.
     """
     backoff = Backoff(base_s=_STARTUP_BACKOFF_BASE_S, cap_s=_STARTUP_BACKOFF_CAP_S)
     if rng is not None:
@@ -263,10 +272,11 @@ async def start(
     attempt = 0
     while not stop.is_set():
         attempt += 1
-        connector = Connector(config, run_id)
+        connector = Connector(config, run_id, telemetry)
         try:
             opened = await _unless_stopped(connector.open(), stop)
         except SfStreamError as exc:
+            connector.telemetry.error(exc)
             if not exc.retryable:
                 raise
             delay = backoff.next_delay()

@@ -28,7 +28,9 @@ import structlog
 
 from sfstream.engine.config import Config
 from sfstream.errors import ConfigError, ExitCode, SfStreamError
-from sfstream.runners.connector import start, tune_garbage_collector
+from sfstream.observability.telemetry import Telemetry
+from sfstream.observability.tracing import traced_service
+from sfstream.runners.connector import Connector, start, tune_garbage_collector
 
 if TYPE_CHECKING:
     from sfstream.observability.status import StreamCounters
@@ -108,11 +110,67 @@ async def _run(
     *,
     exit_process: bool,
 ) -> int:
+    telemetry = Telemetry()
+    current: list[Connector] = []
     try:
-        connector = await start(config, run_id, stop, timeout_s=config.runtime.startup_timeout_s)
+        async with contextlib.AsyncExitStack() as endpoint:
+            # Traces, when `OTEL_*` variables configure an exporter (None otherwise: then
+            # nothing of OpenTelemetry is imported and no listener is added).
+            trace = await endpoint.enter_async_context(
+                traced_service(telemetry, run_id, lambda: current[0].specs if current else ())
+            )
+            port = config.observability.metrics_port
+            if port is not None:
+                from sfstream.observability.metrics import serve_metrics
+
+                await endpoint.enter_async_context(
+                    serve_metrics(
+                        telemetry,
+                        lambda: current[0].pipeline if current else None,
+                        host=config.observability.metrics_host,
+                        port=port,
+                        grace_s=config.observability.connect_grace_s,
+                    )
+                )
+            code = await _stream(
+                config,
+                run_id,
+                stop,
+                forced,
+                telemetry=telemetry,
+                current=current,
+                exit_process=exit_process,
+            )
+            if trace is not None:
+                trace.ended("ok" if code == ExitCode.OK else "failed", exit_code=int(code))
+            return code
+    except ConfigError as exc:
+        log.error("config_error", error=str(exc))  # noqa: TRY400 - no traceback for users
+        return ExitCode.USAGE
+
+
+async def _stream(
+    config: Config,
+    run_id: str,
+    stop: asyncio.Event,
+    forced: asyncio.Event,
+    *,
+    telemetry: Telemetry,
+    current: list[Connector],
+    exit_process: bool,
+) -> int:
+    try:
+        connector = await start(
+            config,
+            run_id,
+            stop,
+            timeout_s=config.runtime.startup_timeout_s,
+            telemetry=telemetry,
+        )
         if connector is None:
             log.info("stopped_before_start")
             return ExitCode.OK
+        current.append(connector)
         assert connector.pipeline is not None  # `start` returns an open connector
         # On a terminal with console logs, a live status line per stream under the logs.
         status = _live_status(connector.pipeline.stats, config.logging.format)

@@ -19,13 +19,14 @@ A backend is done when `sfstream.testing.state.check_state_store` passes against
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Final, Protocol, runtime_checkable
 
 import msgspec
 
-from sfstream.errors import StorageUnavailableError
+from sfstream.errors import ConfigError, StorageUnavailableError
 
 START_EARLIEST: Final = -2
 """`Override.start`: start from the earliest event Salesforce retains."""
@@ -40,6 +41,10 @@ class Checkpoint(msgspec.Struct, frozen=True):
     replay_id: int
     updated_at: str
     """ISO-8601 UTC time of the commit that wrote it."""
+    event_time: float | None = None
+    """When Salesforce says the event at `replay_id` happened (epoch seconds), as the commit
+    gave it; None when it did not (a position set by an operator, a checkpoint stored by an
+    earlier sfstream)."""
 
 
 class Override(msgspec.Struct, frozen=True):
@@ -90,11 +95,19 @@ class StateStore(Protocol):
         """The checkpoints of `streams` (all of them when None); missing streams are absent."""
         ...
 
-    async def commit(self, replay_ids: Mapping[str, int]) -> None:
+    async def commit(
+        self, replay_ids: Mapping[str, int], event_times: Mapping[str, float] | None = None
+    ) -> None:
         """Set several checkpoints atomically: all of them are stored, or none.
 
-        A commit also clears the pending overrides of its streams (the run has taken them
-        over, or overwrites them).
+        `event_times` gives the event time of some of these streams: epoch seconds of the
+        event at the committed replayId, in Salesforce's clock (`Checkpoint.event_time`). A
+        stream committed without one has none afterwards. A commit also clears the pending
+        overrides of its streams (the run has taken them over, or overwrites them).
+
+        Raises:
+            ConfigError: also for an event time of a stream not in `replay_ids`, or one
+                that is not a finite number.
         """
         ...
 
@@ -106,9 +119,10 @@ class StateStore(Protocol):
     async def override(self, stream: str, start: int | None) -> Override:
         """Record an operator's position for `stream`; the next run starts there.
 
-        In one transaction: a `start` of 0 or more becomes the stream's checkpoint; -2
-        (earliest), -1 (latest) and None (the initial replay) forget it. The override stays
-        until a run takes it over (see the module). Returns what was recorded.
+        In one transaction: a `start` of 0 or more becomes the stream's checkpoint (without
+        an event time); -2 (earliest), -1 (latest) and None (the initial replay) forget it.
+        The override stays until a run takes it over (see the module). Returns what was
+        recorded.
 
         Raises:
             ConfigError: `start` is not None, -2, -1 or a replayId in `0..2**63-1`.
@@ -133,3 +147,37 @@ class StateStore(Protocol):
     async def close(self) -> None:
         """Release connections; the store is not used afterwards."""
         ...
+
+
+def check_event_times(
+    event_times: Mapping[str, float] | None, replay_ids: Mapping[str, int]
+) -> dict[str, float]:
+    """The event times of a commit (see `StateStore.commit`) as floats, checked like its
+    replay ids before a backend touches storage.
+
+    Raises:
+        ConfigError: `event_times` is not a mapping, names a stream not in `replay_ids`, or
+            holds a value that is not a finite number.
+    """
+    given: object = event_times
+    if given is None:
+        return {}
+    if not isinstance(given, Mapping):
+        raise ConfigError(
+            f"event times must be a mapping of stream id to epoch seconds, "
+            f"not {type(given).__name__}"
+        )
+    checked: dict[str, float] = {}
+    moment: object
+    for stream, moment in given.items():
+        if stream not in replay_ids:
+            raise ConfigError(f"an event time is given for {stream!r}, which is not committed")
+        if isinstance(moment, bool) or not isinstance(moment, int | float):
+            raise ConfigError(
+                f"the event time of stream {stream!r} must be epoch seconds (a number), "
+                f"not {type(moment).__name__}"
+            )
+        if not math.isfinite(moment):
+            raise ConfigError(f"the event time of stream {stream!r} must be finite, not {moment}")
+        checked[stream] = float(moment)
+    return checked

@@ -14,9 +14,11 @@ The DSN's password never appears in a message or `repr`: the store describes its
 as `postgresql://user@host:port/dbname`.
 
 Operators' pending positions (`override`) live in a second table beside the checkpoints,
-`<table>_overrides`, created on first use like the first (an existing checkpoint table is
-left as it is, with its data). `read_only=True` creates nothing and runs every statement in a
-read-only session; missing tables read as empty.
+`<table>_overrides`, created on first use like the first. An existing checkpoint table keeps
+its data; one made by an earlier sfstream gets the nullable column `event_time` (double
+precision, `Checkpoint.event_time`) on first use. `read_only=True` creates and changes
+nothing and runs every statement in a read-only session; missing tables read as empty, and a
+table without `event_time` reads as checkpoints without event times.
 
 The run lock (`owner`) is a session-level advisory lock per stream (keyed on the table and
 the stream id), held on a connection of its own for the block; the owner's connection is
@@ -49,7 +51,7 @@ from sfstream.state._common import (
     owned_message,
     utc_now,
 )
-from sfstream.state.base import Checkpoint, Override, StreamOwnedError
+from sfstream.state.base import Checkpoint, Override, StreamOwnedError, check_event_times
 
 if TYPE_CHECKING:
     import psycopg
@@ -131,7 +133,10 @@ class PostgresStateStore:
         self.table = table
         self.read_only = read_only
         self._queries = _Queries(
-            sql.Identifier(*schema, name), sql.Identifier(*schema, name + _OVERRIDES_SUFFIX)
+            sql.Identifier(*schema, name),
+            sql.Identifier(*schema, name + _OVERRIDES_SUFFIX),
+            # The name as `regclass` text: the pattern above leaves nothing to escape.
+            ".".join(f'"{part}"' for part in [*schema, name]),
         )
         self._lock_key = _advisory_key(table)
         self._conn: psycopg.AsyncConnection[TupleRow] | None = None
@@ -161,19 +166,23 @@ class PostgresStateStore:
             return {}
         rows = await self._run("load", lambda conn: self._load(conn, wanted))
         return {
-            stream: Checkpoint(stream, replay_id, iso_utc(updated_at))
-            for stream, replay_id, updated_at in rows
+            stream: Checkpoint(stream, replay_id, iso_utc(updated_at), event_time)
+            for stream, replay_id, updated_at, event_time in rows
         }
 
-    async def commit(self, replay_ids: Mapping[str, int]) -> None:
+    async def commit(
+        self, replay_ids: Mapping[str, int], event_times: Mapping[str, float] | None = None
+    ) -> None:
         """Set several checkpoints in one transaction: all of them are stored, or none.
 
-        It also clears the pending overrides of these streams.
+        `event_times`: the event time of some of them (see `StateStore.commit`). It also
+        clears the pending overrides of these streams.
         """
         batch = check_batch(replay_ids)
+        times = check_event_times(event_times, replay_ids)
         if batch:
             self._writable("commit")
-            await self._run("commit", lambda conn: self._commit(conn, batch))
+            await self._run("commit", lambda conn: self._commit(conn, batch, times))
 
     async def reset(self, stream: str) -> bool:
         """Forget a stream's checkpoint and its pending override; returns whether it had a
@@ -332,6 +341,12 @@ class PostgresStateStore:
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
                 await conn.execute(self._queries.create)
                 await conn.execute(self._queries.create_overrides)
+                # A table of an earlier sfstream. Checked first: ALTER TABLE takes an
+                # exclusive lock on the table even when the column exists.
+                cursor = await conn.execute(self._queries.has_event_time)
+                found = await cursor.fetchone()
+                if found is None or not found[0]:
+                    await conn.execute(self._queries.add_event_time)
             self._schema_ready = True
         return conn
 
@@ -388,9 +403,21 @@ class PostgresStateStore:
 
     async def _load(
         self, conn: psycopg.AsyncConnection[TupleRow], wanted: list[str] | None
-    ) -> list[tuple[str, int, datetime]]:
-        rows = await self._select(conn, wanted, self._queries.select_all, self._queries.select_some)
-        return [(str(stream), int(replay_id), at) for stream, replay_id, at in rows]
+    ) -> list[tuple[str, int, datetime, float | None]]:
+        import psycopg
+
+        queries = self._queries
+        try:
+            rows = await self._select(conn, wanted, queries.select_all, queries.select_some)
+        except psycopg.errors.UndefinedColumn:
+            if not self.read_only:
+                raise
+            # A table of an earlier sfstream, which a read-only store leaves as it is.
+            rows = await self._select(conn, wanted, queries.select_all_v1, queries.select_some_v1)
+        return [
+            (str(stream), int(replay_id), at, None if moment is None else float(moment))
+            for stream, replay_id, at, moment in rows
+        ]
 
     async def _overrides(
         self, conn: psycopg.AsyncConnection[TupleRow], wanted: list[str] | None
@@ -409,15 +436,20 @@ class PostgresStateStore:
         ]
 
     async def _commit(
-        self, conn: psycopg.AsyncConnection[TupleRow], batch: list[tuple[str, int]]
+        self,
+        conn: psycopg.AsyncConnection[TupleRow],
+        batch: list[tuple[str, int]],
+        times: dict[str, float],
     ) -> None:
         streams = [stream for stream, _ in batch]
         replay_ids = [replay_id for _, replay_id in batch]
+        event_times = [times.get(stream) for stream in streams]
         # utc_now() runs under the store's lock: a commit applied later never carries an
         # earlier time.
         async with conn.transaction():
             await conn.execute(
-                self._queries.commit, {"at": utc_now(), "streams": streams, "ids": replay_ids}
+                self._queries.commit,
+                {"at": utc_now(), "streams": streams, "ids": replay_ids, "times": event_times},
             )
 
     async def _reset(self, conn: psycopg.AsyncConnection[TupleRow], stream: str) -> bool:
@@ -443,7 +475,8 @@ class PostgresStateStore:
                 previous = row[0] if row is not None else None
             if start is not None and start >= 0:
                 await conn.execute(
-                    queries.upsert, {"at": requested_at, "streams": [stream], "ids": [start]}
+                    queries.upsert,
+                    {"at": requested_at, "streams": [stream], "ids": [start], "times": [None]},
                 )
             else:
                 await conn.execute(queries.delete, (stream,))
@@ -456,28 +489,41 @@ class PostgresStateStore:
 class _Queries:
     """The statements of one table, composed once with its name safely quoted."""
 
-    def __init__(self, table: sql.Identifier, overrides: sql.Identifier) -> None:
+    def __init__(self, table: sql.Identifier, overrides: sql.Identifier, regclass: str) -> None:
         from psycopg import sql
 
         def compose(text: str) -> sql.Composed:
-            return sql.SQL(text).format(table=table, overrides=overrides)
+            return sql.SQL(text).format(
+                table=table, overrides=overrides, regclass=sql.Literal(regclass)
+            )
 
         self.create = compose(
             "CREATE TABLE IF NOT EXISTS {table} ("
             " stream text PRIMARY KEY,"
             " replay_id bigint NOT NULL,"
-            " updated_at timestamptz NOT NULL)"
+            " updated_at timestamptz NOT NULL,"
+            " event_time double precision)"
         )
-        self.select_all = compose("SELECT stream, replay_id, updated_at FROM {table}")
-        self.select_some = compose(
-            "SELECT stream, replay_id, updated_at FROM {table} WHERE stream = ANY(%s::text[])"
+        self.has_event_time = compose(
+            "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = {regclass}::regclass"
+            " AND attname = 'event_time' AND NOT attisdropped)"
         )
+        self.add_event_time = compose(
+            "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS event_time double precision"
+        )
+        select = "SELECT stream, replay_id, updated_at, event_time FROM {table}"
+        self.select_all = compose(select)
+        self.select_some = compose(select + " WHERE stream = ANY(%s::text[])")
+        select_v1 = "SELECT stream, replay_id, updated_at, NULL::double precision FROM {table}"
+        self.select_all_v1 = compose(select_v1)
+        self.select_some_v1 = compose(select_v1 + " WHERE stream = ANY(%s::text[])")
         upsert = (
-            " INSERT INTO {table} (stream, replay_id, updated_at)"
-            " SELECT batch.stream, batch.replay_id, %(at)s"
-            " FROM unnest(%(streams)s::text[], %(ids)s::bigint[]) AS batch (stream, replay_id)"
-            " ON CONFLICT (stream) DO UPDATE SET"
-            " replay_id = EXCLUDED.replay_id, updated_at = EXCLUDED.updated_at"
+            " INSERT INTO {table} (stream, replay_id, updated_at, event_time)"
+            " SELECT batch.stream, batch.replay_id, %(at)s, batch.event_time"
+            " FROM unnest(%(streams)s::text[], %(ids)s::bigint[], %(times)s::double precision[])"
+            " AS batch (stream, replay_id, event_time)"
+            " ON CONFLICT (stream) DO UPDATE SET replay_id = EXCLUDED.replay_id,"
+            " updated_at = EXCLUDED.updated_at, event_time = EXCLUDED.event_time"
         )
         self.upsert = compose(upsert)
         # A commit clears the batch's pending overrides in the same statement: one round trip.

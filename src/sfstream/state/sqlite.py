@@ -15,7 +15,8 @@ cancelled and the thread runs on.
 
 Schema versions (`PRAGMA user_version`), migrated in place when a writable store opens the
 file, keeping every checkpoint: 1, the table `sfstream_checkpoints`; 2, the table
-`sfstream_overrides` beside it (operators' pending positions).
+`sfstream_overrides` beside it (operators' pending positions); 3, the nullable column
+`event_time` of `sfstream_checkpoints` (`Checkpoint.event_time`, epoch seconds).
 
 `read_only=True` opens the file for reading only (`sfstream state show`): it never creates,
 migrates or chmods the file, and works on a read-only file system; a missing file reads as
@@ -51,11 +52,11 @@ from sfstream.state._common import (
     owned_message,
     utc_now,
 )
-from sfstream.state.base import Checkpoint, Override, StreamOwnedError
+from sfstream.state.base import Checkpoint, Override, StreamOwnedError, check_event_times
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """`PRAGMA user_version` of the schema this module writes; a migration bumps it."""
 
 _PRIVATE: Final = 0o600
@@ -78,12 +79,16 @@ _SCHEMA_OVERRIDES: Final = (
     " previous INTEGER,"
     " requested_at TEXT NOT NULL)"
 )
-_SELECT: Final = "SELECT stream, replay_id, updated_at FROM sfstream_checkpoints"
+_ADD_EVENT_TIME: Final = "ALTER TABLE sfstream_checkpoints ADD COLUMN event_time REAL"
+_SELECT: Final = "SELECT stream, replay_id, updated_at, event_time FROM sfstream_checkpoints"
+# A read-only store on a file of an earlier schema: no event times yet.
+_SELECT_V2: Final = "SELECT stream, replay_id, updated_at, NULL FROM sfstream_checkpoints"
 _SELECT_OVERRIDES: Final = "SELECT stream, start, previous, requested_at FROM sfstream_overrides"
 _UPSERT: Final = (
-    "INSERT INTO sfstream_checkpoints (stream, replay_id, updated_at) VALUES (?, ?, ?) "
-    "ON CONFLICT (stream) DO UPDATE SET "
-    "replay_id = excluded.replay_id, updated_at = excluded.updated_at"
+    "INSERT INTO sfstream_checkpoints (stream, replay_id, updated_at, event_time) "
+    "VALUES (?, ?, ?, ?) ON CONFLICT (stream) DO UPDATE SET "
+    "replay_id = excluded.replay_id, updated_at = excluded.updated_at, "
+    "event_time = excluded.event_time"
 )
 _UPSERT_OVERRIDE: Final = (
     "INSERT INTO sfstream_overrides (stream, start, previous, requested_at) VALUES (?, ?, ?, ?) "
@@ -156,18 +161,22 @@ class SqliteStateStore:
             return {}
         return {row.stream: row for row in rows}
 
-    async def commit(self, replay_ids: Mapping[str, int]) -> None:
+    async def commit(
+        self, replay_ids: Mapping[str, int], event_times: Mapping[str, float] | None = None
+    ) -> None:
         """Set several checkpoints in one transaction: all of them are stored, or none.
 
-        It also clears the pending overrides of these streams.
+        `event_times`: the event time of some of them (see `StateStore.commit`). It also
+        clears the pending overrides of these streams.
         """
         batch = check_batch(replay_ids)
+        times = check_event_times(event_times, replay_ids)
         if batch:
             self._writable("commit")
             if self._inline_commits:
-                self._locked(lambda conn: _commit(conn, batch))
+                self._locked(lambda conn: _commit(conn, batch, times))
             else:
-                await self._run(lambda conn: _commit(conn, batch))
+                await self._run(lambda conn: _commit(conn, batch, times))
 
     async def reset(self, stream: str) -> bool:
         """Forget a stream's checkpoint and its pending override; returns whether it had a
@@ -510,8 +519,14 @@ def _configure(conn: sqlite3.Connection, path: Path) -> None:
         # Migrations from version N to N+1, each in this transaction; data is kept.
         if version < 2:
             conn.execute(_SCHEMA_OVERRIDES)
+        if version < 3 and "event_time" not in _columns(conn, "sfstream_checkpoints"):
+            conn.execute(_ADD_EVENT_TIME)
         if version < SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
 @contextlib.contextmanager
@@ -551,7 +566,8 @@ def _load(
 ) -> list[Checkpoint]:
     if version < 1:
         return []  # a read-only store on a file no writer has set up yet
-    return [_checkpoint(row, path) for row in _select(conn, _SELECT, wanted)]
+    query = _SELECT if version >= 3 else _SELECT_V2
+    return [_checkpoint(row, path) for row in _select(conn, query, wanted)]
 
 
 def _overrides(
@@ -563,11 +579,18 @@ def _overrides(
 
 
 def _checkpoint(row: tuple[object, ...], path: Path) -> Checkpoint:
-    stream, replay_id, updated_at = row
-    if not (isinstance(stream, str) and isinstance(replay_id, int) and isinstance(updated_at, str)):
+    stream, replay_id, updated_at, event_time = row
+    if not (
+        isinstance(stream, str)
+        and isinstance(replay_id, int)
+        and isinstance(updated_at, str)
+        and (event_time is None or isinstance(event_time, int | float))
+    ):
         # SQLite columns are not strictly typed: a foreign writer can store anything.
         raise _corrupt(path, f"malformed checkpoint row {row!r}")
-    return Checkpoint(stream, replay_id, updated_at)
+    return Checkpoint(
+        stream, replay_id, updated_at, None if event_time is None else float(event_time)
+    )
 
 
 def _override_row(row: tuple[object, ...], path: Path) -> Override:
@@ -582,11 +605,16 @@ def _override_row(row: tuple[object, ...], path: Path) -> Override:
     return Override(stream, start, previous, requested_at)
 
 
-def _commit(conn: sqlite3.Connection, batch: list[tuple[str, int]]) -> None:
+def _commit(
+    conn: sqlite3.Connection, batch: list[tuple[str, int]], times: dict[str, float]
+) -> None:
     # Taken under the lock, so that commits applied later never carry an earlier time.
     updated_at = iso_utc(utc_now())
     with _transaction(conn, "IMMEDIATE"):
-        conn.executemany(_UPSERT, [(stream, replay_id, updated_at) for stream, replay_id in batch])
+        conn.executemany(
+            _UPSERT,
+            [(stream, replay_id, updated_at, times.get(stream)) for stream, replay_id in batch],
+        )
         conn.executemany(_CLEAR_OVERRIDE, [(stream,) for stream, _ in batch])
 
 
@@ -611,7 +639,7 @@ def _override(conn: sqlite3.Connection, stream: str, start: int | None) -> Overr
             ).fetchone()
             previous = row[0] if row is not None else None
         if start is not None and start >= 0:
-            conn.execute(_UPSERT, (stream, start, requested_at))
+            conn.execute(_UPSERT, (stream, start, requested_at, None))
         else:
             conn.execute("DELETE FROM sfstream_checkpoints WHERE stream = ?", (stream,))
         conn.execute(_UPSERT_OVERRIDE, (stream, start, previous, requested_at))

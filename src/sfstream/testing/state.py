@@ -103,6 +103,7 @@ async def check_round_trip(factory: StoreFactory) -> None:
             _expect(point.stream == stream, f"{point!r} is keyed as {stream!r}")
             _expect(type(point.replay_id) is int, f"replay_id of {point!r} is not an int")
             _expect(point.replay_id == expected, f"{point!r}: expected replay_id {expected}")
+            _expect(point.event_time is None, f"{point!r}: an event time nobody gave")
         everything = await store.load()
         _expect(
             everything.get(first) == loaded[first] and everything.get(second) == loaded[second],
@@ -286,6 +287,64 @@ async def check_updated_at(factory: StoreFactory) -> None:
         )
 
 
+async def check_event_time(factory: StoreFactory) -> None:
+    """A commit stores the event times it is given, exactly, as floats; a stream committed
+    without one, or moved by an operator, has none."""
+    timed, whole, untimed, operated = _streams("event-time", 4)
+    moment = 1_714_521_600.123456
+    async with _opened(factory) as store:
+        await store.commit(
+            {timed: 1, whole: 2, untimed: 3, operated: 4},
+            {timed: moment, whole: 1_714_521_601, operated: moment},
+        )
+        loaded = await store.load([timed, whole, untimed, operated])
+        times = {stream: point.event_time for stream, point in loaded.items()}
+        expected = {timed: moment, whole: 1_714_521_601.0, untimed: None, operated: moment}
+        _expect(times == expected, f"event times {times}, not {expected}")
+        _expect(type(times[whole]) is float, f"an int event time loads as {times[whole]!r}")
+        everything = await store.load()
+        _expect(everything.get(timed) == loaded[timed], "load() disagrees with load(streams)")
+        await store.override(operated, 2)
+        point = (await store.load([operated]))[operated]
+        _expect(point.event_time is None, f"an operator's position kept an event time: {point!r}")
+        await store.commit({whole: 5}, {})
+    async with _opened(factory) as store:
+        loaded = await store.load([timed, whole, untimed])
+        times = {stream: point.event_time for stream, point in loaded.items()}
+        expected = {timed: moment, whole: None, untimed: None}
+        _expect(times == expected, f"after reopening, event times are {times}, not {expected}")
+        await store.commit({timed: 6})
+        point = (await store.load([timed]))[timed]
+        _expect(point.event_time is None, f"a commit without an event time kept one: {point!r}")
+
+
+async def check_event_time_invalid(factory: StoreFactory) -> None:
+    """Event times of streams outside the commit, or that are not finite numbers, are
+    refused with ConfigError, and the commit stores none of its batch."""
+    first, second = _streams("event-time-invalid", 2)
+    bad: list[object] = [
+        {second: 1_714_521_600.0},
+        {first: "1714521600"},
+        {first: True},
+        {first: None},
+        {first: float("nan")},
+        {first: float("inf")},
+        [(first, 1_714_521_600.0)],
+    ]
+    async with _opened(factory) as store:
+        await store.commit({first: 1}, {first: 1_714_521_600.0})
+        before = await store.load([first, second])
+        for event_times in bad:
+            try:
+                await store.commit({first: 2}, cast(Mapping[str, float], event_times))
+            except ConfigError:
+                pass
+            else:
+                raise AssertionError(f"commit accepted the event times {event_times!r}")
+            after = await store.load([first, second])
+            _expect(after == before, f"the refused event times {event_times!r} left {after!r}")
+
+
 async def check_invalid_arguments(factory: StoreFactory) -> None:
     """Stream ids that are not non-empty strings are refused with ConfigError."""
     async with _opened(factory) as store:
@@ -464,6 +523,8 @@ STATE_STORE_CHECKS: Final[list[tuple[str, Callable[[StoreFactory], Awaitable[Non
     ("many_streams", check_many_streams),
     ("concurrent_commits", check_concurrent_commits),
     ("updated_at", check_updated_at),
+    ("event_time", check_event_time),
+    ("event_time_invalid", check_event_time_invalid),
     ("invalid_arguments", check_invalid_arguments),
     ("close_idempotent", check_close_idempotent),
     ("override_position", check_override_position),
