@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FAYE := tests/interop/faye
 FAYE_STAMP := $(FAYE)/node_modules/.installed
 
-.PHONY: help install demo test lint typecheck pytest emulator bench chaos fuzz clean
+.PHONY: help install demo test lint typecheck pytest emulator bench chaos fuzz image clean
 
 help:
 	@echo "make demo      run the connector end to end against the bundled emulator"
@@ -15,6 +15,7 @@ help:
 	@echo "make bench     run the benchmarks under bench/ (about 15 minutes)"
 	@echo "make chaos     100,000 events under seeded faults and 20 SIGKILLs, then an audit"
 	@echo "make fuzz      the hypothesis fuzz tests (tests/fuzz) with many more examples"
+	@echo "make image     the container image (deploy/Dockerfile) with podman or buildah"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "sfstream needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -70,6 +71,13 @@ chaos: $(STAMP)
 # The `fuzz` hypothesis profile (tests/conftest.py) runs each fuzz test far longer.
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/fuzz --timeout 0 $(FUZZ_ARGS)
+
+# The service image, localhost/sfstream:latest unless IMAGE names another (also tagged with the
+# version). Its base is bootstrapped locally when missing (deploy/build-base.sh: no registry
+# needed); tests/certify/fargate then runs the image instead of a process.
+IMAGE ?= localhost/sfstream:latest
+image:
+	deploy/build-image.sh $(IMAGE)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build dist

@@ -621,7 +621,7 @@ GOOD = {
         (
             "x",
             "state:\n  backend: mysql\n",
-            "state.backend: expected one of sqlite, postgres, got 'mysql'",
+            "state.backend: expected one of sqlite, postgres, dynamodb, got 'mysql'",
         ),
         ("x", "state:\n  backend: postgres\n", "state: the postgres backend needs `dsn`"),
         (
@@ -632,7 +632,8 @@ GOOD = {
         (
             "x",
             "schema_registry:\n  backend: postgres\n",
-            "schema_registry.backend: expected sqlite, got 'postgres'",
+            "config: schema_registry.backend: postgres keeps schema versions with the state, "
+            "which is not in postgres (state.backend: sqlite); set it to state or sqlite",
         ),
         (
             "x",

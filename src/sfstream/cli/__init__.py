@@ -9,6 +9,7 @@
 | `status` | `sfstream.cli.status` |
 | `schema list/show/history` | `sfstream.cli.schema` |
 | `manifest` | `sfstream.cli.manifest` |
+| `endpoints` | `sfstream.cli.endpoints` |
 | `tail` | `sfstream.cli.tail` |
 | `healthcheck` | `sfstream.cli.healthcheck` |
 | `emulator` | `sfstream_emulator.cli` (the emulator's own command) |

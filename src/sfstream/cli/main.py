@@ -21,6 +21,10 @@ COMMANDS: Final = {
     ),
     "schema": ("sfstream.cli.schema:schema", "Derive, list and show the schemas of the streams."),
     "manifest": ("sfstream.cli.manifest:manifest", "Print the connector manifest."),
+    "endpoints": (
+        "sfstream.cli.endpoints:endpoints",
+        "Print every host and port the connector contacts (the NAT egress allow-list).",
+    ),
     "tail": ("sfstream.cli.tail:tail", "Print the events of channels as JSON lines."),
     "healthcheck": (
         "sfstream.cli.healthcheck:healthcheck",

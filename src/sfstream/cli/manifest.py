@@ -16,10 +16,19 @@ from sfstream.errors import ExitCode
     is_flag=True,
     help="Validate the manifest and its consistency with the code.",
 )
-def manifest(check_it: bool) -> None:
+@click.option(
+    "--schema",
+    "print_schema",
+    is_flag=True,
+    help="Print the manifest's JSON Schema (draft 2020-12) instead.",
+)
+def manifest(check_it: bool, print_schema: bool) -> None:
     """Print the connector manifest (what sfstream is, for orchestrators and catalogs)."""
-    from sfstream.manifest import check_manifest, manifest_text
+    from sfstream.manifest import check_manifest, manifest_text, schema_text
 
+    if print_schema:
+        click.echo(schema_text(), nl=False)
+        return
     if not check_it:
         click.echo(manifest_text(), nl=False)
         return

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
 
 from sfstream.cli.common import CONFIG_OPTION, Failure, call, load, print_json, table
+
+if TYPE_CHECKING:
+    from sfstream.engine.config import Config
 
 
 @click.group()
@@ -24,20 +27,29 @@ def schema() -> None:
     each stream's current schema before the first run (`derive`)."""
 
 
-def _registry_path(config_path: Path) -> Path:
+def _registry_config(config_path: Path) -> Config:
     # Reading the registry needs no login: the Salesforce secrets are not resolved.
-    config = load(config_path, log_level="warning", offline=True)
-    path = config.schema_registry.path
-    assert path is not None  # set by load_config
-    return path
+    return load(config_path, log_level="warning", offline=True)
 
 
-def _registry_call(path: Path, function: Any) -> Any:
-    """Run `function(registry)` on the registry at `path`, opened read-only."""
-    from sfstream.schema.registry import SqliteSchemaRegistry
+def _registry_exists(config: Config) -> tuple[bool, str]:
+    """(whether the registry exists, where it is, for messages): an SQLite registry is a file
+    that the first run creates; the others live in the state's database."""
+    from sfstream.runners.wiring import describe_registry, registry_backend
+
+    where = describe_registry(config)
+    if registry_backend(config) == "sqlite":
+        path = config.schema_registry.path
+        return path is not None and path.is_file(), where
+    return True, where
+
+
+def _registry_call(config: Config, function: Any) -> Any:
+    """Run `function(registry)` on the configured registry, opened read-only."""
+    from sfstream.runners.wiring import open_registry
 
     async def run_with_registry() -> Any:
-        registry = SqliteSchemaRegistry(path, read_only=True)
+        registry = open_registry(config, read_only=True)
         try:
             return await function(registry)
         finally:
@@ -67,11 +79,11 @@ def schema_list(config_path: Path, as_json: bool) -> None:
             )
         return rows
 
-    path = _registry_path(config_path)
-    exists = path.is_file()
-    rows = _registry_call(path, latest) if exists else []
+    config = _registry_config(config_path)
+    exists, path = _registry_exists(config)
+    rows = _registry_call(config, latest) if exists else []
     if as_json:
-        print_json({"subjects": rows, "registry": str(path), "exists": exists})
+        print_json({"subjects": rows, "registry": path, "exists": exists})
         return
     if not rows:
         click.echo("no schemas registered yet (they are registered when `sfstream run` starts)")
@@ -120,7 +132,7 @@ def schema_show(config_path: Path, subject: str, version: int | None, fmt: str) 
     async def get(registry: Any) -> Any:
         return await registry.get(subject, version)
 
-    found = _registry_call(_registry_path(config_path), get)
+    found = _registry_call(_registry_config(config_path), get)
     if found is None:
         which = f"version {version} of " if version else ""
         raise Failure(f"no {which}schema registered for {subject} (see `sfstream schema list`)")
@@ -139,7 +151,7 @@ def schema_history(config_path: Path, subject: str, as_json: bool) -> None:
     async def history(registry: Any) -> Any:
         return await registry.history(subject)
 
-    versions = _registry_call(_registry_path(config_path), history)
+    versions = _registry_call(_registry_config(config_path), history)
     if not versions:
         raise Failure(f"no schema registered for {subject} (see `sfstream schema list`)")
     if as_json:

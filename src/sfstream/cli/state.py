@@ -1,10 +1,13 @@
-"""`sfstream state show|set|reset`: the checkpoints.
+"""`sfstream state init|show|set|reset`: the checkpoints.
 
-`set` and `reset` record an operator's position (`StateStore.override`): the next run starts
-there whatever the sink already holds, and writes a GAP note into the sink. They refuse a
-stream that a running `sfstream run` owns (`StateStore.owner`), because the run would
-overwrite the change with its next checkpoint, and `set` refuses a stream this configuration
-does not stream; `--force` does both anyway. `show` opens the store read-only.
+`init` creates where the state and the schema registry live (the DynamoDB table, which a run
+never creates; the PostgreSQL tables and SQLite files, which a run would create on first use)
+and says what it did; run again, it changes nothing. `set` and `reset` record an operator's
+position (`StateStore.override`): the next run starts there whatever the sink already holds,
+and writes a GAP note into the sink. They refuse a stream that a running `sfstream run` owns
+(`StateStore.owner`), because the run would overwrite the change with its next checkpoint,
+and `set` refuses a stream this configuration does not stream; `--force` does both anyway.
+`show` opens the store read-only.
 """
 
 from __future__ import annotations
@@ -60,6 +63,22 @@ class _Position(click.ParamType[int]):
 def state() -> None:
     """Show and change stream checkpoints (operators only: a wrong replayId skips or repeats
     events)."""
+
+
+@state.command("init")
+@CONFIG_OPTION
+def state_init(config_path: Path) -> None:
+    """Create the state store's tables and the schema registry's, where missing.
+
+    DynamoDB: the table `state.table` (on-demand capacity, string keys pk and sk), which
+    holds the checkpoints, the run locks and the schema registry; a run never creates it.
+    PostgreSQL: the checkpoint table, its overrides table and `sfstream_schemas`. SQLite: the
+    state database and the schema registry files. Existing tables and files are left as they
+    are: running it again changes nothing. Needs no Salesforce login.
+    """
+    config = load(config_path, log_level="warning", offline=True)
+    for line in call(lambda: _initialize(config)):
+        click.echo(line)
 
 
 @state.command("show")
@@ -208,6 +227,116 @@ def state_reset(config_path: Path, force: bool, stream: str) -> None:
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+async def _initialize(config: Config) -> list[str]:
+    """Create the state's and the schema registry's storage; a line for each thing done."""
+    from sfstream.runners.wiring import describe_registry, open_registry, registry_backend
+
+    lines: list[str] = []
+    backend = config.state.backend
+    if backend == "dynamodb":
+        lines.append(await _init_dynamodb(config))
+    elif backend == "postgres":
+        lines.extend(await _init_postgres(config))
+    else:
+        lines.append(await _init_sqlite(config))
+    where = describe_registry(config)
+    if registry_backend(config) == "dynamodb":
+        lines.append(f"schema registry: in the same table ({where}), under pk = schemas")
+    elif registry_backend(config) == "sqlite":
+        path = config.schema_registry.path
+        assert path is not None  # set by load_config for an SQLite registry
+        existed = path.is_file()
+        registry = open_registry(config)
+        try:
+            await registry.subjects()  # opening it writable creates the file and its table
+        finally:
+            await registry.close()
+        done = "is ready (it existed)" if existed else "created"
+        lines.append(f"schema registry: {path} {done}")
+    return lines
+
+
+async def _init_dynamodb(config: Config) -> str:
+    from sfstream.state.dynamodb import DynamoDbStateStore
+
+    state = config.state
+    assert state.table is not None  # checked by the configuration
+    store = DynamoDbStateStore(state.table, region=state.region, endpoint_url=state.endpoint_url)
+    try:
+        created = await store.create_table()
+    finally:
+        await store.close()
+    region = f" in {state.region}" if state.region else ""
+    if created:
+        return (
+            f"state: created DynamoDB table {state.table}{region} (on-demand capacity; string "
+            f"keys pk (HASH) and sk (RANGE))"
+        )
+    return (
+        f"state: DynamoDB table {state.table}{region} exists with the keys sfstream needs; "
+        f"left as it is"
+    )
+
+
+async def _init_postgres(config: Config) -> list[str]:
+    import psycopg
+
+    from sfstream.runners.wiring import open_registry, open_state
+    from sfstream.schema.postgres import PostgresSchemaRegistry
+    from sfstream.state.postgres import PostgresStateStore
+
+    assert config.state.dsn is not None  # checked by the configuration
+    store = open_state(config)
+    assert isinstance(store, PostgresStateStore)
+    names = [store.table, f"{store.table}_overrides"]
+    try:
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                config.state.dsn.get_secret_value(), autocommit=True, connect_timeout=10
+            ) as conn:
+                cursor = await conn.execute(
+                    "SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NULL",
+                    (names,),
+                )
+                missing = {str(row[0]) for row in await cursor.fetchall()}
+        except psycopg.Error:
+            missing = set(names)  # the store says what is wrong, below
+        await store.overrides(None)  # a writable store creates its tables on first use
+    finally:
+        await store.close()
+    lines = [
+        f"state: {'created' if name in missing else 'kept the existing'} table {name} in "
+        f"{store.database}"
+        for name in names
+    ]
+    registry = open_registry(config)
+    if isinstance(registry, PostgresSchemaRegistry):
+        try:
+            created = await registry.create_table()
+        finally:
+            await registry.close()
+        done = "created" if created else "kept the existing"
+        lines.append(f"schema registry: {done} table {registry.table} in {registry.database}")
+    else:
+        await registry.close()
+    return lines
+
+
+async def _init_sqlite(config: Config) -> str:
+    from sfstream.runners.wiring import open_state
+
+    path = config.state.path
+    existed = path.is_file()
+    store = open_state(config)
+    try:
+        await store.overrides(None)  # a writable store creates and migrates its file
+    finally:
+        await store.close()
+    if existed:
+        return f"state: the database {path} is ready (it existed; migrated if it was older)"
+    return f"state: created the database {path} (mode 600)"
 
 
 @contextlib.asynccontextmanager

@@ -128,6 +128,16 @@ class SecretsConfig(_Frozen):
     file: Path | None = None
     aws_secret_id: str | None = None
     aws_region: str | None = None
+    aws_endpoint_url: str | None = None
+    """Another Secrets Manager endpoint (a VPC endpoint, LocalStack); unset: boto3's, which
+    honours `AWS_ENDPOINT_URL`."""
+    aws_cache_ttl_s: float = Field(default=300.0, ge=0)
+    """How long the secret read is kept in memory before it is read again."""
+
+    @field_validator("aws_endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return _endpoint_url(value)
 
     @model_validator(mode="after")
     def _complete(self) -> SecretsConfig:
@@ -150,8 +160,19 @@ class SecretsConfig(_Frozen):
             from sfstream.secrets.aws import AwsSecretsManagerStore
 
             assert self.aws_secret_id is not None  # checked above
-            return AwsSecretsManagerStore(self.aws_secret_id, region=self.aws_region)
+            return AwsSecretsManagerStore.shared(
+                self.aws_secret_id,
+                region=self.aws_region,
+                endpoint_url=self.aws_endpoint_url,
+                cache_ttl_s=self.aws_cache_ttl_s,
+            )
         return EnvSecretsStore()
+
+
+def _endpoint_url(value: str | None) -> str | None:
+    if value is not None and not value.startswith(("https://", "http://")):
+        raise PydanticCustomError("url_scheme", "not an https:// or http:// URL")
+    return value
 
 
 class StreamConfig(_Frozen):
@@ -207,21 +228,49 @@ class DiscoveryConfig(_Frozen):
 
 
 class StateConfig(_Frozen):
-    backend: Literal["sqlite", "postgres"] = "sqlite"
+    """Where checkpoints are kept: an SQLite file, a PostgreSQL table or a DynamoDB table."""
+
+    backend: Literal["sqlite", "postgres", "dynamodb"] = "sqlite"
     path: Path = Path(".sfstream/state.db")
     dsn: SecretStr | None = None
+    table: str | None = None
+    """The DynamoDB table (required), or the PostgreSQL table (default
+    `sfstream_checkpoints`)."""
+    region: str | None = None
+    """The DynamoDB table's AWS region; unset: the AWS chain's (`AWS_REGION`)."""
+    endpoint_url: str | None = None
+    """Another DynamoDB endpoint (a VPC endpoint, LocalStack); unset: boto3's, which honours
+    `AWS_ENDPOINT_URL`."""
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return _endpoint_url(value)
 
     @model_validator(mode="after")
-    def _dsn(self) -> StateConfig:
+    def _complete(self) -> StateConfig:
         if self.backend == "postgres" and self.dsn is None:
             raise ValueError("the postgres backend needs `dsn`")
+        if self.backend == "dynamodb":
+            if self.table is None:
+                raise ValueError("the dynamodb backend needs `table`")
+            if not re.fullmatch(r"[A-Za-z0-9_.\-]{3,255}", self.table):
+                raise ValueError(
+                    f"the DynamoDB table name {self.table!r} must have 3 to 255 letters, "
+                    "digits, '_', '-' or '.'"
+                )
         return self
 
 
-class SchemaRegistryConfig(_Frozen):
-    """Where schema versions are kept (an SQLite file; beside the state store by default)."""
+RegistryBackend = Literal["state", "sqlite", "postgres", "dynamodb"]
 
-    backend: Literal["sqlite"] = "sqlite"
+
+class SchemaRegistryConfig(_Frozen):
+    """Where schema versions are kept: with the state by default (an SQLite file beside the
+    state's, its PostgreSQL database or its DynamoDB table), or in an SQLite file of their
+    own (`backend: sqlite` with `path`)."""
+
+    backend: RegistryBackend = "state"
     path: Path | None = None
 
 
@@ -300,6 +349,33 @@ class Config(_Frozen):
     _unresolved: Mapping[str, str] = PrivateAttr(default_factory=lambda: MappingProxyType({}))
     _warnings: tuple[ConfigWarning, ...] = PrivateAttr(default=())
     _file: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _registry(self) -> Config:
+        registry = self.schema_registry.backend
+        state = self.state.backend
+        path = self.schema_registry.path
+        if registry in ("postgres", "dynamodb") and registry != state:
+            raise ValueError(
+                f"schema_registry.backend: {registry} keeps schema versions with the state, "
+                f"which is not in {registry} (state.backend: {state}); set it to state or "
+                "sqlite"
+            )
+        if state == "sqlite":
+            return self
+        if registry == "sqlite" and path is None:
+            raise ValueError(
+                f"schema_registry: the sqlite backend under a {state} state needs `path` "
+                "(remove both to keep schema versions with the state)"
+            )
+        if registry != "sqlite" and path is not None:
+            raise ValueError(
+                f"schema_registry.path: with state.backend: {state} the schema registry lives "
+                f"with the state, not in a local file (which a replaced task or a Lambda "
+                "function loses); remove `path`, or set schema_registry.backend: sqlite to "
+                "keep it in that file"
+            )
+        return self
 
     @model_validator(mode="after")
     def _streams(self) -> Config:
@@ -784,6 +860,7 @@ class _Problem(msgspec.Struct, frozen=True):
 _REPLAY: Final = "latest, earliest or a replayId (an integer from 0)"
 _SECONDS: Final = "a number of seconds greater than 0"
 _SECRET_TEXT: Final = "text (a ${secret:NAME} reference)"  # noqa: S105 - a description
+_ENDPOINT: Final = "a URL starting with https:// (or http:// for a local endpoint)"
 _EXPECTED: Final[Mapping[str, str]] = MappingProxyType(
     {
         "salesforce.login_url": "a URL starting with https:// (or http:// for a local emulator)",
@@ -796,6 +873,8 @@ _EXPECTED: Final[Mapping[str, str]] = MappingProxyType(
         "secrets.file": "a file path",
         "secrets.aws_secret_id": "the name or ARN of a secret (text)",
         "secrets.aws_region": "an AWS region (like eu-west-1)",
+        "secrets.aws_endpoint_url": _ENDPOINT,
+        "secrets.aws_cache_ttl_s": "a number of seconds, 0 or more (0: read it every time)",
         "streams": "a list of streams",
         "streams.*": "a stream (a mapping with `channel`)",
         "streams.*.channel": "a channel name (/data/..., /event/..., /topic/... or /u/...)",
@@ -810,6 +889,9 @@ _EXPECTED: Final[Mapping[str, str]] = MappingProxyType(
         "discovery.initial_replay": _REPLAY,
         "state.path": "a file path",
         "state.dsn": "a connection string (postgresql://...)",
+        "state.table": "a table name (text)",
+        "state.region": "an AWS region (like eu-west-1)",
+        "state.endpoint_url": _ENDPOINT,
         "schema_registry.path": "a file path",
         "sink.path": "a file path",
         "runtime.summary_interval_s": _SECONDS,
@@ -1159,7 +1241,8 @@ def _report(file: Path, problems: list[_Problem], secrets: Mapping[str, str]) ->
 
 def _anchor_paths(config: Config, base: Path) -> Config:
     """Relative state, sink and secrets file paths are relative to the config file's
-    directory."""
+    directory; an SQLite state's schema registry is `schemas.db` beside its file, unless
+    `schema_registry.path` says otherwise."""
     state = config.state
     sink = config.sink
     registry = config.schema_registry
@@ -1171,7 +1254,8 @@ def _anchor_paths(config: Config, base: Path) -> Config:
     if sink.path is not None and not sink.path.is_absolute():
         sink = sink.model_copy(update={"path": base / sink.path})
     if registry.path is None:
-        registry = registry.model_copy(update={"path": state.path.parent / "schemas.db"})
+        if state.backend == "sqlite":
+            registry = registry.model_copy(update={"path": state.path.parent / "schemas.db"})
     elif not registry.path.is_absolute():
         registry = registry.model_copy(update={"path": base / registry.path})
     return config.model_copy(

@@ -40,6 +40,10 @@ Attributes: every span has `sfstream.run_id`.
 A span that ends with an error has the status ERROR; error messages are never exported
 (they may quote what Salesforce answered), only error classes.
 
+The resource also carries the attributes of where the process runs, when a runner found out
+(`set_platform_attributes`: the ECS task of `sfstream.runners.ecs`, on Fargate);
+`OTEL_RESOURCE_ATTRIBUTES` overrides them.
+
 Needs the `otel` extra (`pip install 'sfstream[otel]'`).
 """
 
@@ -176,6 +180,9 @@ class Tracing:
 
             exporter = OTLPSpanExporter()
         resource = Resource.create()
+        if _platform:
+            # The platform's attributes under those of `OTEL_RESOURCE_ATTRIBUTES`.
+            resource = Resource(dict(_platform)).merge(resource)
         if str(resource.attributes.get(SERVICE_NAME_KEY, "")).startswith("unknown_service"):
             resource = resource.merge(Resource({SERVICE_NAME_KEY: SERVICE_NAME}))
         self.provider = TracerProvider(resource=resource, shutdown_on_exit=False)
@@ -345,3 +352,16 @@ class SpanListener:
         """End the session's span (outcome `unfinished`) if the run ends before the session
         reported its end."""
         self._end_session("unfinished")
+
+
+# -- the platform's resource attributes ------------------------------------------------------
+
+_platform: dict[str, str] = {}
+
+
+def set_platform_attributes(attributes: Mapping[str, str]) -> None:
+    """Resource attributes of where the process runs (the ECS task, from
+    `sfstream.runners.ecs`), for every `Tracing` created afterwards; they replace those set
+    before, and `OTEL_RESOURCE_ATTRIBUTES` overrides them."""
+    _platform.clear()
+    _platform.update(attributes)

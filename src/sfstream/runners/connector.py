@@ -2,7 +2,9 @@
 
 `Connector` owns every resource of a run (HTTP session and token provider shared by REST and
 streaming, the state store, the sink, the streaming client) as one async context manager;
-`sfstream.runners.wiring` builds each of them from the configuration.
+`sfstream.runners.wiring` builds each of them from the configuration. A caller that keeps
+the org session, the state store and the schema registry from one run to the next (a warm
+AWS Lambda function) passes them in; the connector then uses them and leaves them open.
 Both runners use it: the service runs it until a signal, the Lambda handler until its
 deadline.
 """
@@ -16,7 +18,8 @@ import gc
 import random
 import sys
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextvars import ContextVar
 from typing import Any, Final
 
 import structlog
@@ -42,7 +45,9 @@ from sfstream.runners.wiring import (
     open_state,
     org_session,
 )
+from sfstream.schema.registry import SchemaRegistry
 from sfstream.schema.tracker import SchemaTracker
+from sfstream.state.base import StateStore
 from sfstream.streams import StreamSpec
 
 log = structlog.get_logger("sfstream.connector")
@@ -50,6 +55,7 @@ _STARTUP_BACKOFF_BASE_S: Final = 1.0
 _STARTUP_BACKOFF_CAP_S: Final = 60.0
 _WAIT_NOTICE_S: Final = 10.0
 """A start-up step that takes longer says what it waits for: after 10 s, 20 s, 40 s, ..."""
+_STEPS: Final[ContextVar[list[str] | None]] = ContextVar("sfstream_start_steps", default=None)
 
 
 def tune_garbage_collector() -> None:
@@ -104,16 +110,33 @@ def new_run_id() -> str:
 
 
 class Connector:
-    """One run of the connector over its configured streams."""
+    """One run of the connector over its configured streams.
+
+    Args:
+        session: the org session to use (HTTP session, token provider, REST client), opened
+            by the caller and left open; the connector opens and closes its own when None.
+        state: the state store to use, likewise.
+        registry: the schema registry to use, likewise.
+    """
 
     def __init__(
-        self, config: Config, run_id: str | None = None, telemetry: Telemetry | None = None
+        self,
+        config: Config,
+        run_id: str | None = None,
+        telemetry: Telemetry | None = None,
+        *,
+        session: OrgSession | None = None,
+        state: StateStore | None = None,
+        registry: SchemaRegistry | None = None,
     ) -> None:
         self.config = config
         self.run_id = run_id or new_run_id()
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.specs: list[StreamSpec] = []
         self.pipeline: Pipeline | None = None
+        self._session = session
+        self._state = state
+        self._registry = registry
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Connector:
@@ -136,16 +159,22 @@ class Connector:
         """
         config = self.config
         try:
-            session = await self._stack.enter_async_context(org_session(config))
+            session = self._session
+            if session is None:
+                session = await self._stack.enter_async_context(org_session(config))
             self.specs = await self._validate(session)
-            state = open_state(config)
-            self._stack.push_async_callback(state.close)
+            state = self._state
+            if state is None:
+                state = open_state(config)
+                self._stack.push_async_callback(state.close)
             # One run owns its streams: a second run, or `state set`, is refused meanwhile.
             await self._stack.enter_async_context(state.owner([spec.id for spec in self.specs]))
             sink = open_sink(config)
             self._stack.push_async_callback(sink.close)
-            registry = open_registry(config)
-            self._stack.push_async_callback(registry.close)
+            registry = self._registry
+            if registry is None:
+                registry = open_registry(config)
+                self._stack.push_async_callback(registry.close)
             tracker = SchemaTracker(
                 session.rest, registry, {spec.id: spec.on_breaking_change for spec in self.specs}
             )
@@ -253,6 +282,9 @@ async def start(
     timeout_s: float | None = None,
     rng: random.Random | None = None,
     telemetry: Telemetry | None = None,
+    session: OrgSession | None = None,
+    state: StateStore | None = None,
+    registry: SchemaRegistry | None = None,
 ) -> Connector | None:
     """Open a connector, retrying what may pass, until it opens or `stop` is set.
 
@@ -262,7 +294,7 @@ async def start(
     bad configuration, a permission denied) is raised at once. `stop` ends the attempts at
     once and returns None; so does the end of `timeout_s` (None: no limit), with the last
     error raised. Each failure is counted in `telemetry`, which the connector then reports
-    to.
+    to. `session`, `state` and `registry` are shared with the connector (see `Connector`).
     """
     backoff = Backoff(base_s=_STARTUP_BACKOFF_BASE_S, cap_s=_STARTUP_BACKOFF_CAP_S)
     if rng is not None:
@@ -272,7 +304,9 @@ async def start(
     attempt = 0
     while not stop.is_set():
         attempt += 1
-        connector = Connector(config, run_id, telemetry)
+        connector = Connector(
+            config, run_id, telemetry, session=session, state=state, registry=registry
+        )
         try:
             opened = await _unless_stopped(connector.open(), stop)
         except SfStreamError as exc:
@@ -300,11 +334,30 @@ async def start(
     return None
 
 
+@contextlib.contextmanager
+def recording_steps() -> Iterator[list[str]]:
+    """The start-up steps (`token endpoint login.salesforce.com`, ...) that `start` and
+    `Connector.open` begin within the block and do not complete, last begun last: a step
+    under way, or one that failed or was cancelled. A caller that gives up on a start names
+    what it waited for with the last one.
+    """
+    steps: list[str] = []
+    token = _STEPS.set(steps)
+    try:
+        yield steps
+    finally:
+        _STEPS.reset(token)
+
+
 @contextlib.asynccontextmanager
 async def _waiting(what: str) -> AsyncIterator[None]:
-    """Log `waiting` (`on`: what, `for_s`) while the body runs past 10 s, 20 s, 40 s, ..."""
+    """Log `waiting` (`on`: what, `for_s`) while the body runs past 10 s, 20 s, 40 s, ...;
+    the step is recorded meanwhile (see `recording_steps`)."""
     loop = asyncio.get_running_loop()
     began = loop.time()
+    steps = _STEPS.get()
+    if steps is not None:
+        steps.append(what)
 
     async def notices() -> None:
         after = _WAIT_NOTICE_S
@@ -318,6 +371,8 @@ async def _waiting(what: str) -> AsyncIterator[None]:
         yield
     finally:
         task.cancel()
+    if steps is not None:  # completed: no longer under way
+        del steps[max(i for i, step in enumerate(steps) if step == what)]
 
 
 async def _unless_stopped(opening: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:

@@ -30,6 +30,7 @@ from sfstream.engine.config import Config
 from sfstream.errors import ConfigError, ExitCode, SfStreamError
 from sfstream.observability.telemetry import Telemetry
 from sfstream.observability.tracing import traced_service
+from sfstream.runners import ecs
 from sfstream.runners.connector import Connector, start, tune_garbage_collector
 
 if TYPE_CHECKING:
@@ -55,9 +56,12 @@ async def serve(
 
     `early_signals` holds stop requests that arrived before the event loop ran. With
     `exit_process`, a forced stop whose teardown hangs ends the process (see the module).
-    Every log line of the run, the signal handlers' included, carries `run_id`.
+    Every log line of the run, the signal handlers' included, carries `run_id`, and on ECS
+    (Fargate) the task's ARN, cluster and family (`sfstream.runners.ecs`).
     """
     with structlog.contextvars.bound_contextvars(run_id=run_id):
+        task = await ecs.identify()  # {} outside ECS
+    with structlog.contextvars.bound_contextvars(run_id=run_id, **task):
         stop = stop or asyncio.Event()
         if early_signals:
             log.info("stopped_before_start", signal=signal.Signals(early_signals[0]).name)

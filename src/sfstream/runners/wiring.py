@@ -2,13 +2,18 @@
 
 Every command and both runners get their state store, sink, schema registry, secrets store,
 OAuth credentials and REST session from here, so a backend is chosen in one place. Optional
-backends (psycopg for PostgreSQL) are imported only when configured.
+backends (psycopg for PostgreSQL, boto3 for DynamoDB and Secrets Manager) are imported only
+when configured. The schema registry lives with the state (`open_registry`).
 
 The token provider of `org_session` writes a rotated refresh token back to the secret the
 configuration read `salesforce.refresh_token` from (`RefreshTokenWriter`), so that the next
 start logs in with it: Salesforce invalidates the old one when it rotates. Later sessions of
 the same configuration in this process (a startup retry, a second command) log in with the
-newest one too, whether or not the store could keep it.
+newest one too, whether or not the store could keep it. When Salesforce refuses the refresh
+token (`invalid_grant`), the provider reads that secret once more from the store, bypassing
+what the store keeps in memory: another process (an earlier Lambda invocation's container, the
+task this one replaced) may have rotated the token and stored the new one meanwhile. If the
+store holds a different token, the login is tried once more with it.
 """
 
 from __future__ import annotations
@@ -23,13 +28,13 @@ import msgspec
 import structlog
 from pydantic import SecretStr
 
-from sfstream.auth import OAuthCredentials, TokenProvider
+from sfstream.auth import AccessToken, OAuthCredentials, TokenProvider
 from sfstream.engine.config import Config
-from sfstream.errors import SfStreamError
+from sfstream.errors import AuthenticationError, SfStreamError
 from sfstream.observability.logging import RedactSecrets
 from sfstream.salesforce.rest import RestClient
 from sfstream.schema.registry import SchemaRegistry, SqliteSchemaRegistry
-from sfstream.secrets import SecretsReadOnlyError, SecretsStore
+from sfstream.secrets import RereadableSecretsStore, SecretsReadOnlyError, SecretsStore
 from sfstream.sinks.base import Sink
 from sfstream.state.base import StateStore
 
@@ -165,11 +170,23 @@ def open_state(config: Config, *, read_only: bool = False) -> StateStore:
     `read_only` opens it for reading only: it creates, migrates and writes nothing (for
     commands that only look, such as `state show` and `check`).
     """
-    if config.state.backend == "postgres":
+    state = config.state
+    if state.backend == "postgres":
         from sfstream.state.postgres import PostgresStateStore
 
-        assert config.state.dsn is not None  # checked by the configuration
-        return PostgresStateStore(config.state.dsn.get_secret_value(), read_only=read_only)
+        assert state.dsn is not None  # checked by the configuration
+        if state.table is not None:
+            return PostgresStateStore(
+                state.dsn.get_secret_value(), state.table, read_only=read_only
+            )
+        return PostgresStateStore(state.dsn.get_secret_value(), read_only=read_only)
+    if state.backend == "dynamodb":
+        from sfstream.state.dynamodb import DynamoDbStateStore
+
+        assert state.table is not None  # checked by the configuration
+        return DynamoDbStateStore(
+            state.table, region=state.region, endpoint_url=state.endpoint_url, read_only=read_only
+        )
     from sfstream.state.sqlite import SqliteStateStore
 
     if read_only:
@@ -189,11 +206,52 @@ def open_sink(config: Config) -> Sink:
     return StdoutSink()
 
 
-def open_registry(config: Config) -> SchemaRegistry:
-    """The configured schema registry."""
+def registry_backend(config: Config) -> str:
+    """Where the schema registry of `config` lives: `sqlite`, `postgres` or `dynamodb`."""
+    backend = config.schema_registry.backend
+    return config.state.backend if backend == "state" else backend
+
+
+def open_registry(config: Config, *, read_only: bool = False) -> SchemaRegistry:
+    """The configured schema registry, with the state: an SQLite file beside the SQLite
+    state (or at `schema_registry.path`), a table in the state's PostgreSQL database
+    (`sfstream_schemas`, in the schema of the state's table), or items in the state's
+    DynamoDB table. `read_only` opens it for reading only: it creates and writes nothing."""
+    state = config.state
+    backend = registry_backend(config)
+    if backend == "postgres":
+        from sfstream.schema.postgres import DEFAULT_TABLE, PostgresSchemaRegistry, table_beside
+
+        assert state.dsn is not None  # checked by the configuration
+        table = table_beside(state.table) if state.table is not None else DEFAULT_TABLE
+        return PostgresSchemaRegistry(state.dsn.get_secret_value(), table, read_only=read_only)
+    if backend == "dynamodb":
+        from sfstream.schema.dynamodb import DynamoDbSchemaRegistry
+
+        assert state.table is not None  # checked by the configuration
+        return DynamoDbSchemaRegistry(
+            state.table, region=state.region, endpoint_url=state.endpoint_url, read_only=read_only
+        )
     path = config.schema_registry.path
     assert path is not None  # set by load_config
-    return SqliteSchemaRegistry(path)
+    return SqliteSchemaRegistry(path, read_only=read_only)
+
+
+def describe_registry(config: Config) -> str:
+    """Where the schema registry of `config` lives, for messages."""
+    backend = registry_backend(config)
+    state = config.state
+    if backend == "dynamodb":
+        region = f" ({state.region})" if state.region else ""
+        return f"DynamoDB table {state.table}{region}"
+    if backend == "postgres":
+        from sfstream.schema.postgres import DEFAULT_TABLE, table_beside
+        from sfstream.state.postgres import redact_dsn
+
+        assert state.dsn is not None  # checked by the configuration
+        table = table_beside(state.table) if state.table is not None else DEFAULT_TABLE
+        return f"table {table} in {redact_dsn(state.dsn.get_secret_value())}"
+    return str(config.schema_registry.path)
 
 
 class OrgSession(msgspec.Struct):
@@ -213,7 +271,54 @@ async def org_session(config: Config) -> AsyncIterator[OrgSession]:
     one provider sees every refresh.
     """
     async with aiohttp.ClientSession(trust_env=True) as http:
-        tokens = TokenProvider(
-            credentials_of(config), http, on_refresh_token_rotated=refresh_token_writer(config)
-        )
+        writer = refresh_token_writer(config)
+        tokens: TokenProvider
+        if writer is not None and writer.name is not None:
+            tokens = _RereadingTokenProvider(config, writer.store, writer.name, http, writer)
+        else:
+            tokens = TokenProvider(credentials_of(config), http, on_refresh_token_rotated=writer)
         yield OrgSession(http, tokens, RestClient(http, tokens, config.salesforce.api_version))
+
+
+class _RereadingTokenProvider(TokenProvider):
+    """A token provider whose refresh token comes from a secret: when Salesforce refuses it
+    (`invalid_grant`), the secret is read once more from its store (see the module), and the
+    refresh tried again if the store holds another token."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: SecretsStore,
+        name: str,
+        http: aiohttp.ClientSession,
+        writer: RefreshTokenWriter,
+    ) -> None:
+        super().__init__(credentials_of(config), http, on_refresh_token_rotated=writer)
+        self._config = config
+        self._store = store
+        self._name = name
+        self.rereads = 0
+        """Times the secret was read again after an `invalid_grant`."""
+
+    async def refresh(self, stale: AccessToken | None) -> AccessToken:
+        try:
+            return await super().refresh(stale)
+        except AuthenticationError as exc:
+            if not isinstance(self._store, RereadableSecretsStore) or "invalid_grant" not in str(
+                exc
+            ):
+                raise
+            refused = self.credentials.refresh_token
+            self.rereads += 1
+            try:
+                stored = await self._store.reread(self._name)
+            except SfStreamError as error:
+                log.warning("refresh_token_not_reread", name=self._name, error=str(error))
+                raise exc from None
+            if refused is not None and stored.get_secret_value() == refused.get_secret_value():
+                raise
+            log.info("refresh_token_reread", name=self._name, store=repr(self._store))
+            _redact_from_logs(stored.get_secret_value())
+            _ROTATED[self._config] = stored
+            self.credentials = msgspec.structs.replace(self.credentials, refresh_token=stored)
+            return await super().refresh(stale)

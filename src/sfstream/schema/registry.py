@@ -3,8 +3,14 @@
 A subject is a stream id (`sf.event.account_changes`), or a stream id and an entity for
 streams that carry several entities (`sf.event.all_changes.account`). Versions count up from
 1; registering a schema identical to an existing version (same canonical bytes) returns that
-version. `SqliteSchemaRegistry` is the embedded backend, a file beside the state store; a
-backend is done when `sfstream.testing.schemas.check_schema_registry` passes against it.
+version. A backend is done when `sfstream.testing.schemas.check_schema_registry` passes
+against it. The registry lives where the state does
+(`sfstream.runners.wiring.open_registry`):
+
+- `SqliteSchemaRegistry` (here): the embedded backend, a file beside the SQLite state file;
+- `sfstream.schema.postgres.PostgresSchemaRegistry`: a table in the state's PostgreSQL
+  database;
+- `sfstream.schema.dynamodb.DynamoDbSchemaRegistry`: items in the state's DynamoDB table.
 """
 
 from __future__ import annotations
@@ -99,6 +105,30 @@ _INSERT = (
     "INSERT INTO sfstream_schemas (subject, version, fingerprint, json_schema, avro_schema, "
     "schema_id, diff, breaking, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+def next_version(
+    subject: str,
+    schema: dict[str, Any],
+    *,
+    avro: dict[str, Any],
+    schema_id: str | None,
+    previous: SchemaVersion | None,
+) -> SchemaVersion:
+    """The version that registering `schema` after `previous` (the subject's latest, or None)
+    creates: numbered one up, with the diff from `previous` and whether it breaks readers."""
+    changes = diff(previous.schema if previous else None, schema)
+    return SchemaVersion(
+        subject=subject,
+        version=(previous.version + 1) if previous else 1,
+        fingerprint=fingerprint(schema),
+        schema=orjson.loads(canonical_bytes(schema)),
+        avro=avro,
+        schema_id=schema_id,
+        diff=[c.as_dict() for c in changes],
+        breaking=is_breaking(changes),
+        created_at=_now(),
+    )
 
 
 def _row(row: tuple[Any, ...]) -> SchemaVersion:
@@ -267,17 +297,8 @@ class SqliteSchemaRegistry:
                     (subject,),
                 ).fetchone()
                 previous = _row(latest) if latest is not None else None
-                changes = diff(previous.schema if previous else None, schema)
-                version = SchemaVersion(
-                    subject=subject,
-                    version=(previous.version + 1) if previous else 1,
-                    fingerprint=digest,
-                    schema=orjson.loads(body),
-                    avro=avro,
-                    schema_id=schema_id,
-                    diff=[c.as_dict() for c in changes],
-                    breaking=is_breaking(changes),
-                    created_at=_now(),
+                version = next_version(
+                    subject, schema, avro=avro, schema_id=schema_id, previous=previous
                 )
                 conn.execute(
                     _INSERT,

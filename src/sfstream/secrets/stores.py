@@ -57,6 +57,20 @@ class SecretsStore(Protocol):
         ...
 
 
+@runtime_checkable
+class RereadableSecretsStore(SecretsStore, Protocol):
+    """A store that keeps what it read in memory, and can read a name again on request."""
+
+    async def reread(self, name: str) -> SecretStr:
+        """The secret called `name` as the backend holds it now, not as first read (another
+        process may have stored a new value meanwhile, such as a rotated refresh token).
+
+        Raises:
+            SecretError: as `get`.
+        """
+        ...
+
+
 class EnvSecretsStore:
     """Secrets from environment variables: `get("SF_CLIENT_SECRET")` reads that variable.
 
@@ -140,6 +154,11 @@ class FileSecretsStore:
         if name not in values or values[name] == "":
             raise SecretError(f"secret {name!r} is not in {self.path}")
         return SecretStr(values[name])
+
+    async def reread(self, name: str) -> SecretStr:
+        """`name` from the file as it is now (another process may have rewritten it)."""
+        self._values = None
+        return await self.get(name)
 
     async def put(self, name: str, value: SecretStr) -> None:
         await asyncio.to_thread(self._put, name, value.get_secret_value())
