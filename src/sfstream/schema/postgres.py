@@ -27,9 +27,10 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from sfstream.errors import ConfigError, SfStreamError, StorageError, StorageUnavailableError
+from sfstream.errors import ConfigError, SfStreamError, StorageError
 from sfstream.schema.registry import SchemaVersion, next_version
 from sfstream.schema.render import fingerprint
+from sfstream.state.postgres import storage_error
 
 if TYPE_CHECKING:
     import psycopg
@@ -41,16 +42,6 @@ T = TypeVar("T")
 DEFAULT_TABLE: Final = "sfstream_schemas"
 _TABLE_NAME: Final = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _CONNECT_TIMEOUT_S: Final = 10
-_TRANSIENT_STATES: Final = frozenset(
-    {"57P01", "57P02", "57P03", "53300", "40001", "40P01", "55P03", "57014"}
-)
-_REFUSALS: Final = (
-    "does not exist",
-    "authentication failed",
-    "no pg_hba.conf entry",
-    "no password supplied",
-    "permission denied",
-)
 _SELECT: Final = (
     "SELECT subject, version, fingerprint, json_schema, avro_schema, schema_id, diff, breaking,"
     " created_at FROM {table} WHERE subject = %s"
@@ -315,23 +306,11 @@ class PostgresSchemaRegistry:
                 await conn.close()
 
     def _translate(self, action: str, exc: psycopg.Error) -> SfStreamError:
-        import psycopg
 
         text = str(exc).strip() or type(exc).__name__
         if self._password:
             text = text.replace(self._password, "***")
-        message = f"schema registry {self.describe()}: {action} failed: {text}"
-        state = exc.sqlstate
-        if state is None:
-            refused = isinstance(exc, psycopg.OperationalError) and any(
-                phrase in text for phrase in _REFUSALS
-            )
-            transient = isinstance(exc, psycopg.OperationalError) and not refused
-        else:
-            transient = state.startswith("08") or state in _TRANSIENT_STATES
-        if transient:
-            return StorageUnavailableError(message)
-        return StorageError(message)
+        return storage_error(exc, f"schema registry {self.describe()}: {action} failed: {text}")
 
 
 async def _nothing(conn: Any) -> None:

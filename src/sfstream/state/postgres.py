@@ -81,6 +81,26 @@ _REFUSALS: Final = (
 )
 
 
+def storage_error(exc: psycopg.Error, message: str) -> SfStreamError:
+    """`StorageUnavailableError` (retryable) or `StorageError` (terminal), saying `message`,
+    for a psycopg error: the one rule for every PostgreSQL store (state, schema registry)."""
+    import psycopg
+
+    state = exc.sqlstate
+    if state is None:
+        # No SQLSTATE: libpq failed to connect, or lost the connection.
+        text = str(exc)
+        refused = isinstance(exc, psycopg.OperationalError) and any(
+            phrase in text for phrase in _REFUSALS
+        )
+        transient = isinstance(exc, psycopg.OperationalError) and not refused
+    else:
+        transient = state.startswith(_TRANSIENT_CLASSES) or state in _TRANSIENT_STATES
+    if transient:
+        return StorageUnavailableError(message)
+    return StorageError(message)
+
+
 class PostgresStateStore:
     """Checkpoints in a PostgreSQL table, created on first use.
 
@@ -360,24 +380,13 @@ class PostgresStateStore:
 
     def _translate(self, action: str, exc: psycopg.Error) -> SfStreamError:
         """The sfstream error for a psycopg error: the one place that maps them."""
-        import psycopg
 
         text = str(exc).strip() or type(exc).__name__
         if self._password:
             text = text.replace(self._password, "***")
-        message = f"PostgreSQL state store {self.database}: {action} failed: {text}"
-        state = exc.sqlstate
-        if state is None:
-            # No SQLSTATE: libpq failed to connect, or lost the connection.
-            refused = isinstance(exc, psycopg.OperationalError) and any(
-                phrase in text for phrase in _REFUSALS
-            )
-            transient = isinstance(exc, psycopg.OperationalError) and not refused
-        else:
-            transient = state.startswith(_TRANSIENT_CLASSES) or state in _TRANSIENT_STATES
-        if transient:
-            return StorageUnavailableError(message)
-        return StorageError(message)
+        return storage_error(
+            exc, f"PostgreSQL state store {self.database}: {action} failed: {text}"
+        )
 
     # -- queries ---------------------------------------------------------------------------
 
