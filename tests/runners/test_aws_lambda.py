@@ -100,6 +100,12 @@ async def postgres() -> AsyncIterator[Postgres]:
             )
 
 
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """The connector's JSON log lines in `text` (the test's own event loop may add a plain
+    line of its own there, such as asyncio's note on a slow callback)."""
+    return [orjson.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
 def records(path: Path | None) -> list[dict[str, Any]]:
     """The RECORD messages the file sink holds."""
     assert path is not None
@@ -344,10 +350,7 @@ async def test_warm_invocations_reuse_the_token_and_leave_nothing_running(
     assert emu.tokens.grants_issued == grants + 1
     assert [s["streams"][STREAM]["emitted"] for s in summaries] == [1, 1, 1]
     assert [m["data"]["Name"] for m in records(config.sink.path)] == ["W0", "W1", "W2"]
-    # The connector's JSON lines (the test's event loop may log its own slow-callback notes).
-    lines = [
-        orjson.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")
-    ]
+    lines = json_lines(capsys.readouterr().err)
     ended = [line for line in lines if line.get("event") == "invocation_ended"]
     assert [line["tasks_left"] for line in ended] == [0, 0, 0]
     assert all(line["left_ms"] > 0 for line in ended)
@@ -375,7 +378,7 @@ async def test_sqlite_state_is_a_configuration_error_under_lambda(
     assert not (tmp_path / "state.db").exists()
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    logged = [orjson.loads(line) for line in err.splitlines()]
+    logged = json_lines(err)
     (line,) = [line for line in logged if line.get("event") == "configuration_error"]
     assert line["error"] == summary["error"]
     assert line["level"] == "error"
