@@ -307,10 +307,7 @@ class PostgresSchemaRegistry:
 
     def _translate(self, action: str, exc: psycopg.Error) -> SfStreamError:
 
-        text = str(exc).strip() or type(exc).__name__
-        if self._password:
-            text = text.replace(self._password, "***")
-        return storage_error(exc, f"schema registry {self.describe()}: {action} failed: {text}")
+        return storage_error(exc, f"schema registry {self.describe()}: {action}", self._password)
 
 
 async def _nothing(conn: Any) -> None:

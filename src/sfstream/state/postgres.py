@@ -81,15 +81,19 @@ _REFUSALS: Final = (
 )
 
 
-def storage_error(exc: psycopg.Error, message: str) -> SfStreamError:
-    """`StorageUnavailableError` (retryable) or `StorageError` (terminal), saying `message`,
-    for a psycopg error: the one rule for every PostgreSQL store (state, schema registry)."""
+def storage_error(exc: psycopg.Error, doing: str, password: str | None = None) -> SfStreamError:
+    """`StorageUnavailableError` (retryable) or `StorageError` (terminal) for a psycopg error
+    met while `doing` (`PostgreSQL state store db: commit`), its text with `password`
+    masked: the one rule for every PostgreSQL store (state, schema registry)."""
     import psycopg
 
+    text = str(exc).strip() or type(exc).__name__
+    if password:
+        text = text.replace(password, "***")
+    message = f"{doing} failed: {text}"
     state = exc.sqlstate
     if state is None:
         # No SQLSTATE: libpq failed to connect, or lost the connection.
-        text = str(exc)
         refused = isinstance(exc, psycopg.OperationalError) and any(
             phrase in text for phrase in _REFUSALS
         )
@@ -381,11 +385,8 @@ class PostgresStateStore:
     def _translate(self, action: str, exc: psycopg.Error) -> SfStreamError:
         """The sfstream error for a psycopg error: the one place that maps them."""
 
-        text = str(exc).strip() or type(exc).__name__
-        if self._password:
-            text = text.replace(self._password, "***")
         return storage_error(
-            exc, f"PostgreSQL state store {self.database}: {action} failed: {text}"
+            exc, f"PostgreSQL state store {self.database}: {action}", self._password
         )
 
     # -- queries ---------------------------------------------------------------------------
