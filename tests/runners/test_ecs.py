@@ -24,7 +24,7 @@ from sfstream.observability.tracing import Tracing, set_platform_attributes
 from sfstream.runners import ecs
 from sfstream_emulator import Emulator
 from tests.conftest import MakeConfig
-from tests.observability.test_tracing import Receiver, by_name
+from tests.observability.test_tracing import Receiver, by_name, otlp  # noqa: F401 - a fixture
 from tests.runners.process import start_run
 
 TASK_ARN = "arn:aws:ecs:us-west-2:111122223333:task/default/e9028f8d5d8e4f258373e7b93ce9a3c3"
@@ -126,23 +126,6 @@ async def metadata_endpoint(host: str = "127.0.0.1") -> AsyncIterator[MetadataEn
 async def endpoint() -> AsyncIterator[MetadataEndpoint]:
     async with metadata_endpoint() as served:
         yield served
-
-
-@pytest.fixture
-async def otlp_receiver() -> AsyncIterator[tuple[Receiver, str]]:
-    """An OTLP/HTTP trace receiver on a local port, and its URL."""
-    receiver = Receiver()
-    app = web.Application()
-    app.router.add_post("/v1/traces", receiver.traces)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield receiver, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
@@ -278,10 +261,10 @@ async def test_a_run_on_ecs_puts_the_task_on_every_log_line_and_in_its_traces(
     make_config: MakeConfig,
     tmp_path: Path,
     endpoint: MetadataEndpoint,
-    otlp_receiver: tuple[Receiver, str],
+    otlp: tuple[Receiver, str],  # noqa: F811 - the fixture imported above
 ) -> None:
     emu = sfstream_emulator
-    receiver, otlp_url = otlp_receiver
+    receiver, otlp_url = otlp
     config = await make_config(emu, logging={"format": "json"})
     assert config.sink.path is not None
     sink = config.sink.path
