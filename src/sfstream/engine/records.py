@@ -62,6 +62,7 @@ def mapper_for(
             ids = header.recordIds
             keys: list[Any] = ids if isinstance(ids, list) and ids else [None]
             schema_id = body.schema if body is not None else event.schema_id
+            gap = type(change_type) is str and change_type.startswith("GAP_")
             meta = {
                 "channel": channel,
                 "schema_id": schema_id if type(schema_id) is str else None,
@@ -70,10 +71,10 @@ def mapper_for(
                 "commit_timestamp": header.commitTimestamp,
                 "transaction_key": header.transactionKey,
                 "sequence_number": header.sequenceNumber,
-                "gap": type(change_type) is str and change_type.startswith("GAP_"),
+                "gap": gap,
                 "run_id": run_id,
             }
-            if meta["gap"] and on_gap is not None:
+            if gap and on_gap is not None:
                 on_gap(change_type)
             replay_id = event.replay_id if event.replay_id is not None else 0
             if len(keys) == 1:
