@@ -853,3 +853,16 @@ async def test_offline_loading_still_checks_everything_else(config_dir: Path) ->
     message = str(info.value)
     assert "salesforce.client_secret: `${secrets:SF_SECRET}` looks like" in message
     assert "salesforce: the refresh_token grant needs refresh_token" in message
+
+
+async def test_offline_loading_reports_an_unknown_salesforce_key_holding_a_reference(
+    config_dir: Path,
+) -> None:
+    (config_dir / "secrets.env").write_text("")
+    text = BASE.replace(
+        "  client_secret: ${secret:SF_SECRET}\n", "  clientsecret: ${secret:SF_SECRET}\n"
+    )
+    assert text != BASE
+    with pytest.raises(ConfigError) as info:
+        await load_config(write(config_dir, text), environ={}, offline=True)
+    assert "salesforce.clientsecret" in str(info.value)

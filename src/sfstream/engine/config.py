@@ -777,6 +777,9 @@ class _Resolution(msgspec.Struct):
     be read): validation does not report them again."""
 
 
+_SF_FIELDS = frozenset(SalesforceConfig.model_fields)
+
+
 async def _resolve(value: Any, path: _Loc, found: _Resolution) -> Any:
     """`value` with every `${secret:NAME}` replaced by its secret (or left out, offline)."""
     if isinstance(value, dict):
@@ -805,7 +808,9 @@ async def _resolve(value: Any, path: _Loc, found: _Resolution) -> Any:
         return value
     name = match.group(1)
     dotted = _dotted(path)
-    if found.offline and path[:1] == ("salesforce",):
+    # Offline, a salesforce field's secret is left out; a key that is no field is kept, for
+    # validation to report.
+    if found.offline and len(path) == 2 and path[0] == "salesforce" and path[1] in _SF_FIELDS:
         found.unresolved[dotted] = name
         # The client id is required and not secret: its reference stands in for it.
         return value if path == ("salesforce", "client_id") else _OMITTED
