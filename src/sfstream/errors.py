@@ -227,6 +227,22 @@ class StorageError(TerminalError):
     """A state store or sink refused an operation (permissions, corruption, full disk)."""
 
 
+class LeaseLostError(StorageError):
+    """A write carried a fencing token that is no longer its stream's: another worker has
+    owned the stream since (see `sfstream.state.base.LeaseStore`). Nothing was written.
+
+    Terminal for those streams in this worker: it stops consuming them and does not retry;
+    the new owner resumes from the stream's checkpoint.
+
+    Attributes:
+        streams: the streams whose token was stale.
+    """
+
+    def __init__(self, message: str, *, streams: list[str]) -> None:
+        super().__init__(message)
+        self.streams = streams
+
+
 _CODE: Final = r"^\s*(\d{3})\s*:"
 """Compiled on first use (by `re`, which keeps it): only failures need it."""
 # Exact or leading texts of Salesforce's Streaming API errors, most specific first.

@@ -25,6 +25,8 @@ import contextlib
 import re
 import secrets
 import string
+import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -88,6 +90,26 @@ class ClientSession:
     connect_generation: int = 0
     removed: bool = False
     delivered: int = 0
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One change of a client's subscriptions, or one delivery, as `CometdServer.journal`
+    keeps them."""
+
+    at: float
+    """Wall-clock time (epoch seconds)."""
+    client_id: str
+    action: str
+    """`subscribe`, `unsubscribe`, `gone` (disconnected, expired or dropped: every
+    subscription ends) or `deliver`."""
+    channel: str | None = None
+    replay_ids: tuple[int, ...] = ()
+    """The events delivered (`deliver`)."""
+
+
+JOURNAL_LIMIT = 1_000_000
+"""Entries the journal keeps (the oldest go first)."""
 
 
 class _Outcome:
@@ -162,6 +184,18 @@ class CometdServer:
             "unknown_client": 0,
             "expired_clients": 0,
         }
+        self.journal: deque[JournalEntry] = deque(maxlen=JOURNAL_LIMIT)
+        """Who subscribed to what, when, and what was delivered to whom: how tests audit
+        that several consumers never received one channel at the same time."""
+
+    def _note(
+        self,
+        client_id: str,
+        action: str,
+        channel: str | None = None,
+        replay_ids: tuple[int, ...] = (),
+    ) -> None:
+        self.journal.append(JournalEntry(time.time(), client_id, action, channel, replay_ids))
 
     # -- session bookkeeping ----------------------------------------------------------------
 
@@ -180,6 +214,8 @@ class CometdServer:
         return session
 
     def _remove(self, session: ClientSession) -> None:
+        if not session.removed:
+            self._note(session.client_id, "gone")
         session.removed = True
         self.sessions.pop(session.client_id, None)
         self._release_waiter(session)
@@ -222,6 +258,7 @@ class CometdServer:
         dropped = 0
         for session in self.sessions.values():
             if session.subscriptions.pop(channel, None) is not None:
+                self._note(session.client_id, "unsubscribe", channel)
                 dropped += 1
         return dropped
 
@@ -454,6 +491,8 @@ class CometdServer:
         if channel == META_UNSUBSCRIBE:
             if isinstance(subscription, str):
                 cursor = session.subscriptions.pop(subscription, None)
+                if cursor is not None:
+                    self._note(session.client_id, "unsubscribe", subscription)
                 if cursor is not None and session.waiter is not None:
                     cursor.channel.waiters.discard(session.waiter)
             reply = _reply(message, session.client_id)
@@ -482,6 +521,7 @@ class CometdServer:
         if previous is not None and session.waiter is not None:
             previous.channel.waiters.discard(session.waiter)
         session.subscriptions[subscription] = cursor
+        self._note(session.client_id, "subscribe", subscription)
         if session.waiter is not None:
             channel.waiters.add(session.waiter)
             if self.runtime.bus.pending([cursor]):
@@ -646,8 +686,12 @@ class CometdServer:
         if not batch:
             return None
         batch.serialize_into(outcome.parts, session.client_id)
-        for channel, _event in batch.items:
+        delivered: dict[str, list[int]] = {}
+        for channel, event in batch.items:
             allocations.for_kind(channel.kind).spend(1)
+            delivered.setdefault(channel.name, []).append(event.replay_id)
+        for name, replay_ids in delivered.items():
+            self._note(session.client_id, "deliver", name, tuple(replay_ids))
         session.delivered += len(batch)
         self.stats["events_delivered"] += len(batch)
         return True

@@ -70,6 +70,8 @@ class Controlled(Protocol):
 
     def drop_subscriptions(self, channel: str) -> int: ...
 
+    def journal(self, since: float = 0.0) -> list[dict[str, Any]]: ...
+
     def restart(self) -> int: ...
 
     def set_allocation(
@@ -216,6 +218,7 @@ class ControlApi:
             web.post(f"{p}/tokens/restore", self.restore),
             web.post(f"{p}/clients/expire", self.expire),
             web.post(f"{p}/subscriptions/drop", self.drop_subscriptions),
+            web.get(f"{p}/subscriptions/journal", self.journal),
             web.post(f"{p}/restart", self.restart),
             web.post(f"{p}/allocation", self.allocation),
             web.post(f"{p}/schema/{{entity}}", self.alter),
@@ -250,6 +253,13 @@ class ControlApi:
         except KeyError:
             return _bad(f"unknown channel {channel!r}", 404)
         return _ok(messages)
+
+    async def journal(self, request: web.Request) -> web.StreamResponse:
+        try:
+            since = float(request.query.get("since", "0"))
+        except ValueError:
+            return _bad("since must be a number (epoch seconds)")
+        return _ok(self.emulator.journal(since))
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         body = await _model(request, _Generate)

@@ -258,6 +258,21 @@ class Emulator:
         """
         return self.cometd.drop_subscriptions(channel)
 
+    def journal(self, since: float = 0.0) -> list[dict[str, Any]]:
+        """The subscription journal from `since` (epoch seconds): each client's subscribes,
+        unsubscribes and end, and each delivery with its replayIds, oldest first."""
+        return [
+            {
+                "at": entry.at,
+                "client_id": entry.client_id,
+                "action": entry.action,
+                "channel": entry.channel,
+                "replay_ids": list(entry.replay_ids),
+            }
+            for entry in self.cometd.journal
+            if entry.at >= since
+        ]
+
     def restart(self) -> int:
         """Behave like a restarted server: sessions are gone, events and tokens stay."""
         return self.cometd.expire_all()

@@ -109,6 +109,8 @@ async def test_postgres_tables_are_created_explicitly(pg_schema: str, tmp_path: 
     assert out.splitlines() == [
         f"state: created table {table} in {database}",
         f"state: created table {table}_overrides in {database}",
+        f"state: created table {table}_leases in {database}",
+        f"state: created table {table}_members in {database}",
         f"schema registry: created table {pg_schema}.sfstream_schemas in {database}",
     ]
     code, out, err = await sfstream("state", "init", "--config", config)
@@ -116,6 +118,8 @@ async def test_postgres_tables_are_created_explicitly(pg_schema: str, tmp_path: 
     assert out.splitlines() == [
         f"state: kept the existing table {table} in {database}",
         f"state: kept the existing table {table}_overrides in {database}",
+        f"state: kept the existing table {table}_leases in {database}",
+        f"state: kept the existing table {table}_members in {database}",
         f"schema registry: kept the existing table {pg_schema}.sfstream_schemas in {database}",
     ]
     async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as conn:
@@ -126,6 +130,8 @@ async def test_postgres_tables_are_created_explicitly(pg_schema: str, tmp_path: 
         )
         assert [row[0] for row in await cursor.fetchall()] == [
             "checkpoints",
+            "checkpoints_leases",
+            "checkpoints_members",
             "checkpoints_overrides",
             "sfstream_schemas",
         ]

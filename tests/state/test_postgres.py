@@ -22,6 +22,7 @@ from psycopg.conninfo import make_conninfo
 from sfstream.errors import ConfigError, StorageError, StorageUnavailableError
 from sfstream.state import PostgresStateStore, StateStore, StreamOwnedError
 from sfstream.state.postgres import redact_dsn
+from sfstream.testing.leases import LEASE_STORE_CHECKS, check_lease_store
 from sfstream.testing.state import STATE_STORE_CHECKS, StoreFactory, check_state_store
 
 DSN = os.environ.get("SFSTREAM_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -46,7 +47,7 @@ async def admin() -> AsyncIterator[psycopg.AsyncConnection[Any]]:
 async def table(admin: psycopg.AsyncConnection[Any]) -> AsyncIterator[str]:
     name = f"sfstream_test_{uuid.uuid4().hex[:12]}"
     yield name
-    for dropped in (name, f"{name}_overrides"):
+    for dropped in (name, f"{name}_overrides", f"{name}_leases", f"{name}_members"):
         await admin.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(dropped)))
 
 
@@ -334,3 +335,39 @@ def test_a_table_name_leaves_room_for_its_overrides_table() -> None:
     PostgresStateStore(DSN, table="t" * 53)
     with pytest.raises(ConfigError, match="too long: at most 53 characters"):
         PostgresStateStore(DSN, table="t" * 54)
+
+
+# -- leases --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "check"), LEASE_STORE_CHECKS, ids=[name for name, _ in LEASE_STORE_CHECKS]
+)
+async def test_lease_conformance(
+    name: str, check: Callable[[StoreFactory], Awaitable[None]], factory: StoreFactory
+) -> None:
+    await check(factory)
+
+
+async def test_whole_lease_suite_on_one_table(factory: StoreFactory) -> None:
+    await check_lease_store(factory)
+
+
+async def test_leases_live_beside_the_checkpoints(
+    table: str, admin: psycopg.AsyncConnection[Any]
+) -> None:
+    async with PostgresStateStore(DSN, table=table) as store:
+        assert store.tables == [table, f"{table}_overrides", f"{table}_leases", f"{table}_members"]
+        await store.acquire(["sf.event.a"], "w1", 30)
+        await store.join("w1", 30)
+    cursor = await admin.execute(
+        "SELECT count(*) FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NOT NULL",
+        ([f"{table}_leases", f"{table}_members"],),
+    )
+    assert await cursor.fetchone() == (2,)
+
+
+async def test_a_read_only_store_reads_no_leases_where_none_were_taken(table: str) -> None:
+    async with PostgresStateStore(DSN, table=table, read_only=True) as store:
+        assert await store.leases() == {}
+        assert await store.members() == []

@@ -137,8 +137,11 @@ async def test_an_earlier_schema_is_migrated_in_place_keeping_its_checkpoints(
         assert loaded[STREAM].event_time is None
         made = await store.override(STREAM, 1500000)
         assert (made.start, made.previous) == (1500000, 1553783)
-    assert SCHEMA_VERSION == 3
-    assert schema(path) == (3, {"sfstream_checkpoints", "sfstream_overrides"})
+    assert SCHEMA_VERSION == 4
+    assert schema(path) == (
+        4,
+        {"sfstream_checkpoints", "sfstream_overrides", "sfstream_leases", "sfstream_members"},
+    )
     assert checkpoint_columns(path) == ["stream", "replay_id", "updated_at", "event_time"]
 
 
@@ -158,7 +161,10 @@ async def test_the_previous_schema_gets_event_times_in_place(tmp_path: Path) -> 
         assert loaded[STREAM] == Checkpoint(STREAM, 1553783, "2024-05-01T00:00:00.000000+00:00")
         assert (await store.overrides())["sf.event.order_placed"].start == 5
         await store.commit({STREAM: 1553790}, {STREAM: 1714521600.25})
-    assert schema(path) == (3, {"sfstream_checkpoints", "sfstream_overrides"})
+    assert schema(path) == (
+        4,
+        {"sfstream_checkpoints", "sfstream_overrides", "sfstream_leases", "sfstream_members"},
+    )
     assert checkpoint_columns(path) == ["stream", "replay_id", "updated_at", "event_time"]
     async with SqliteStateStore(path, read_only=True) as reader:
         loaded = await reader.load()

@@ -290,7 +290,7 @@ async def _init_postgres(config: Config) -> list[str]:
     assert config.state.dsn is not None  # checked by the configuration
     store = open_state(config)
     assert isinstance(store, PostgresStateStore)
-    names = [store.table, f"{store.table}_overrides"]
+    names = store.tables
     try:
         try:
             async with await psycopg.AsyncConnection.connect(

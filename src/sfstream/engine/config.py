@@ -241,6 +241,26 @@ class StateConfig(_Frozen):
     endpoint_url: str | None = None
     """Another DynamoDB endpoint (a VPC endpoint, LocalStack); unset: boto3's, which honours
     `AWS_ENDPOINT_URL`."""
+    coordination: Literal["auto", "leases", "lock"] = "auto"
+    """How workers sharing this state store divide the streams. `leases`: each stream is
+    consumed by one worker at a time, under a lease with a fencing token, and several
+    `sfstream run` share the streams (see docs/operations.md). `lock`: one run owns its
+    streams for its lifetime and a second one is refused. `auto`: leases for the shared
+    stores (postgres, dynamodb), the lock for sqlite (set `leases` to run several processes
+    of one host on one file)."""
+    lease_ttl_s: float = Field(default=30.0, ge=3.0, le=3600.0)
+    """How long a lease lasts without renewal: how soon a stream of a worker that died
+    moves to another one."""
+    worker_id: str | None = Field(default=None, min_length=1, max_length=200)
+    """This worker's name in the leases; unset: the ECS task's ARN on ECS, else
+    `<host>:<pid>`. Two live workers must not share one."""
+
+    @property
+    def leased(self) -> bool:
+        """Whether a run takes leases (see `coordination`)."""
+        if self.coordination == "auto":
+            return self.backend != "sqlite"
+        return self.coordination == "leases"
 
     @field_validator("endpoint_url")
     @classmethod
@@ -897,6 +917,8 @@ _EXPECTED: Final[Mapping[str, str]] = MappingProxyType(
         "state.table": "a table name (text)",
         "state.region": "an AWS region (like eu-west-1)",
         "state.endpoint_url": _ENDPOINT,
+        "state.lease_ttl_s": "a number of seconds from 3 to 3600",
+        "state.worker_id": "a worker name (text, up to 200 characters)",
         "schema_registry.path": "a file path",
         "sink.path": "a file path",
         "runtime.summary_interval_s": _SECONDS,

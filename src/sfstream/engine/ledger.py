@@ -64,6 +64,17 @@ class CheckpointLedger:
         self._open[stream] = replay_id
         return True
 
+    def add(self, stream: str, start: int | None) -> None:
+        """Take `stream` on from `start` (its position; None: none yet), forgetting what
+        the ledger knew of it before (a stream that moves between workers)."""
+        self._admitted[stream] = start
+        self._open.pop(stream, None)
+
+    def remove(self, stream: str) -> None:
+        """Forget `stream` (it stopped); sealed batches still release what they reach."""
+        self._admitted.pop(stream, None)
+        self._open.pop(stream, None)
+
     def restart(self, stream: str) -> None:
         """The stream resumes from a fallback position: its replayIds start over."""
         self._admitted[stream] = None
@@ -93,6 +104,11 @@ class CheckpointLedger:
             self._written.discard(self._released)
             release.update(self._sealed.pop(self._released))
         return release
+
+    @property
+    def last_sealed(self) -> int:
+        """The sequence number of the last batch sealed (-1: none yet)."""
+        return self._next_seq - 1
 
     @property
     def pending(self) -> int:

@@ -18,8 +18,10 @@ the skip, before it takes the override over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -29,14 +31,21 @@ import structlog
 from sfstream.bayeux import Event, Gap, SubscriptionLost
 from sfstream.bayeux.messages import event_time_s
 from sfstream.client import StreamingClient, StreamItem
+from sfstream.engine.leases import LeaseKeeper
 from sfstream.engine.ledger import CheckpointLedger
 from sfstream.engine.records import Mapper, mapper_for
-from sfstream.errors import SfStreamError, StreamSilentError, SubscriptionError, TerminalError
+from sfstream.errors import (
+    LeaseLostError,
+    SfStreamError,
+    StreamSilentError,
+    SubscriptionError,
+    TerminalError,
+)
 from sfstream.observability.telemetry import BatchReport
 from sfstream.protocol import GapMessage, Message, Record, SchemaMessage, StateMessage
 from sfstream.schema.tracker import SchemaTracker, Tracked
 from sfstream.sinks.base import Sink
-from sfstream.state.base import Override, StateStore
+from sfstream.state.base import Fence, Override, StateStore
 from sfstream.streams import StreamSpec
 
 log = structlog.get_logger("sfstream.engine")
@@ -122,6 +131,10 @@ class Pipeline:
         sink: where records go.
         settings: batching and behaviour.
         run_id: put into every record's metadata and every log line.
+        keeper: with leases (several workers share the streams), the keeper of this
+            worker's leases: the pipeline then starts with no stream and consumes those the
+            keeper hands it (`start_streams`, `stop_streams`), each commit fenced by its
+            lease's token.
     """
 
     def __init__(
@@ -135,8 +148,11 @@ class Pipeline:
         run_id: str,
         clock: Callable[[], float] = time.monotonic,
         schemas: SchemaTracker | None = None,
+        keeper: LeaseKeeper | None = None,
     ) -> None:
         self.specs = {spec.channel: spec for spec in specs}
+        self._by_id = {spec.id: spec for spec in specs}
+        self.keeper = keeper
         self.client = client
         self.state = state
         self.sink = sink
@@ -145,12 +161,33 @@ class Pipeline:
         self._clock = clock
         self.stats = {spec.id: StreamStats() for spec in specs}
         self.telemetry = client.telemetry
-        for spec in specs:
-            self.telemetry.subscribed.setdefault(spec.channel, False)
-        self._mappers: dict[str, tuple[StreamSpec, Mapper]] = {
+        routes = {
             spec.channel: (spec, mapper_for(spec, run_id, self._gap_counter(spec.id)))
             for spec in specs
         }
+        self._routes = routes
+        """Every stream's route, by channel; `_mappers` holds those consumed now."""
+        if keeper is None:
+            for spec in specs:
+                self.telemetry.subscribed.setdefault(spec.channel, False)
+            self._mappers: dict[str, tuple[StreamSpec, Mapper]] = dict(routes)
+        else:
+            self._mappers = {}
+        self._tokens: dict[str, int] = {}
+        """With leases: stream -> the token of the lease it is consumed under."""
+        self._deadlines: dict[str, float] = {}
+        """With leases: stream -> monotonic time its lease may have ended by."""
+        self._deadline = math.inf
+        """The earliest of `_deadlines`, checked once per chunk of events."""
+        self._halted: set[str] = set()
+        """Streams past their lease's deadline or fenced: no longer routed, being stopped."""
+        self._fenced: set[str] = set()
+        """Streams whose commit the store refused: their checkpoints are not committed."""
+        self._sink_lock = asyncio.Lock()
+        self._done_seq = -1
+        """The highest batch sequence number written and committed."""
+        self._progress = asyncio.Event()
+        self._writer_done = False
         self.ledger = CheckpointLedger({})
         self._positions: dict[str, int] | None = None
         self._announced: list[SchemaMessage] = []
@@ -183,6 +220,9 @@ class Pipeline:
         """
         if self._positions is not None:
             return
+        if self.keeper is not None:
+            self._positions = {}  # streams start as their leases are acquired
+            return
         positions = await self.positions()
         if self.schemas is not None:
             self._announced = list(await self.schemas.start(self.specs.values(), positions))
@@ -198,7 +238,11 @@ class Pipeline:
         `earliest` and `latest` stay until the stream's first checkpoint (nothing else would
         remember them if the run stopped before).
         """
-        ids = [spec.id for spec in self.specs.values()]
+        return await self._resolve(list(self.specs.values()))
+
+    async def _resolve(self, specs: list[StreamSpec]) -> dict[str, int]:
+        """`positions` of `specs`; the ledger takes each stream on from its position."""
+        ids = [spec.id for spec in specs]
         checkpoints = await self.state.load(ids)
         for stream, found in checkpoints.items():
             if stream in self.stats:
@@ -212,7 +256,7 @@ class Pipeline:
         notes: list[GapMessage] = []
         settled: dict[str, int] = {}
         reset: list[str] = []
-        for spec in self.specs.values():
+        for spec in specs:
             checkpoint = checkpoints.get(spec.id)
             stored = checkpoint.replay_id if checkpoint is not None else None
             sink_mark = held.get(spec.id)
@@ -230,13 +274,14 @@ class Pipeline:
             start[spec.id] = stored
             self.stats[spec.id].checkpoint = stored
             positions[spec.id] = stored if stored is not None else _initial(spec, override)
-        self.ledger = CheckpointLedger(start)
+        for stream, position in start.items():
+            self.ledger.add(stream, position)
         if notes:
             await self._take_over(notes, settled, reset)
         if ahead:
             # The sink got a batch whose checkpoint never landed: record that it has it.
             log.warning("sink_ahead_of_checkpoint", streams=ahead)
-            await self.state.commit(ahead)
+            await self.state.commit(ahead, fence=self._fence(ahead))
         return positions
 
     async def _take_over(
@@ -252,16 +297,20 @@ class Pipeline:
                 from_replay_id=note.from_replay_id,
                 to=note.to,
             )
-        await self.sink.write(notes)
+        async with self._sink_lock:
+            await self.sink.write(notes)
         for stream in reset:
             await self.state.reset(stream)  # the GAP note now starts the stream over
         if settled:
-            await self.state.commit(settled)  # the checkpoint the override already set
+            # The checkpoint the override already set.
+            await self.state.commit(settled, fence=self._fence(settled))
 
     async def subscribe_all(
         self, positions: dict[str, int], stop: asyncio.Event | None = None
     ) -> None:
         for spec in self.specs.values():
+            if spec.id not in positions:
+                continue
             replay_from = positions[spec.id]
             try:
                 await self.client.subscribe(spec.channel, replay_from, spec.on_invalid_replay)
@@ -314,6 +363,9 @@ class Pipeline:
                 watcher = tasks.create_task(self._close_on(stop), name="sfstream-stop")
                 summary = tasks.create_task(self._summaries(), name="sfstream-summary")
                 silence = tasks.create_task(self._watch_silence(), name="sfstream-silence")
+                keeping = None
+                if self.keeper is not None:
+                    keeping = tasks.create_task(self.keeper.run(self, stop), name="sfstream-leases")
                 try:
                     if self._announced:
                         await self._hand_over(_Batch(messages=list(self._announced)))
@@ -328,6 +380,11 @@ class Pipeline:
                     watcher.cancel()
                     summary.cancel()
                     silence.cancel()
+                    if keeping is not None:
+                        keeping.cancel()
+                        # A stream being started or stopped finishes its step first.
+                        with contextlib.suppress(asyncio.CancelledError, SfStreamError):
+                            await keeping
                     await self._finish(writer)
         except* SfStreamError as failures:
             first = _first(failures)
@@ -398,6 +455,8 @@ class Pipeline:
         return True
 
     async def _consume(self, items: list[StreamItem]) -> None:
+        if self._clock() >= self._deadline:
+            self._overdue()
         now = _now()
         max_records = self.settings.max_records
         tracking = self.schemas is not None
@@ -465,6 +524,8 @@ class Pipeline:
             if route is not None:
                 self._take_event(item, route, now, tracked)
         elif isinstance(item, Gap):
+            if item.channel not in self._mappers:
+                return  # a stream this worker no longer consumes
             spec = self.specs[item.channel]
             self.stats[spec.id].gaps += 1
             self.telemetry.gap(spec.id, "replay_id_rejected")
@@ -560,6 +621,13 @@ class Pipeline:
         before). A crash between a write and its commit is covered at start-up by the sink's
         high-water marks (or, for sinks that cannot tell, by at-least-once delivery).
         """
+        try:
+            await self._write_all()
+        finally:
+            self._writer_done = True
+            self._progress.set()
+
+    async def _write_all(self) -> None:
         async with asyncio.TaskGroup() as commits:
             committing: asyncio.Task[None] | None = None
             ended = False
@@ -582,7 +650,8 @@ class Pipeline:
                 began_wall = time.time()
                 began = time.perf_counter()
                 if batch.messages:
-                    await self.sink.write(batch.messages)
+                    async with self._sink_lock:
+                        await self.sink.write(batch.messages)
                 write_s = time.perf_counter() - began
                 for stream, (count, last) in batch.streams.items():
                     stats = self.stats[stream]
@@ -604,25 +673,167 @@ class Pipeline:
                         for stream in release
                         if (moment := self.stats[stream].last_written_time) is not None
                     }
-                    committing = commits.create_task(self._commit(release, report, times))
+                    committing = commits.create_task(
+                        self._commit(release, report, times, max(batch.seqs, default=-1))
+                    )
                 else:
                     self._report(report, None)
+                    self._done(max(batch.seqs, default=-1))
 
     async def _commit(
         self,
         checkpoints: dict[str, int],
         report: _Report | None = None,
         event_times: dict[str, float] | None = None,
+        seq: int = -1,
     ) -> None:
         began = time.perf_counter()
-        await self.state.commit(checkpoints, event_times)
+        if self.keeper is None:
+            await self.state.commit(checkpoints, event_times)
+        else:
+            checkpoints = await self._fenced_commit(checkpoints, event_times or {})
         commit_s = time.perf_counter() - began
+        self._done(seq)
         for stream, replay_id in checkpoints.items():
             stats = self.stats[stream]
             stats.checkpoint = replay_id
             stats.checkpoints += 1
         if report is not None:
             self._report(report, commit_s)
+
+    def _done(self, seq: int) -> None:
+        if seq > self._done_seq:
+            self._done_seq = seq
+            self._progress.set()
+
+    async def _wait_done(self, seq: int) -> None:
+        """Until batch `seq` (and every one before) is written and committed, or the
+        writer has ended."""
+        while self._done_seq < seq and not self._writer_done:
+            self._progress.clear()
+            await self._progress.wait()
+
+    # -- leases -----------------------------------------------------------------------------
+
+    def _fence(self, streams: Iterable[str]) -> Fence | None:
+        """The fence of a commit of `streams` (None without leases)."""
+        if self.keeper is None:
+            return None
+        return Fence(self.keeper.worker, {stream: self._tokens[stream] for stream in streams})
+
+    async def _fenced_commit(
+        self, checkpoints: dict[str, int], event_times: dict[str, float]
+    ) -> dict[str, int]:
+        """Commit the checkpoints of the streams still owned, each under its lease's token;
+        a stream the store says was taken over is dropped (and stopped) and the others are
+        committed again. The checkpoints committed."""
+        while True:
+            owned = {
+                stream: replay_id
+                for stream, replay_id in checkpoints.items()
+                if stream in self._tokens and stream not in self._fenced
+            }
+            if not owned:
+                return {}
+            times = {stream: at for stream, at in event_times.items() if stream in owned}
+            try:
+                await self.state.commit(owned, times, fence=self._fence(owned))
+            except LeaseLostError as exc:
+                self.telemetry.error(exc)
+                log.warning(
+                    "commit_fenced",
+                    streams=exc.streams,
+                    checkpoints={stream: owned[stream] for stream in exc.streams},
+                    note="another worker owns these streams now; it resumes them from "
+                    "their checkpoint",
+                )
+                self._fenced.update(exc.streams)
+                self._halt(exc.streams)
+                continue
+            return owned
+
+    def _halt(self, streams: Iterable[str]) -> None:
+        """Stop routing `streams` at once (their events are dropped from now on) and have
+        the keeper stop them."""
+        halted = [stream for stream in streams if stream in self._tokens]
+        for stream in halted:
+            self._halted.add(stream)
+            self._mappers.pop(self._by_id[stream].channel, None)
+            self._deadlines.pop(stream, None)
+        self._deadline = min(self._deadlines.values(), default=math.inf)
+        if halted and self.keeper is not None:
+            self.keeper.lost(halted)
+
+    def _overdue(self) -> None:
+        """Streams whose lease may have ended (the keeper could not renew it in time, or
+        the process was paused): consumed no more."""
+        now = self._clock()
+        late = [stream for stream, deadline in self._deadlines.items() if now >= deadline]
+        if late:
+            log.warning("leases_overdue", streams=sorted(late))
+        self._halt(late)
+
+    def extend(self, deadlines: Mapping[str, float]) -> None:
+        """The keeper renewed these leases (see `sfstream.engine.leases.LeasedStreams`)."""
+        for stream, deadline in deadlines.items():
+            if stream in self._tokens and stream not in self._halted:
+                self._deadlines[stream] = deadline
+        self._deadline = min(self._deadlines.values(), default=math.inf)
+
+    async def start_streams(
+        self, tokens: Mapping[str, int], deadlines: Mapping[str, float]
+    ) -> None:
+        """Start consuming these streams, each under its lease's token: position (as at a
+        run's start), schemas, subscription."""
+        specs = [self._by_id[stream] for stream in sorted(tokens)]
+        for spec in specs:
+            self._tokens[spec.id] = tokens[spec.id]
+            self._halted.discard(spec.id)
+            self._fenced.discard(spec.id)
+            self.telemetry.stream_added(spec.channel)
+        self.extend(deadlines)
+        positions = await self._resolve(specs)
+        if self.schemas is not None:
+            for message in await self.schemas.start(specs, positions):
+                self._append(message)
+        for spec in specs:
+            if spec.id not in self._halted:
+                self._mappers[spec.channel] = self._routes[spec.channel]
+        await self.subscribe_all({spec.id: positions[spec.id] for spec in specs})
+
+    async def stop_streams(self, streams: Iterable[str], reason: str) -> None:
+        """Stop consuming these streams: unsubscribe, write and commit (under the lease,
+        fenced) what was received of them, forget them."""
+        stopping = sorted(stream for stream in set(streams) if stream in self._tokens)
+        if not stopping:
+            return
+        for stream in stopping:
+            spec = self._by_id[stream]
+            self._mappers.pop(spec.channel, None)
+            self._halted.add(stream)
+            self._deadlines.pop(stream, None)
+            self.stats[stream].started = False
+            self.telemetry.stream_removed(spec.channel)
+            with contextlib.suppress(SfStreamError):
+                await self.client.unsubscribe(spec.channel)
+        self._deadline = min(self._deadlines.values(), default=math.inf)
+        if not self._writer_done:
+            # The open batch may hold their records: seal it, and wait for everything sealed
+            # to be written and committed.
+            if self._batch.messages or self.ledger.open_positions:
+                await self._hand_over(self._flush())
+            await self._wait_done(self.ledger.last_sealed)
+        for stream in stopping:
+            self._tokens.pop(stream, None)
+            self._halted.discard(stream)
+            self._fenced.discard(stream)
+            self.ledger.remove(stream)
+            log.info(
+                "stream_stopped",
+                stream=stream,
+                reason=reason,
+                checkpoint=self.stats[stream].checkpoint,
+            )
 
     def _batch_report(self, batch: _Batch, started: float, write_s: float) -> _Report | None:
         """What the telemetry is told of `batch` once committed; None when nobody listens.

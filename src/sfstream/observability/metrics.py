@@ -22,6 +22,8 @@ observed as batches go by, once per batch.
 | `sfstream_subscription_up` | gauge | stream |
 | `sfstream_gaps_total` | counter | stream, reason |
 | `sfstream_schema_changes_total` | counter | stream |
+| `sfstream_leases_held` | gauge | (with leases) |
+| `sfstream_lease_takeovers_total` | counter | stream (with leases) |
 | `sfstream_sink_write_seconds` | histogram | |
 | `sfstream_checkpoint_commit_seconds` | histogram | |
 
@@ -166,6 +168,19 @@ class RunCollector(Collector):
             reconnects.add_metric([reason], count)
         yield from (received, written, duplicates, errors, reconnects, tokens, checkpoint)
         yield from (last_event, lag, up, gaps, schema_changes)
+        if telemetry.leased:
+            held = GaugeMetricFamily(
+                "sfstream_leases_held", "Stream leases this worker holds (consumes) now."
+            )
+            held.add_metric([], telemetry.leases_held)
+            takeovers = CounterMetricFamily(
+                "sfstream_lease_takeovers",
+                "Leases this worker took over from another worker (expired or released).",
+                labels=stream_label,
+            )
+            for stream, count in sorted(telemetry.lease_takeovers.items()):
+                takeovers.add_metric([stream], count)
+            yield from (held, takeovers)
 
 
 class Metrics:

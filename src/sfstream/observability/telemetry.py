@@ -155,6 +155,13 @@ class Telemetry:
         """Called with each sink write's duration (the metrics' histogram)."""
         self.commit_timings: list[Callable[[float], None]] = []
         """Called with each checkpoint commit's duration."""
+        self.leased = False
+        """Whether the run shares its streams with other workers through leases: then
+        `subscribed` holds the channels of the streams it owns (possibly none)."""
+        self.leases_held = 0
+        """Leases this worker holds now."""
+        self.lease_takeovers: dict[str, int] = {}
+        """stream -> leases taken over from another worker (expired or released)."""
 
     # -- reports ------------------------------------------------------------------------------
 
@@ -177,6 +184,17 @@ class Telemetry:
 
     def schema_changed(self, stream: str) -> None:
         self.schema_changes[stream] = self.schema_changes.get(stream, 0) + 1
+
+    def lease_taken_over(self, stream: str) -> None:
+        self.lease_takeovers[stream] = self.lease_takeovers.get(stream, 0) + 1
+
+    def stream_added(self, channel: str) -> None:
+        """A leased stream starts: its channel counts for readiness, down until subscribed."""
+        self.subscribed[channel] = False
+
+    def stream_removed(self, channel: str) -> None:
+        """A leased stream stopped: its channel no longer counts for readiness."""
+        self.subscribed.pop(channel, None)
 
     def channel_up(self, channel: str) -> None:
         self.subscribed[channel] = True
@@ -235,11 +253,12 @@ class Telemetry:
         return self.since_round_trip() <= timeout + grace_s
 
     def ready(self) -> bool:
-        """Logged in, handshaken, every stream subscribed, not reconnecting."""
+        """Logged in, handshaken, every stream subscribed, not reconnecting. A worker with
+        leases that owns no stream yet is ready (and idle)."""
         return (
             self.logged_in
             and self.handshaken
             and not self.reconnecting
-            and bool(self.subscribed)
+            and (bool(self.subscribed) or self.leased)
             and all(self.subscribed.values())
         )

@@ -33,8 +33,9 @@ from sfstream.engine.discovery import (
     streams_from_config,
     validate_streams,
 )
+from sfstream.engine.leases import LeaseKeeper, LeaseSettings, default_worker_id
 from sfstream.engine.pipeline import Pipeline, PipelineSettings, RunResult
-from sfstream.errors import SfStreamError, StartupTimeoutError
+from sfstream.errors import ConfigError, SfStreamError, StartupTimeoutError
 from sfstream.netfail import host_of
 from sfstream.observability.telemetry import Telemetry
 from sfstream.runners.wiring import (
@@ -47,7 +48,7 @@ from sfstream.runners.wiring import (
 )
 from sfstream.schema.registry import SchemaRegistry
 from sfstream.schema.tracker import SchemaTracker
-from sfstream.state.base import StateStore
+from sfstream.state.base import LeaseStore, StateStore
 from sfstream.streams import StreamSpec
 
 log = structlog.get_logger("sfstream.connector")
@@ -117,6 +118,8 @@ class Connector:
             by the caller and left open; the connector opens and closes its own when None.
         state: the state store to use, likewise.
         registry: the schema registry to use, likewise.
+        worker_id: this worker's id in the leases when `state.worker_id` does not set it
+            (the service passes the ECS task's ARN); else `<host>:<pid>`.
     """
 
     def __init__(
@@ -128,8 +131,11 @@ class Connector:
         session: OrgSession | None = None,
         state: StateStore | None = None,
         registry: SchemaRegistry | None = None,
+        worker_id: str | None = None,
     ) -> None:
         self.config = config
+        self.keeper: LeaseKeeper | None = None
+        self._worker_id = worker_id
         self.run_id = run_id or new_run_id()
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.specs: list[StreamSpec] = []
@@ -167,8 +173,12 @@ class Connector:
             if state is None:
                 state = open_state(config)
                 self._stack.push_async_callback(state.close)
-            # One run owns its streams: a second run, or `state set`, is refused meanwhile.
-            await self._stack.enter_async_context(state.owner([spec.id for spec in self.specs]))
+            keeper = None
+            if config.state.leased:
+                keeper = self._keeper(state)
+            else:
+                # One run owns its streams: a second run, or `state set`, is refused meanwhile.
+                await self._stack.enter_async_context(state.owner([spec.id for spec in self.specs]))
             sink = open_sink(config)
             self._stack.push_async_callback(sink.close)
             registry = self._registry
@@ -194,6 +204,7 @@ class Connector:
                 sink=sink,
                 run_id=self.run_id,
                 schemas=tracker,
+                keeper=keeper,
                 settings=PipelineSettings(
                     max_records=batch.max_records,
                     max_wait_s=batch.max_wait_ms / 1000,
@@ -265,13 +276,38 @@ class Connector:
         )
         return specs
 
+    def _keeper(self, state: StateStore) -> LeaseKeeper:
+        """The keeper of this worker's leases in `state` (`state.coordination: leases`)."""
+        config = self.config.state
+        if not isinstance(state, LeaseStore):
+            raise ConfigError(
+                f"state.coordination: leases needs a state store with leases; the "
+                f"{config.backend} store has none"
+            )
+        worker = config.worker_id or self._worker_id or default_worker_id()
+        keeper = LeaseKeeper(
+            state,
+            [spec.id for spec in self.specs],
+            LeaseSettings(worker=worker, ttl_s=config.lease_ttl_s),
+            self.telemetry,
+        )
+        # After the run's last commit (the pipeline has returned), or if it never ran.
+        self._stack.push_async_callback(keeper.release_all)
+        self.keeper = keeper
+        return keeper
+
     async def close(self) -> None:
         await self._stack.aclose()
 
     async def run(self, stop: asyncio.Event) -> RunResult:
         assert self.pipeline is not None
         log.info("run_started", streams=[s.id for s in self.specs])
-        return await self.pipeline.run(stop)
+        try:
+            return await self.pipeline.run(stop)
+        finally:
+            if self.keeper is not None:
+                # At once: another worker takes the streams over at its next poll.
+                await self.keeper.release_all()
 
 
 async def start(
@@ -285,6 +321,7 @@ async def start(
     session: OrgSession | None = None,
     state: StateStore | None = None,
     registry: SchemaRegistry | None = None,
+    worker_id: str | None = None,
 ) -> Connector | None:
     """Open a connector, retrying what may pass, until it opens or `stop` is set.
 
@@ -305,7 +342,13 @@ async def start(
     while not stop.is_set():
         attempt += 1
         connector = Connector(
-            config, run_id, telemetry, session=session, state=state, registry=registry
+            config,
+            run_id,
+            telemetry,
+            session=session,
+            state=state,
+            registry=registry,
+            worker_id=worker_id,
         )
         try:
             opened = await _unless_stopped(connector.open(), stop)

@@ -170,6 +170,7 @@ async def _stream(
             stop,
             timeout_s=config.runtime.startup_timeout_s,
             telemetry=telemetry,
+            worker_id=structlog.contextvars.get_contextvars().get("ecs_task_arn"),
         )
         if connector is None:
             log.info("stopped_before_start")

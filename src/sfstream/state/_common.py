@@ -7,6 +7,7 @@ second line of defence (a crash, a killed process, a lost connection).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Final
@@ -110,3 +111,37 @@ def owned_message(streams: list[str], holder: str | None) -> str:
     return f"{subject} being streamed by a running `sfstream run`" + (
         f" ({holder})" if holder else ""
     )
+
+
+def check_worker(worker: object) -> str:
+    """`worker` if it is a usable worker id (a non-empty string without NUL), else
+    `ConfigError`."""
+    if not isinstance(worker, str) or not worker or "\x00" in worker:
+        raise ConfigError(f"a worker id must be a non-empty string, not {worker!r}")
+    return worker
+
+
+def check_ttl(ttl_s: object) -> float:
+    """`ttl_s` as a float if it is a usable lease duration (finite, above 0)."""
+    if (
+        isinstance(ttl_s, bool)
+        or not isinstance(ttl_s, int | float)
+        or not math.isfinite(ttl_s)
+        or ttl_s <= 0
+    ):
+        raise ConfigError(f"a lease TTL must be a positive number of seconds, not {ttl_s!r}")
+    return float(ttl_s)
+
+
+def check_tokens(tokens: Mapping[str, int]) -> list[tuple[str, int]]:
+    """`tokens` (stream -> lease token) as sorted pairs, each checked."""
+    if not isinstance(tokens, Mapping):
+        raise ConfigError(f"lease tokens must be a mapping, not {type(tokens).__name__}")
+    pairs = []
+    for stream, token in tokens.items():
+        check_stream(stream)
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 < token <= INT64_MAX:
+            raise ConfigError(f"the lease token of stream {stream!r} must be a positive int")
+        pairs.append((stream, token))
+    pairs.sort()
+    return pairs

@@ -27,6 +27,7 @@ from typing import Final, Protocol, runtime_checkable
 import msgspec
 
 from sfstream.errors import ConfigError, StorageUnavailableError
+from sfstream.state._common import INT64_MAX, check_worker
 
 START_EARLIEST: Final = -2
 """`Override.start`: start from the earliest event Salesforce retains."""
@@ -96,9 +97,18 @@ class StateStore(Protocol):
         ...
 
     async def commit(
-        self, replay_ids: Mapping[str, int], event_times: Mapping[str, float] | None = None
+        self,
+        replay_ids: Mapping[str, int],
+        event_times: Mapping[str, float] | None = None,
+        *,
+        fence: Fence | None = None,
     ) -> None:
         """Set several checkpoints atomically: all of them are stored, or none.
+
+        With `fence` (a store that is also a `LeaseStore`), the commit is stored only if
+        each stream's lease still has the token the fence gives it; otherwise nothing is
+        stored, the refusal is recorded in the stale streams' leases, and it raises
+        `LeaseLostError` naming them.
 
         `event_times` gives the event time of some of these streams: epoch seconds of the
         event at the committed replayId, in Salesforce's clock (`Checkpoint.event_time`). A
@@ -107,7 +117,9 @@ class StateStore(Protocol):
 
         Raises:
             ConfigError: also for an event time of a stream not in `replay_ids`, or one
-                that is not a finite number.
+                that is not a finite number; for a fence without an int token for each
+                committed stream; for a fence given to a store without leases.
+            LeaseLostError: the fence is stale for some streams.
         """
         ...
 
@@ -147,6 +159,134 @@ class StateStore(Protocol):
     async def close(self) -> None:
         """Release connections; the store is not used afterwards."""
         ...
+
+
+class Lease(msgspec.Struct, frozen=True):
+    """A stream's lease, as the store holds it: who may consume the stream, until when, and
+    the fencing token of that ownership.
+
+    Times are epoch seconds in the store's clock (PostgreSQL's `now()`; the worker's own
+    clock for DynamoDB and SQLite).
+    """
+
+    stream: str
+    owner: str | None
+    """The worker that holds it; None once released."""
+    token: int
+    """The fencing token: 1 for the first owner, one more for each acquisition after."""
+    expires_at: float
+    """When it ends unless renewed."""
+    acquired_at: float
+    """When its owner took it (the token's start)."""
+    held: bool
+    """Whether it is held now (an owner, not expired), by the store's clock when read."""
+    refused: int = 0
+    """Commits refused for this stream because their token was stale (zombies), ever."""
+    refused_at: float | None = None
+    """When the last of them was refused."""
+    refused_token: int | None = None
+    """The token the last refused commit carried."""
+    refused_worker: str | None = None
+    """The worker that sent the last refused commit."""
+
+
+class Member(msgspec.Struct, frozen=True):
+    """A worker taking part in a store's leases (it heartbeats with `LeaseStore.join`)."""
+
+    worker: str
+    expires_at: float
+    """When it counts as gone unless it joins again (epoch seconds, the store's clock)."""
+    joined_at: float
+    """When it first joined."""
+
+
+class Fence(msgspec.Struct, frozen=True):
+    """What a fenced commit carries: the worker and its lease token for each stream."""
+
+    worker: str
+    tokens: Mapping[str, int]
+
+
+@runtime_checkable
+class LeaseStore(Protocol):
+    """Leases with fencing tokens, in a state store several workers share.
+
+    A worker holds a stream's lease to consume it. `acquire` takes a lease that is free (never
+    taken, released, or expired) and gives it a new token, one more than the last; `renew`
+    extends the leases still held with the given tokens; `release` gives them up at once.
+    A commit carrying a `Fence` (`StateStore.commit`) is stored only if every stream's token
+    is still its lease's token: a worker that lost a lease (a paused process that wakes up
+    after another took over) cannot move the checkpoint. Each such refusal is recorded in the
+    lease (`Lease.refused*`). `join` heartbeats a worker's membership, so that balancing sees
+    workers that hold nothing yet.
+
+    A backend is done when `sfstream.testing.leases.check_lease_store` passes against it.
+    """
+
+    async def acquire(self, streams: Iterable[str], worker: str, ttl_s: float) -> dict[str, Lease]:
+        """Take the leases of `streams` that are free, for `ttl_s` seconds; the ones taken.
+
+        A lease `worker` holds and that has not expired is renewed instead (same token); a
+        released or expired one gets a new token, whoever held it. Each stream is taken
+        or not on its own (not all-or-nothing)."""
+        ...
+
+    async def renew(self, tokens: Mapping[str, int], worker: str, ttl_s: float) -> dict[str, Lease]:
+        """Extend by `ttl_s` the leases `worker` still holds with these tokens; the ones
+        renewed. A lease that expired but that nobody took since is renewed too (the token
+        still fences it)."""
+        ...
+
+    async def release(self, tokens: Mapping[str, int], worker: str) -> None:
+        """Give up the leases `worker` holds with these tokens (others are left alone): no
+        owner, the token kept, expired now."""
+        ...
+
+    async def leases(self, streams: Iterable[str] | None = None) -> dict[str, Lease]:
+        """The leases of `streams` (all of them when None), held or not."""
+        ...
+
+    async def join(self, worker: str, ttl_s: float) -> None:
+        """Record (or refresh) `worker` as a member for `ttl_s` seconds."""
+        ...
+
+    async def leave(self, worker: str) -> None:
+        """Remove `worker` from the members at once."""
+        ...
+
+    async def members(self) -> list[Member]:
+        """The members that have not expired, by worker id."""
+        ...
+
+
+def fence_error(streams: list[str], worker: str) -> str:
+    """What a refused fenced commit says."""
+    subject = f"stream {streams[0]}" if len(streams) == 1 else f"streams {', '.join(streams)}"
+    return (
+        f"{subject}: the lease of worker {worker} was taken over by another worker; "
+        "the commit was refused (fenced)"
+    )
+
+
+def check_fence(fence: Fence | None, replay_ids: Mapping[str, int]) -> dict[str, int] | None:
+    """The tokens of a fenced commit, checked before a backend touches storage: every
+    committed stream must have an int token (None: the commit is not fenced).
+
+    Raises:
+        ConfigError: a committed stream has no token, or a token is not an int.
+    """
+    if fence is None:
+        return None
+    check_worker(fence.worker)
+    tokens: dict[str, int] = {}
+    for stream in replay_ids:
+        token = fence.tokens.get(stream)
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 < token <= INT64_MAX:
+            raise ConfigError(
+                f"a fenced commit of stream {stream!r} needs its lease token (a positive int)"
+            )
+        tokens[stream] = token
+    return tokens
 
 
 def check_event_times(

@@ -11,19 +11,26 @@ the store).
 
 `sfstream state init --config FILE` creates it (the store never does): on-demand capacity
 (`PAY_PER_REQUEST`) and two string keys, `pk` (partition key, HASH) and `sk` (sort key,
-RANGE). It holds three kinds of items:
+RANGE). It holds five kinds of items:
 
 - `pk = checkpoints`, `sk = shard#00` ... `shard#15`: the checkpoints and pending overrides
   of the streams whose id hashes to that shard;
 - `pk = lock`, `sk = <stream id>`: the run lock of one stream (`owner`);
+- `pk = lease#00` ... `lease#15`, `sk = <stream id>`: the lease of one stream
+  (`LeaseStore`), under the shard number of its checkpoint;
+- `pk = member`, `sk = <worker id>`: a worker taking part in the leases (`join`);
 - `pk = schemas`, `sk = <subject>#v0000000001`: a version of the schema registry
   (`sfstream.schema.dynamodb`).
+
+Each kind has a partition key of its own, so that no stream, worker or subject id can make
+two kinds meet.
 
 A shard item has two JSON objects as text: `checkpoints` (stream id -> `replay_id`,
 `updated_at`, and `event_time` when the commit gave one) and `overrides` (stream id ->
 `start`, absent for the initial replay; `previous`, absent when there was no checkpoint;
-`requested_at`); and `version` (N), which counts the item's writes. JSON text rather than
-DynamoDB maps: it is smaller, and a shard is always read and written whole.
+`requested_at`); and `version` (N), which counts the item's writes and the acquisitions of
+its streams' leases (see below). JSON text rather than DynamoDB maps: it is smaller, and a
+shard is always read and written whole.
 
 **Why shards.** A commit is atomic: all its streams are stored, or none. A DynamoDB
 transaction writes at most 100 items, and one commit may hold thousands of streams; so the
@@ -49,14 +56,46 @@ renewals fail for 30 s (the holder cut off from DynamoDB), the lock may go to an
 without the holder noticing; it logs `state_lock_lost` when it finds out. Several connectors
 can share one table, each with its own streams.
 
-`read_only=True` writes nothing (a missing table reads as no checkpoints); every change
-raises `StorageError`.
+**Leases.** The store is also a `LeaseStore`: one item per stream with `owner` (the worker
+id; absent once released), `token` (N, the fencing token), `expires_at` and `acquired_at`,
+and, once a fenced commit was refused, `refused` (N, a count), `refused_at`,
+`refused_token` and `refused_worker`. A member item has `worker`, `expires_at` and
+`joined_at`. Times are epoch seconds of the worker's own `time.time()`: DynamoDB has no
+server clock to put in a condition. **The workers' clocks must agree within the skew the
+connector allows** (the lease keeper's `skew_s`, see `sfstream.engine.leases`; NTP, as on
+AWS hosts, does much better): the owner stops a stream by its own clock, another worker
+takes the lease over by its clock, and a taker whose clock runs ahead by more than that
+margin could start the stream while the owner still consumes it. Fencing still keeps the
+owner's late commits out, but both would write events for a while.
+
+Every lease write is conditional, so that workers racing for a lease never both win:
+`acquire` reads the item and writes it back conditioned on the token it read and on the
+lease being free (no item, no owner, or `expires_at` before now), with the token one more
+(1 for a new item); a lease the worker holds is extended instead (same token). `renew`
+and `release` are conditioned on `owner` and `token`. A lost condition means "not taken"
+(or not renewed), never an error. Each stream is one or two calls, made one after the
+other. `members()` leaves out the members past their expiry, and deletes their items
+(workers that stopped without leaving would pile up).
+
+A fenced commit (`commit(..., fence=...)`) adds to its transaction a `ConditionCheck` per
+stream on the lease item (`token` is the fence's): when another worker took a lease over
+meanwhile the transaction is cancelled, nothing is stored, the refusal is counted in the
+stale leases and the commit raises `LeaseLostError`. A transaction holds 100 items: a
+fenced commit whose streams and shards do not fit in one reads the lease items instead,
+refuses a stale one, and writes its shards conditioned on their versions as always; this
+is atomic too because taking a lease over also increments the `version` of the stream's
+checkpoint shard (in the same transaction as the lease), so that a takeover after the read
+fails the shard write, and the commit reads the leases again.
+
+`read_only=True` writes nothing (a missing table reads as no checkpoints and no leases);
+every change raises `StorageError`.
 
 **Errors.** Throttling, DynamoDB's 5xx answers and an unreachable endpoint are
 `StorageUnavailableError` (retryable); a missing table (with the hint to run `sfstream state
 init`), an identity without permission, a table with other keys are `StorageError`
 (terminal). The role needs `dynamodb:GetItem`, `PutItem`, `UpdateItem`, `DeleteItem` and
-`Query` on the table (and `DescribeTable` and `CreateTable` for `state init`).
+`Query` on the table, `ConditionCheckItem` for fenced commits (and `DescribeTable` and
+`CreateTable` for `state init`).
 """
 
 from __future__ import annotations
@@ -79,18 +118,37 @@ from typing import Any, Final, Self, TypeVar
 import orjson
 import structlog
 
-from sfstream.errors import ConfigError, SfStreamError, StorageError, StorageUnavailableError
+from sfstream.errors import (
+    ConfigError,
+    LeaseLostError,
+    SfStreamError,
+    StorageError,
+    StorageUnavailableError,
+)
 from sfstream.secrets import _boto
 from sfstream.state._common import (
     check_batch,
     check_start,
     check_stream,
     check_streams,
+    check_tokens,
+    check_ttl,
+    check_worker,
     iso_utc,
     owned_message,
     utc_now,
 )
-from sfstream.state.base import Checkpoint, Override, StreamOwnedError, check_event_times
+from sfstream.state.base import (
+    Checkpoint,
+    Fence,
+    Lease,
+    Member,
+    Override,
+    StreamOwnedError,
+    check_event_times,
+    check_fence,
+    fence_error,
+)
 
 T = TypeVar("T")
 
@@ -104,6 +162,9 @@ PK: Final = "pk"
 SK: Final = "sk"
 CHECKPOINTS_PK: Final = "checkpoints"
 LOCK_PK: Final = "lock"
+LEASE_PK: Final = "lease"
+"""Lease items have `pk = lease#NN`, NN the stream's shard."""
+MEMBER_PK: Final = "member"
 
 _TABLE_NAME: Final = re.compile(r"^[A-Za-z0-9_.\-]{3,255}$")
 _TRANSACTION_ITEMS: Final = 100
@@ -142,6 +203,14 @@ _THROTTLED_REASONS: Final = frozenset({"ThrottlingError", "ProvisionedThroughput
 
 class TableMissingError(StorageError):
     """The DynamoDB table does not exist."""
+
+
+class _StaleFence(Exception):  # noqa: N818 - internal: becomes `LeaseLostError`
+    """A fenced commit met leases whose token is no longer the fence's (sorted)."""
+
+    def __init__(self, streams: list[str]) -> None:
+        super().__init__(", ".join(streams))
+        self.streams = streams
 
 
 class ConditionFailedError(Exception):
@@ -408,8 +477,21 @@ def _shard_key(index: int) -> dict[str, Any]:
     return {PK: {"S": CHECKPOINTS_PK}, SK: {"S": f"shard#{index:02d}"}}
 
 
+def _lease_pk(index: int) -> str:
+    return f"{LEASE_PK}#{index:02d}"
+
+
+def _lease_key(stream: str) -> dict[str, Any]:
+    return {PK: {"S": _lease_pk(shard_of(stream))}, SK: {"S": stream}}
+
+
+def _member_key(worker: str) -> dict[str, Any]:
+    return {PK: {"S": MEMBER_PK}, SK: {"S": worker}}
+
+
 class DynamoDbStateStore:
-    """Checkpoints in a DynamoDB table (see the module for its layout).
+    """Checkpoints in a DynamoDB table (see the module for its layout), and leases with
+    fencing tokens for workers that share it (`LeaseStore`).
 
     Use it as an async context manager, or call `close()`.
 
@@ -480,15 +562,25 @@ class DynamoDbStateStore:
         return {stream: found[stream] for stream in wanted if stream in found}
 
     async def commit(
-        self, replay_ids: Mapping[str, int], event_times: Mapping[str, float] | None = None
+        self,
+        replay_ids: Mapping[str, int],
+        event_times: Mapping[str, float] | None = None,
+        *,
+        fence: Fence | None = None,
     ) -> None:
         """Set several checkpoints in one transaction: all of them are stored, or none.
 
         `event_times`: the event time of some of them (see `StateStore.commit`). It also
-        clears the pending overrides of these streams.
+        clears the pending overrides of these streams. With `fence`, it is stored only if
+        every stream's lease still has the fence's token (see the module).
+
+        Raises:
+            LeaseLostError: the fence is stale for some streams; nothing was stored.
         """
         batch = check_batch(replay_ids)
         times = check_event_times(event_times, replay_ids)
+        tokens = check_fence(fence, replay_ids)
+        worker = check_worker(fence.worker) if fence is not None else ""
         if not batch:
             return
         self._writable("commit")
@@ -503,7 +595,10 @@ class DynamoDbStateStore:
                 shard.overrides.pop(stream, None)
 
         indices = {shard_of(stream) for stream, _ in batch}
-        await self._run(lambda: self._change(indices, apply, "commit", fresh=False))
+        if tokens is None:
+            await self._run(lambda: self._change(indices, apply, "commit", fresh=False))
+        else:
+            await self._run(lambda: self._commit_fenced(indices, apply, tokens, worker))
 
     async def reset(self, stream: str) -> bool:
         """Forget a stream's checkpoint and its pending override; returns whether it had a
@@ -589,6 +684,68 @@ class DynamoDbStateStore:
                     note=f"the locks expire by themselves within {self.lock_ttl_s:g} s",
                 )
 
+    # -- leases (LeaseStore) ---------------------------------------------------------------
+
+    async def acquire(self, streams: Iterable[str], worker: str, ttl_s: float) -> dict[str, Lease]:
+        """Take the leases of `streams` that are free, for `ttl_s` seconds; the ones taken
+        (see `LeaseStore.acquire`). One conditional write per stream (see the module)."""
+        wanted = check_streams(streams) or []
+        check_worker(worker)
+        ttl = check_ttl(ttl_s)
+        if not wanted:
+            return {}
+        self._writable("acquire leases")
+        return await self._run(lambda: self._acquire(wanted, worker, ttl))
+
+    async def renew(self, tokens: Mapping[str, int], worker: str, ttl_s: float) -> dict[str, Lease]:
+        """Extend the leases `worker` still holds with these tokens; the ones renewed."""
+        pairs = check_tokens(tokens)
+        check_worker(worker)
+        ttl = check_ttl(ttl_s)
+        if not pairs:
+            return {}
+        self._writable("renew leases")
+        return await self._run(lambda: self._renew(pairs, worker, ttl))
+
+    async def release(self, tokens: Mapping[str, int], worker: str) -> None:
+        """Give up the leases `worker` holds with these tokens (others are left alone)."""
+        pairs = check_tokens(tokens)
+        check_worker(worker)
+        if not pairs:
+            return
+        self._writable("release leases")
+        await self._run(lambda: self._release(pairs, worker))
+
+    async def leases(self, streams: Iterable[str] | None = None) -> dict[str, Lease]:
+        """The leases of `streams` (all of them when None), held or not."""
+        wanted = check_streams(streams)
+        if wanted == []:
+            return {}
+        items = await self._run(lambda: self._lease_items(wanted, "read leases"))
+        now = time.time()
+        return {stream: self._lease(stream, item, now) for stream, item in sorted(items.items())}
+
+    async def join(self, worker: str, ttl_s: float) -> None:
+        """Record (or refresh) `worker` as a member for `ttl_s` seconds."""
+        check_worker(worker)
+        ttl = check_ttl(ttl_s)
+        self._writable("join")
+        await self._run(lambda: self._join(worker, ttl))
+
+    async def leave(self, worker: str) -> None:
+        """Remove `worker` from the members at once."""
+        check_worker(worker)
+        self._writable("leave")
+        await self._run(
+            lambda: self._table.call(
+                "leave", "delete_item", TableName=self.table, Key=_member_key(worker)
+            )
+        )
+
+    async def members(self) -> list[Member]:
+        """The members that have not expired, by worker id."""
+        return await self._run(self._members)
+
     async def close(self) -> None:
         """Close the client (after any call in flight); calling it again does nothing."""
         await asyncio.to_thread(self._close)
@@ -654,11 +811,21 @@ class DynamoDbStateStore:
         action: str,
         *,
         fresh: bool = True,
+        checks: list[tuple[str, dict[str, Any]]] | None = None,
+        verify: Callable[[], None] | None = None,
     ) -> T:
         """Read-modify-write of the shards `indices` with `apply`, conditioned on their
         versions, until it lands. With `fresh=False` the first attempt starts from the
         shards as this store last saw them (a commit: it reads nothing when no other store
-        wrote meanwhile)."""
+        wrote meanwhile).
+
+        A fenced commit gives either `checks` (stream, `ConditionCheck` on its lease), put
+        in the same transaction, or `verify`, called at each attempt after the shards'
+        versions are known and before they are written.
+
+        Raises:
+            _StaleFence: a check failed, or `verify` found stale tokens; nothing written.
+        """
         ordered = sorted(indices)
         deadline = time.monotonic() + _CONTENTION_LIMIT_S
         attempt = 0
@@ -673,10 +840,12 @@ class DynamoDbStateStore:
             changed = [
                 work[index] for index in ordered if not work[index].same_content(base[index])
             ]
-            if not changed:
+            if not changed and not checks:
                 return result
+            if verify is not None:
+                verify()
             try:
-                self._write(changed, action)
+                self._write(changed, action, checks or [])
             except ConditionFailedError as failed:
                 # A failed condition comes with the item as it is now: the next attempt
                 # starts from it without reading again.
@@ -685,6 +854,16 @@ class DynamoDbStateStore:
                         self._cache[shard.index] = self._decode(shard.index, {"Item": item})
                     elif reason != "None":
                         self._cache.pop(shard.index, None)
+                # The lease checks follow the shards in the transaction.
+                stale = [
+                    stream
+                    for (stream, _), reason in zip(
+                        checks or [], failed.reasons[len(changed) :], strict=False
+                    )
+                    if reason == "ConditionalCheckFailed"
+                ]
+                if stale:
+                    raise _StaleFence(sorted(stale)) from None
                 cached = True
                 attempt = self._backoff(attempt, deadline, action)
                 continue
@@ -697,14 +876,19 @@ class DynamoDbStateStore:
                 self._cache[shard.index] = shard.copy()
             return result
 
-    def _write(self, shards: list[_Shard], action: str) -> None:
-        """Put `shards`, each conditioned on its version being what was read."""
+    def _write(
+        self, shards: list[_Shard], action: str, checks: list[tuple[str, dict[str, Any]]]
+    ) -> None:
+        """Put `shards`, each conditioned on its version being what was read, with `checks`
+        (lease `ConditionCheck`s) in the same transaction."""
         puts = [self._put(shard) for shard in shards]
-        if len(puts) == 1:
+        if len(puts) == 1 and not checks:
             self._table.call(action, "put_item", **puts[0])
         else:
             self._table.call(
-                action, "transact_write_items", TransactItems=[{"Put": p} for p in puts]
+                action,
+                "transact_write_items",
+                TransactItems=[{"Put": p} for p in puts] + [check for _, check in checks],
             )
 
     def _put(self, shard: _Shard) -> dict[str, Any]:
@@ -884,6 +1068,428 @@ class DynamoDbStateStore:
                     ExpressionAttributeNames={"#owner": "owner"},
                     ExpressionAttributeValues={":owner": {"S": token}},
                 )
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def _conditional(self, action: str, operation: str, **params: Any) -> dict[str, Any] | None:
+        """`call` for one conditional write; None when its condition failed. A write that
+        met a transaction in flight is tried again."""
+        deadline = time.monotonic() + _CONTENTION_LIMIT_S
+        attempt = 0
+        while True:
+            try:
+                return self._table.call(action, operation, TableName=self.table, **params)
+            except ConditionFailedError as failed:
+                if "ConditionalCheckFailed" in failed.reasons:
+                    return None
+                attempt = self._backoff(attempt, deadline, action)
+
+    def _lease_item(self, stream: str, action: str) -> dict[str, Any] | None:
+        answer = self._table.call(
+            action, "get_item", TableName=self.table, Key=_lease_key(stream), ConsistentRead=True
+        )
+        item: dict[str, Any] | None = answer.get("Item") or None
+        return item
+
+    def _query(self, pk: str, action: str) -> list[dict[str, Any]]:
+        """Every item of partition `pk`, page after page."""
+        params: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "#pk = :pk",
+            "ExpressionAttributeNames": {"#pk": PK},
+            "ExpressionAttributeValues": {":pk": {"S": pk}},
+            "ConsistentRead": True,
+        }
+        items: list[dict[str, Any]] = []
+        while True:
+            try:
+                answer = self._table.call(action, "query", **params)
+            except TableMissingError:
+                if self.read_only:
+                    return []
+                raise
+            items.extend(answer.get("Items") or [])
+            last = answer.get("LastEvaluatedKey")
+            if not last:
+                return items
+            params["ExclusiveStartKey"] = last
+
+    def _lease_items(self, wanted: list[str] | None, action: str) -> dict[str, dict[str, Any]]:
+        """The lease items of `wanted` (all of them when None) by stream: a Query per
+        shard they fall in."""
+        found: dict[str, dict[str, Any]] = {}
+        for index in _indices(wanted):
+            for item in self._query(_lease_pk(index), action):
+                stream = item.get(SK, {}).get("S")
+                if isinstance(stream, str):
+                    found[stream] = item
+        if wanted is None:
+            return found
+        return {stream: found[stream] for stream in wanted if stream in found}
+
+    def _lease(self, stream: str, item: Mapping[str, Any], now: float) -> Lease:
+        """A lease item as a `Lease`, held as of `now`."""
+        try:
+            owner = item["owner"]["S"] if "owner" in item else None
+            expires_at = float(item["expires_at"]["N"])
+            refused_at = item.get("refused_at", {}).get("N")
+            refused_token = item.get("refused_token", {}).get("N")
+            refused_worker = item.get("refused_worker", {}).get("S")
+            return Lease(
+                stream=stream,
+                owner=str(owner) if owner is not None else None,
+                token=int(item["token"]["N"]),
+                expires_at=expires_at,
+                acquired_at=float(item["acquired_at"]["N"]),
+                held=owner is not None and expires_at > now,
+                refused=int(item.get("refused", {}).get("N", "0")),
+                refused_at=None if refused_at is None else float(refused_at),
+                refused_token=None if refused_token is None else int(refused_token),
+                refused_worker=None if refused_worker is None else str(refused_worker),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StorageError(
+                f"{self._table.describe()}: the lease item of stream {stream!r} is not one "
+                f"sfstream wrote ({type(exc).__name__}: {exc}); give state.table a table of "
+                f"its own"
+            ) from exc
+
+    def _acquire(self, streams: list[str], worker: str, ttl_s: float) -> dict[str, Lease]:
+        taken: dict[str, Lease] = {}
+        for stream in streams:
+            lease = self._acquire_one(stream, worker, ttl_s)
+            if lease is not None:
+                taken[stream] = lease
+        return taken
+
+    def _acquire_one(self, stream: str, worker: str, ttl_s: float) -> Lease | None:
+        """Take `stream`'s lease if it is free, extend it if `worker` holds it; None when
+        another worker holds it."""
+        action = "acquire leases"
+        key = _lease_key(stream)
+        item = self._lease_item(stream, action)
+        deadline = time.monotonic() + _CONTENTION_LIMIT_S
+        attempt = 0
+        while True:
+            now = time.time()
+            moment, expires = _seconds(now), _seconds(now + ttl_s)
+            current = None if item is None else self._lease(stream, item, now)
+            if current is not None and current.owner is not None and current.expires_at >= now:
+                if current.owner != worker:
+                    return None
+                # Its own lease: extended with the same token, unless it expires first.
+                try:
+                    answer = self._table.call(
+                        action,
+                        "update_item",
+                        TableName=self.table,
+                        Key=key,
+                        UpdateExpression="SET #expires = :expires",
+                        ConditionExpression=(
+                            "#owner = :owner AND #token = :token AND #expires >= :now"
+                        ),
+                        ExpressionAttributeNames={
+                            "#expires": "expires_at",
+                            "#owner": "owner",
+                            "#token": "token",
+                        },
+                        ExpressionAttributeValues={
+                            ":expires": {"N": expires},
+                            ":owner": {"S": worker},
+                            ":token": {"N": str(current.token)},
+                            ":now": {"N": moment},
+                        },
+                        ReturnValues="ALL_NEW",
+                        ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                    )
+                except ConditionFailedError as failed:
+                    item = self._after_failure(failed, stream, action)
+                    attempt = self._backoff(attempt, deadline, action)
+                    continue
+                return self._lease(stream, answer.get("Attributes") or {}, now)
+            # Free: taken with the next token. The condition on the token read keeps two
+            # workers from both writing the same next token (one read before the other's
+            # take and release); the one on the owner keeps a renewed lease from being taken.
+            token = 1 if current is None else current.token + 1
+            names = {
+                "#owner": "owner",
+                "#token": "token",
+                "#expires": "expires_at",
+                "#acquired": "acquired_at",
+            }
+            values = {
+                ":owner": {"S": worker},
+                ":token": {"N": str(token)},
+                ":expires": {"N": expires},
+                ":now": {"N": moment},
+            }
+            if current is None:
+                condition = "attribute_not_exists(#pk)"
+                names["#pk"] = PK
+            else:
+                condition = "#token = :old AND (attribute_not_exists(#owner) OR #expires < :now)"
+                values[":old"] = {"N": str(current.token)}
+            take = {
+                "TableName": self.table,
+                "Key": key,
+                "UpdateExpression": (
+                    "SET #owner = :owner, #token = :token, #expires = :expires, #acquired = :now"
+                ),
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values,
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+            index = shard_of(stream)
+            try:
+                self._table.call(
+                    action,
+                    "transact_write_items",
+                    TransactItems=[{"Update": take}, {"Update": self._shard_bump(index)}],
+                )
+            except ConditionFailedError as failed:
+                item = self._after_failure(failed, stream, action)
+                attempt = self._backoff(attempt, deadline, action)
+                continue
+            # This store's copy of the shard is one version behind now.
+            self._cache.pop(index, None)
+            written = {
+                **(item or key),
+                "owner": {"S": worker},
+                "token": {"N": str(token)},
+                "expires_at": {"N": expires},
+                "acquired_at": {"N": moment},
+            }
+            return self._lease(stream, written, now)
+
+    def _shard_bump(self, index: int) -> dict[str, Any]:
+        """The update that moves checkpoint shard `index` on a version, with the takeover
+        of one of its streams' leases: a fenced commit too big for lease checks fails its
+        shard write then (see the module). It makes an empty shard when there is none."""
+        return {
+            "TableName": self.table,
+            "Key": _shard_key(index),
+            "UpdateExpression": (
+                "SET #checkpoints = if_not_exists(#checkpoints, :empty), "
+                "#overrides = if_not_exists(#overrides, :empty) ADD #version :one"
+            ),
+            "ExpressionAttributeNames": {
+                "#checkpoints": "checkpoints",
+                "#overrides": "overrides",
+                "#version": "version",
+            },
+            "ExpressionAttributeValues": {":empty": {"S": "{}"}, ":one": {"N": "1"}},
+        }
+
+    def _after_failure(
+        self, failed: ConditionFailedError, stream: str, action: str
+    ) -> dict[str, Any] | None:
+        """The lease item after a lost write (the first item of it): as the failure returned
+        it, else read again."""
+        if failed.reasons[:1] == ["ConditionalCheckFailed"] and failed.items[0] is not None:
+            return failed.items[0]
+        return self._lease_item(stream, action)
+
+    def _renew(self, pairs: list[tuple[str, int]], worker: str, ttl_s: float) -> dict[str, Lease]:
+        renewed: dict[str, Lease] = {}
+        for stream, token in pairs:
+            now = time.time()
+            answer = self._conditional(
+                "renew leases",
+                "update_item",
+                Key=_lease_key(stream),
+                UpdateExpression="SET #expires = :expires",
+                ConditionExpression="#owner = :owner AND #token = :token",
+                ExpressionAttributeNames={
+                    "#expires": "expires_at",
+                    "#owner": "owner",
+                    "#token": "token",
+                },
+                ExpressionAttributeValues={
+                    ":expires": {"N": _seconds(now + ttl_s)},
+                    ":owner": {"S": worker},
+                    ":token": {"N": str(token)},
+                },
+                ReturnValues="ALL_NEW",
+            )
+            if answer is not None:
+                renewed[stream] = self._lease(stream, answer.get("Attributes") or {}, now)
+        return renewed
+
+    def _release(self, pairs: list[tuple[str, int]], worker: str) -> None:
+        for stream, token in pairs:
+            self._conditional(
+                "release leases",
+                "update_item",
+                Key=_lease_key(stream),
+                UpdateExpression="REMOVE #owner SET #expires = :now",
+                ConditionExpression="#owner = :owner AND #token = :token",
+                ExpressionAttributeNames={
+                    "#expires": "expires_at",
+                    "#owner": "owner",
+                    "#token": "token",
+                },
+                ExpressionAttributeValues={
+                    ":now": {"N": _seconds(time.time())},
+                    ":owner": {"S": worker},
+                    ":token": {"N": str(token)},
+                },
+            )
+
+    def _commit_fenced(
+        self,
+        indices: set[int],
+        apply: Callable[[dict[int, _Shard]], None],
+        tokens: dict[str, int],
+        worker: str,
+    ) -> None:
+        """`_change` for a fenced commit: with a lease check per stream when they fit in
+        the transaction beside the shards, else verifying the tokens read (see the module).
+
+        Raises:
+            LeaseLostError: some tokens are stale; nothing was stored.
+        """
+        try:
+            if len(tokens) + len(indices) <= _TRANSACTION_ITEMS:
+                checks = [
+                    (stream, {"ConditionCheck": self._token_check(stream, token)})
+                    for stream, token in sorted(tokens.items())
+                ]
+                self._change(indices, apply, "commit", fresh=False, checks=checks)
+            else:
+                self._change(
+                    indices, apply, "commit", fresh=False, verify=lambda: self._verify(tokens)
+                )
+        except _StaleFence as stale:
+            try:
+                self._record_refusals(stale.streams, tokens, worker)
+            except SfStreamError as exc:
+                log.warning(
+                    "lease_refusal_not_recorded",
+                    table=self.table,
+                    streams=stale.streams,
+                    error=str(exc),
+                )
+            raise LeaseLostError(
+                fence_error(stale.streams, worker), streams=stale.streams
+            ) from None
+
+    def _token_check(self, stream: str, token: int) -> dict[str, Any]:
+        return {
+            "TableName": self.table,
+            "Key": _lease_key(stream),
+            "ConditionExpression": "#token = :token",
+            "ExpressionAttributeNames": {"#token": "token"},
+            "ExpressionAttributeValues": {":token": {"N": str(token)}},
+        }
+
+    def _verify(self, tokens: dict[str, int]) -> None:
+        """Raise `_StaleFence` unless every lease has the fence's token, as read now."""
+        items = self._lease_items(sorted(tokens), "commit")
+        now = time.time()
+        stale = [
+            stream
+            for stream, token in sorted(tokens.items())
+            if stream not in items or self._lease(stream, items[stream], now).token != token
+        ]
+        if stale:
+            raise _StaleFence(stale)
+
+    def _record_refusals(self, streams: list[str], tokens: dict[str, int], worker: str) -> None:
+        """Count a refused commit in each stale stream's lease item that exists."""
+        moment = _seconds(time.time())
+        for stream in streams:
+            self._conditional(
+                "record a refused commit",
+                "update_item",
+                Key=_lease_key(stream),
+                UpdateExpression=(
+                    "ADD #refused :one SET #at = :now, #token = :token, #worker = :worker"
+                ),
+                ConditionExpression="attribute_exists(#pk)",
+                ExpressionAttributeNames={
+                    "#pk": PK,
+                    "#refused": "refused",
+                    "#at": "refused_at",
+                    "#token": "refused_token",
+                    "#worker": "refused_worker",
+                },
+                ExpressionAttributeValues={
+                    ":one": {"N": "1"},
+                    ":now": {"N": moment},
+                    ":token": {"N": str(tokens[stream])},
+                    ":worker": {"S": worker},
+                },
+            )
+
+    def _join(self, worker: str, ttl_s: float) -> None:
+        now = time.time()
+        moment, expires = _seconds(now), _seconds(now + ttl_s)
+        extended = self._conditional(
+            "join",
+            "update_item",
+            Key=_member_key(worker),
+            UpdateExpression=(
+                "SET #worker = :worker, #expires = :expires, #joined = if_not_exists(#joined, :now)"
+            ),
+            ConditionExpression="attribute_not_exists(#pk) OR #expires >= :now",
+            ExpressionAttributeNames={
+                "#pk": PK,
+                "#worker": "worker",
+                "#expires": "expires_at",
+                "#joined": "joined_at",
+            },
+            ExpressionAttributeValues={
+                ":worker": {"S": worker},
+                ":expires": {"N": expires},
+                ":now": {"N": moment},
+            },
+        )
+        if extended is None:
+            # Its membership had expired: this is a new one, joined now.
+            self._table.call(
+                "join",
+                "put_item",
+                TableName=self.table,
+                Item={
+                    **_member_key(worker),
+                    "worker": {"S": worker},
+                    "expires_at": {"N": expires},
+                    "joined_at": {"N": moment},
+                },
+            )
+
+    def _members(self) -> list[Member]:
+        now = time.time()
+        live: list[Member] = []
+        gone: list[Member] = []
+        for item in self._query(MEMBER_PK, "read members"):
+            try:
+                member = Member(
+                    worker=str(item["worker"]["S"]),
+                    expires_at=float(item["expires_at"]["N"]),
+                    joined_at=float(item["joined_at"]["N"]),
+                )
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise StorageError(
+                    f"{self._table.describe()}: the member item {item.get(SK)!r} is not one "
+                    f"sfstream wrote ({type(exc).__name__}: {exc}); give state.table a table "
+                    f"of its own"
+                ) from exc
+            (live if member.expires_at > now else gone).append(member)
+        if not self.read_only:
+            # Workers that stopped without leaving (each run has its own id) would pile up.
+            for member in gone:
+                with contextlib.suppress(SfStreamError):
+                    self._conditional(
+                        "remove expired members",
+                        "delete_item",
+                        Key=_member_key(member.worker),
+                        ConditionExpression="#expires < :now",
+                        ExpressionAttributeNames={"#expires": "expires_at"},
+                        ExpressionAttributeValues={":now": {"N": _seconds(now)}},
+                    )
+        return sorted(live, key=lambda member: member.worker)
 
 
 def _indices(wanted: list[str] | None) -> list[int]:

@@ -20,6 +20,13 @@ precision, `Checkpoint.event_time`) on first use. `read_only=True` creates and c
 nothing and runs every statement in a read-only session; missing tables read as empty, and a
 table without `event_time` reads as checkpoints without event times.
 
+Leases (`LeaseStore`) live in `<table>_leases` and the workers taking part in them in
+`<table>_members`, created on first use too. Their times are epoch seconds by the server's
+clock (`clock_timestamp()`), so every worker judges expiry by one clock. A fenced commit locks
+its streams' lease rows (`FOR UPDATE`) and compares their tokens in the transaction that
+stores the checkpoints: an acquisition by another worker waits for it, and a stale token
+stores nothing but the refusal.
+
 The run lock (`owner`) is a session-level advisory lock per stream (keyed on the table and
 the stream id), held on a connection of its own for the block; the owner's connection is
 named `sfstream pid <pid> on <host>` (`application_name`), which is how a refused caller
@@ -41,17 +48,36 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from sfstream.errors import ConfigError, SfStreamError, StorageError, StorageUnavailableError
+from sfstream.errors import (
+    ConfigError,
+    LeaseLostError,
+    SfStreamError,
+    StorageError,
+    StorageUnavailableError,
+)
 from sfstream.state._common import (
     check_batch,
     check_start,
     check_stream,
     check_streams,
+    check_tokens,
+    check_ttl,
+    check_worker,
     iso_utc,
     owned_message,
     utc_now,
 )
-from sfstream.state.base import Checkpoint, Override, StreamOwnedError, check_event_times
+from sfstream.state.base import (
+    Checkpoint,
+    Fence,
+    Lease,
+    Member,
+    Override,
+    StreamOwnedError,
+    check_event_times,
+    check_fence,
+    fence_error,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -63,6 +89,8 @@ T = TypeVar("T")
 _TABLE_NAME: Final = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _CONNECT_TIMEOUT_S: Final = 10
 _OVERRIDES_SUFFIX: Final = "_overrides"
+_LEASES_SUFFIX: Final = "_leases"
+_MEMBERS_SUFFIX: Final = "_members"
 _MAX_IDENTIFIER: Final = 63
 # SQLSTATEs worth retrying: connection exceptions (08), shutdown / not yet accepting (57P0x),
 # too many connections, serialization failure, deadlock, lock timeout, statement timeout.
@@ -161,7 +189,13 @@ class PostgresStateStore:
             sql.Identifier(*schema, name + _OVERRIDES_SUFFIX),
             # The name as `regclass` text: the pattern above leaves nothing to escape.
             ".".join(f'"{part}"' for part in [*schema, name]),
+            sql.Identifier(*schema, name + _LEASES_SUFFIX),
+            sql.Identifier(*schema, name + _MEMBERS_SUFFIX),
         )
+        self.tables = [
+            table + suffix for suffix in ("", _OVERRIDES_SUFFIX, _LEASES_SUFFIX, _MEMBERS_SUFFIX)
+        ]
+        """The tables the store keeps (created on first use)."""
         self._lock_key = _advisory_key(table)
         self._conn: psycopg.AsyncConnection[TupleRow] | None = None
         self._schema_ready = False
@@ -195,18 +229,138 @@ class PostgresStateStore:
         }
 
     async def commit(
-        self, replay_ids: Mapping[str, int], event_times: Mapping[str, float] | None = None
+        self,
+        replay_ids: Mapping[str, int],
+        event_times: Mapping[str, float] | None = None,
+        *,
+        fence: Fence | None = None,
     ) -> None:
         """Set several checkpoints in one transaction: all of them are stored, or none.
 
         `event_times`: the event time of some of them (see `StateStore.commit`). It also
-        clears the pending overrides of these streams.
+        clears the pending overrides of these streams. With `fence`, the lease rows of the
+        streams are locked and their tokens compared in the same transaction (see
+        `LeaseStore`).
         """
         batch = check_batch(replay_ids)
         times = check_event_times(event_times, replay_ids)
-        if batch:
-            self._writable("commit")
+        tokens = check_fence(fence, replay_ids)
+        if not batch:
+            return
+        self._writable("commit")
+        if fence is None or tokens is None:
             await self._run("commit", lambda conn: self._commit(conn, batch, times))
+            return
+        worker = fence.worker
+        stale = await self._run(
+            "commit", lambda conn: self._commit(conn, batch, times, tokens, worker)
+        )
+        if stale:
+            raise LeaseLostError(
+                f"PostgreSQL state store {self.database}: {fence_error(stale, worker)}",
+                streams=stale,
+            )
+
+    # -- leases ------------------------------------------------------------------------------
+
+    async def acquire(self, streams: Iterable[str], worker: str, ttl_s: float) -> dict[str, Lease]:
+        """Take the free leases of `streams` (see `LeaseStore.acquire`), in one statement:
+        concurrent workers wait on each other's row locks, so one of them gets each."""
+        wanted = check_streams(streams) or []
+        check_worker(worker)
+        ttl = check_ttl(ttl_s)
+        if not wanted:
+            return {}
+        self._writable("acquire leases")
+        params = {"streams": wanted, "worker": worker, "ttl": ttl}
+        return await self._leases_of("acquire leases", self._queries.acquire, params)
+
+    async def renew(self, tokens: Mapping[str, int], worker: str, ttl_s: float) -> dict[str, Lease]:
+        """Extend the leases `worker` holds with these tokens (see `LeaseStore.renew`)."""
+        pairs = check_tokens(tokens)
+        check_worker(worker)
+        ttl = check_ttl(ttl_s)
+        if not pairs:
+            return {}
+        self._writable("renew leases")
+        params = {
+            "streams": [s for s, _ in pairs],
+            "tokens": [t for _, t in pairs],
+            "worker": worker,
+            "ttl": ttl,
+        }
+        return await self._leases_of("renew leases", self._queries.renew, params)
+
+    async def release(self, tokens: Mapping[str, int], worker: str) -> None:
+        """Give up the leases `worker` holds with these tokens (see `LeaseStore.release`)."""
+        pairs = check_tokens(tokens)
+        check_worker(worker)
+        if not pairs:
+            return
+        self._writable("release leases")
+        params = {
+            "streams": [s for s, _ in pairs],
+            "tokens": [t for _, t in pairs],
+            "worker": worker,
+        }
+        await self._leases_of("release leases", self._queries.release, params)
+
+    async def leases(self, streams: Iterable[str] | None = None) -> dict[str, Lease]:
+        """The leases of `streams` (all of them when None), held or not."""
+        wanted = check_streams(streams)
+        if wanted == []:
+            return {}
+        queries = self._queries
+        if wanted is None:
+            return await self._leases_of("read leases", queries.select_leases, {})
+        return await self._leases_of("read leases", queries.select_some_leases, {"streams": wanted})
+
+    async def join(self, worker: str, ttl_s: float) -> None:
+        """Record `worker` as a member for `ttl_s` seconds (see `LeaseStore.join`)."""
+        check_worker(worker)
+        ttl = check_ttl(ttl_s)
+        self._writable("join")
+
+        async def work(conn: psycopg.AsyncConnection[TupleRow]) -> None:
+            await conn.execute(self._queries.join, {"worker": worker, "ttl": ttl})
+
+        await self._run("join", work)
+
+    async def leave(self, worker: str) -> None:
+        """Remove `worker` from the members."""
+        check_worker(worker)
+        self._writable("leave")
+
+        async def work(conn: psycopg.AsyncConnection[TupleRow]) -> None:
+            await conn.execute(self._queries.leave, (worker,))
+
+        await self._run("leave", work)
+
+    async def members(self) -> list[Member]:
+        """The members that have not expired, by worker id."""
+
+        async def work(conn: psycopg.AsyncConnection[TupleRow]) -> list[TupleRow]:
+            return await self._select(conn, None, self._queries.members, self._queries.members)
+
+        rows = await self._run("read members", work)
+        return [Member(str(w), float(expires), float(joined)) for w, expires, joined in rows]
+
+    async def _leases_of(
+        self, action: str, query: sql.Composed, params: Mapping[str, Any]
+    ) -> dict[str, Lease]:
+        import psycopg
+
+        async def work(conn: psycopg.AsyncConnection[TupleRow]) -> list[TupleRow]:
+            try:
+                cursor = await conn.execute(query, params)
+            except psycopg.errors.UndefinedTable:
+                if self.read_only:
+                    return []  # nothing was ever leased here
+                raise
+            return await cursor.fetchall()
+
+        rows = await self._run(action, work)
+        return {str(row[0]): _lease(row) for row in rows}
 
     async def reset(self, stream: str) -> bool:
         """Forget a stream's checkpoint and its pending override; returns whether it had a
@@ -365,6 +519,8 @@ class PostgresStateStore:
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
                 await conn.execute(self._queries.create)
                 await conn.execute(self._queries.create_overrides)
+                await conn.execute(self._queries.create_leases)
+                await conn.execute(self._queries.create_members)
                 # A table of an earlier sfstream. Checked first: ALTER TABLE takes an
                 # exclusive lock on the table even when the column exists.
                 cursor = await conn.execute(self._queries.has_event_time)
@@ -450,17 +606,38 @@ class PostgresStateStore:
         conn: psycopg.AsyncConnection[TupleRow],
         batch: list[tuple[str, int]],
         times: dict[str, float],
-    ) -> None:
+        tokens: dict[str, int] | None = None,
+        worker: str | None = None,
+    ) -> list[str]:
+        """Store the batch; with `tokens`, only if every lease still has its token. The
+        streams whose token was stale (then nothing is stored but the refusal)."""
         streams = [stream for stream, _ in batch]
         replay_ids = [replay_id for _, replay_id in batch]
         event_times = [times.get(stream) for stream in streams]
         # utc_now() runs under the store's lock: a commit applied later never carries an
         # earlier time.
         async with conn.transaction():
+            if tokens is not None:
+                # FOR UPDATE: an acquisition by another worker waits until this commit ends,
+                # so the tokens compared are the ones in force when the checkpoints land.
+                cursor = await conn.execute(self._queries.lock_leases, (streams,))
+                current = {str(stream): int(token) for stream, token in await cursor.fetchall()}
+                stale = [s for s in streams if current.get(s) != tokens[s]]
+                if stale:
+                    await conn.execute(
+                        self._queries.refuse,
+                        {
+                            "streams": stale,
+                            "tokens": [tokens[s] for s in stale],
+                            "worker": worker,
+                        },
+                    )
+                    return stale
             await conn.execute(
                 self._queries.commit,
                 {"at": utc_now(), "streams": streams, "ids": replay_ids, "times": event_times},
             )
+        return []
 
     async def _reset(self, conn: psycopg.AsyncConnection[TupleRow], stream: str) -> bool:
         async with conn.transaction():
@@ -499,13 +676,111 @@ class PostgresStateStore:
 class _Queries:
     """The statements of one table, composed once with its name safely quoted."""
 
-    def __init__(self, table: sql.Identifier, overrides: sql.Identifier, regclass: str) -> None:
+    def __init__(
+        self,
+        table: sql.Identifier,
+        overrides: sql.Identifier,
+        regclass: str,
+        leases: sql.Identifier,
+        members: sql.Identifier,
+    ) -> None:
         from psycopg import sql
+
+        now = sql.SQL("extract(epoch FROM clock_timestamp())::double precision")
+        returning = sql.SQL(
+            "RETURNING l.stream, l.owner, l.token, l.expires_at, l.acquired_at,"
+            " (l.owner IS NOT NULL AND l.expires_at > {now}) AS held,"
+            " l.refused, l.refused_at, l.refused_token, l.refused_worker"
+        ).format(now=now)
 
         def compose(text: str) -> sql.Composed:
             return sql.SQL(text).format(
-                table=table, overrides=overrides, regclass=sql.Literal(regclass)
+                table=table,
+                overrides=overrides,
+                regclass=sql.Literal(regclass),
+                leases=leases,
+                members=members,
+                now=now,
+                returning=returning,
             )
+
+        # Lease times are epoch seconds by the server's clock: every worker compares
+        # expiries against one clock.
+        self.create_leases = compose(
+            "CREATE TABLE IF NOT EXISTS {leases} ("
+            " stream text PRIMARY KEY,"
+            " owner text,"
+            " token bigint NOT NULL,"
+            " expires_at double precision NOT NULL,"
+            " acquired_at double precision NOT NULL,"
+            " refused bigint NOT NULL DEFAULT 0,"
+            " refused_at double precision,"
+            " refused_token bigint,"
+            " refused_worker text)"
+        )
+        self.create_members = compose(
+            "CREATE TABLE IF NOT EXISTS {members} ("
+            " worker text PRIMARY KEY,"
+            " expires_at double precision NOT NULL,"
+            " joined_at double precision NOT NULL)"
+        )
+        # ON CONFLICT DO UPDATE locks the row and evaluates WHERE on its latest version:
+        # of workers racing for one free lease, exactly one gets it.
+        self.acquire = compose(
+            "INSERT INTO {leases} AS l (stream, owner, token, expires_at, acquired_at)"
+            " SELECT s, %(worker)s, 1, {now} + %(ttl)s, {now}"
+            " FROM unnest(%(streams)s::text[]) AS s ORDER BY s"
+            " ON CONFLICT (stream) DO UPDATE SET"
+            " token = CASE WHEN l.owner = EXCLUDED.owner AND l.expires_at > EXCLUDED.acquired_at"
+            " THEN l.token ELSE l.token + 1 END,"
+            " acquired_at = CASE WHEN l.owner = EXCLUDED.owner"
+            " AND l.expires_at > EXCLUDED.acquired_at"
+            " THEN l.acquired_at ELSE EXCLUDED.acquired_at END,"
+            " owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at"
+            " WHERE l.owner IS NULL OR l.expires_at <= EXCLUDED.acquired_at"
+            " OR l.owner = EXCLUDED.owner {returning}"
+        )
+        self.renew = compose(
+            "UPDATE {leases} AS l SET expires_at = {now} + %(ttl)s"
+            " FROM unnest(%(streams)s::text[], %(tokens)s::bigint[]) AS t (stream, token)"
+            " WHERE l.stream = t.stream AND l.token = t.token AND l.owner = %(worker)s {returning}"
+        )
+        self.release = compose(
+            "UPDATE {leases} AS l SET owner = NULL, expires_at = {now}"
+            " FROM unnest(%(streams)s::text[], %(tokens)s::bigint[]) AS t (stream, token)"
+            " WHERE l.stream = t.stream AND l.token = t.token AND l.owner = %(worker)s {returning}"
+        )
+        select_leases = (
+            "SELECT l.stream, l.owner, l.token, l.expires_at, l.acquired_at,"
+            " (l.owner IS NOT NULL AND l.expires_at > {now}) AS held,"
+            " l.refused, l.refused_at, l.refused_token, l.refused_worker FROM {leases} AS l"
+        )
+        self.select_leases = compose(select_leases)
+        self.select_some_leases = compose(select_leases + " WHERE l.stream = ANY(%(streams)s)")
+        self.lock_leases = compose(
+            "SELECT stream, token FROM {leases} WHERE stream = ANY(%s::text[])"
+            " ORDER BY stream FOR UPDATE"
+        )
+        self.refuse = compose(
+            "UPDATE {leases} AS l SET refused = l.refused + 1, refused_at = {now},"
+            " refused_token = t.token, refused_worker = %(worker)s"
+            " FROM unnest(%(streams)s::text[], %(tokens)s::bigint[]) AS t (stream, token)"
+            " WHERE l.stream = t.stream"
+        )
+        # Joining also forgets members gone for a day, so the table does not grow.
+        self.join = compose(
+            "WITH gone AS (DELETE FROM {members} WHERE expires_at < {now} - 86400)"
+            " INSERT INTO {members} AS m (worker, expires_at, joined_at)"
+            " VALUES (%(worker)s, {now} + %(ttl)s, {now})"
+            " ON CONFLICT (worker) DO UPDATE SET expires_at = EXCLUDED.expires_at,"
+            " joined_at = CASE WHEN m.expires_at > EXCLUDED.joined_at THEN m.joined_at"
+            " ELSE EXCLUDED.joined_at END"
+        )
+        self.leave = compose("DELETE FROM {members} WHERE worker = %s")
+        self.members = compose(
+            "SELECT worker, expires_at, joined_at FROM {members}"
+            " WHERE expires_at > {now} ORDER BY worker"
+        )
 
         self.create = compose(
             "CREATE TABLE IF NOT EXISTS {table} ("
@@ -567,6 +842,22 @@ class _Queries:
             " previous = EXCLUDED.previous, requested_at = EXCLUDED.requested_at"
         )
         self.clear_override = compose("DELETE FROM {overrides} WHERE stream = %s")
+
+
+def _lease(row: Any) -> Lease:
+    stream, owner, token, expires, acquired, held, refused, refused_at, r_token, r_worker = row
+    return Lease(
+        stream=str(stream),
+        owner=None if owner is None else str(owner),
+        token=int(token),
+        expires_at=float(expires),
+        acquired_at=float(acquired),
+        held=bool(held),
+        refused=int(refused),
+        refused_at=None if refused_at is None else float(refused_at),
+        refused_token=None if r_token is None else int(r_token),
+        refused_worker=None if r_worker is None else str(r_worker),
+    )
 
 
 def _advisory_key(table: str) -> int:

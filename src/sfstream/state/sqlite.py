@@ -16,14 +16,26 @@ cancelled and the thread runs on.
 Schema versions (`PRAGMA user_version`), migrated in place when a writable store opens the
 file, keeping every checkpoint: 1, the table `sfstream_checkpoints`; 2, the table
 `sfstream_overrides` beside it (operators' pending positions); 3, the nullable column
-`event_time` of `sfstream_checkpoints` (`Checkpoint.event_time`, epoch seconds).
+`event_time` of `sfstream_checkpoints` (`Checkpoint.event_time`, epoch seconds); 4, the
+tables `sfstream_leases` and `sfstream_members` (leases, below).
 
 `read_only=True` opens the file for reading only (`sfstream state show`): it never creates,
 migrates or chmods the file, and works on a read-only file system; a missing file reads as
-no checkpoints.
+no checkpoints, leases or members (so does a file of a schema before 4).
 
 The run lock (`owner`) is an exclusive `flock` on `<database>-run.lock` beside the file: it
 covers the whole database, so one run uses a state database at a time.
+
+Leases (`sfstream.state.base.LeaseStore`) let several processes on one host share the file
+instead: a run with leases does not take the run lock. Every lease write and every fenced
+commit runs in a `BEGIN IMMEDIATE` transaction, which takes SQLite's single write lock at
+once, so that the read-decide-write of one process cannot interleave with another's; a
+process that finds the lock taken waits for it (the busy timeout, `_BUSY_TIMEOUT_S`) before
+it reports `StorageUnavailableError`. Times are `time.time()` taken inside that
+transaction: the processes share the host's clock, and the times follow the order of the
+writes. A released lease keeps its token (the next owner's is one more); refused fenced
+commits are counted in the stale stream's lease row. Expired members are deleted when a
+worker joins.
 """
 
 from __future__ import annotations
@@ -41,22 +53,35 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, Self, TypeVar
 
-from sfstream.errors import SfStreamError, StorageError, StorageUnavailableError
+from sfstream.errors import LeaseLostError, SfStreamError, StorageError, StorageUnavailableError
 from sfstream.state import _runlock
 from sfstream.state._common import (
     check_batch,
     check_start,
     check_stream,
     check_streams,
+    check_tokens,
+    check_ttl,
+    check_worker,
     iso_utc,
     owned_message,
     utc_now,
 )
-from sfstream.state.base import Checkpoint, Override, StreamOwnedError, check_event_times
+from sfstream.state.base import (
+    Checkpoint,
+    Fence,
+    Lease,
+    Member,
+    Override,
+    StreamOwnedError,
+    check_event_times,
+    check_fence,
+    fence_error,
+)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 """`PRAGMA user_version` of the schema this module writes; a migration bumps it."""
 
 _PRIVATE: Final = 0o600
@@ -96,6 +121,54 @@ _UPSERT_OVERRIDE: Final = (
     "start = excluded.start, previous = excluded.previous, requested_at = excluded.requested_at"
 )
 _CLEAR_OVERRIDE: Final = "DELETE FROM sfstream_overrides WHERE stream = ?"
+# Version 4. `owner` is NULL once released; `token` survives releases, so that the next
+# owner's is one more. The refused_* columns describe the last refused fenced commit.
+_SCHEMA_LEASES: Final = (
+    "CREATE TABLE IF NOT EXISTS sfstream_leases ("
+    " stream TEXT PRIMARY KEY,"
+    " owner TEXT NULL,"
+    " token INTEGER NOT NULL,"
+    " expires_at REAL,"
+    " acquired_at REAL,"
+    " refused INTEGER NOT NULL DEFAULT 0,"
+    " refused_at REAL,"
+    " refused_token INTEGER,"
+    " refused_worker TEXT)"
+)
+_SCHEMA_MEMBERS: Final = (
+    "CREATE TABLE IF NOT EXISTS sfstream_members ("
+    " worker TEXT PRIMARY KEY,"
+    " expires_at REAL,"
+    " joined_at REAL)"
+)
+_SELECT_LEASES: Final = (
+    "SELECT stream, owner, token, expires_at, acquired_at, refused, refused_at, "
+    "refused_token, refused_worker FROM sfstream_leases"
+)
+_INSERT_LEASE: Final = (
+    "INSERT INTO sfstream_leases (stream, owner, token, expires_at, acquired_at) "
+    "VALUES (?, ?, 1, ?, ?)"
+)
+_TAKE_LEASE: Final = (
+    "UPDATE sfstream_leases SET owner = ?, token = token + 1, expires_at = ?, acquired_at = ? "
+    "WHERE stream = ?"
+)
+_EXTEND_LEASE: Final = "UPDATE sfstream_leases SET expires_at = ? WHERE stream = ?"
+_RENEW_LEASE: Final = (
+    "UPDATE sfstream_leases SET expires_at = ? WHERE stream = ? AND owner = ? AND token = ?"
+)
+_RELEASE_LEASE: Final = (
+    "UPDATE sfstream_leases SET owner = NULL, expires_at = min(expires_at, ?) "
+    "WHERE stream = ? AND owner = ? AND token = ?"
+)
+_REFUSE: Final = (
+    "UPDATE sfstream_leases SET refused = refused + 1, refused_at = ?, refused_token = ?, "
+    "refused_worker = ? WHERE stream = ?"
+)
+_JOIN: Final = (
+    "INSERT INTO sfstream_members (worker, expires_at, joined_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (worker) DO UPDATE SET expires_at = excluded.expires_at"
+)
 
 
 class _MissingError(Exception):
@@ -103,7 +176,7 @@ class _MissingError(Exception):
 
 
 class SqliteStateStore:
-    """Checkpoints in an SQLite database file.
+    """Checkpoints, and leases with fencing tokens, in an SQLite database file.
 
     The file and its directory are created on first use. Use it as an async context manager,
     or call `close()`.
@@ -162,21 +235,42 @@ class SqliteStateStore:
         return {row.stream: row for row in rows}
 
     async def commit(
-        self, replay_ids: Mapping[str, int], event_times: Mapping[str, float] | None = None
+        self,
+        replay_ids: Mapping[str, int],
+        event_times: Mapping[str, float] | None = None,
+        *,
+        fence: Fence | None = None,
     ) -> None:
         """Set several checkpoints in one transaction: all of them are stored, or none.
 
         `event_times`: the event time of some of them (see `StateStore.commit`). It also
-        clears the pending overrides of these streams.
+        clears the pending overrides of these streams. With `fence`, it is stored only if
+        every stream's lease still has the fence's token (see `StateStore.commit`).
+
+        Raises:
+            LeaseLostError: the fence is stale for some streams; nothing was stored, and
+                the refusal was recorded in their leases.
         """
         batch = check_batch(replay_ids)
         times = check_event_times(event_times, replay_ids)
-        if batch:
-            self._writable("commit")
-            if self._inline_commits:
-                self._locked(lambda conn: _commit(conn, batch, times))
-            else:
-                await self._run(lambda conn: _commit(conn, batch, times))
+        tokens = check_fence(fence, replay_ids)
+        worker = ""
+        if fence is not None and tokens is not None:
+            # `check_fence` checks only that each token is an int: one outside SQLite's
+            # INTEGER would fail to bind (OverflowError) when its refusal is recorded.
+            worker = check_worker(fence.worker)
+            check_tokens(tokens)
+        if not batch:
+            return
+        self._writable("commit")
+        # The fenced check is one more indexed read in the same transaction: it stays on
+        # the event loop's thread with `inline_commits` too.
+        if self._inline_commits:
+            stale = self._locked(lambda conn: _commit(conn, batch, times, tokens, worker))
+        else:
+            stale = await self._run(lambda conn: _commit(conn, batch, times, tokens, worker))
+        if stale:
+            raise LeaseLostError(fence_error(stale, worker), streams=stale)
 
     async def reset(self, stream: str) -> bool:
         """Forget a stream's checkpoint and its pending override; returns whether it had a
@@ -201,6 +295,68 @@ class SqliteStateStore:
         except _MissingError:
             return {}
         return {row.stream: row for row in rows}
+
+    async def acquire(self, streams: Iterable[str], worker: str, ttl_s: float) -> dict[str, Lease]:
+        """Take the leases of `streams` that are free, for `ttl_s` seconds; the ones taken
+        (see `LeaseStore.acquire`). A lease `worker` holds is renewed, keeping its token."""
+        wanted = check_streams(streams) or []
+        check_worker(worker)
+        ttl = check_ttl(ttl_s)
+        self._writable("acquire leases")
+        if not wanted:
+            return {}
+        return await self._run(lambda conn: _acquire(conn, wanted, worker, ttl, self.path))
+
+    async def renew(self, tokens: Mapping[str, int], worker: str, ttl_s: float) -> dict[str, Lease]:
+        """Extend the leases `worker` still holds with these tokens; the ones renewed."""
+        pairs = check_tokens(tokens)
+        check_worker(worker)
+        ttl = check_ttl(ttl_s)
+        self._writable("renew leases")
+        if not pairs:
+            return {}
+        return await self._run(lambda conn: _renew(conn, pairs, worker, ttl, self.path))
+
+    async def release(self, tokens: Mapping[str, int], worker: str) -> None:
+        """Give up the leases `worker` holds with these tokens (others are left alone)."""
+        pairs = check_tokens(tokens)
+        check_worker(worker)
+        self._writable("release leases")
+        if pairs:
+            await self._run(lambda conn: _release(conn, pairs, worker))
+
+    async def leases(self, streams: Iterable[str] | None = None) -> dict[str, Lease]:
+        """The leases of `streams` (all of them when None), held or not."""
+        wanted = check_streams(streams)
+        if wanted == []:
+            return {}
+        try:
+            return await self._run(
+                lambda conn: _read_leases(conn, wanted, self.path, self._version)
+            )
+        except _MissingError:
+            return {}
+
+    async def join(self, worker: str, ttl_s: float) -> None:
+        """Record (or refresh) `worker` as a member for `ttl_s` seconds. One that had expired
+        joins anew (a new `joined_at`)."""
+        check_worker(worker)
+        ttl = check_ttl(ttl_s)
+        self._writable("join the members")
+        await self._run(lambda conn: _join(conn, worker, ttl))
+
+    async def leave(self, worker: str) -> None:
+        """Remove `worker` from the members at once."""
+        check_worker(worker)
+        self._writable("leave the members")
+        await self._run(lambda conn: _leave(conn, worker))
+
+    async def members(self) -> list[Member]:
+        """The members that have not expired, by worker id."""
+        try:
+            return await self._run(lambda conn: _members(conn, self.path, self._version))
+        except _MissingError:
+            return []
 
     @contextlib.asynccontextmanager
     async def owner(self, streams: Iterable[str]) -> AsyncIterator[None]:
@@ -521,6 +677,9 @@ def _configure(conn: sqlite3.Connection, path: Path) -> None:
             conn.execute(_SCHEMA_OVERRIDES)
         if version < 3 and "event_time" not in _columns(conn, "sfstream_checkpoints"):
             conn.execute(_ADD_EVENT_TIME)
+        if version < 4:
+            conn.execute(_SCHEMA_LEASES)
+            conn.execute(_SCHEMA_MEMBERS)
         if version < SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
 
@@ -547,17 +706,24 @@ def _transaction(conn: sqlite3.Connection, mode: str) -> Iterator[None]:
 def _select(
     conn: sqlite3.Connection, query: str, wanted: list[str] | None
 ) -> list[tuple[object, ...]]:
-    rows: list[tuple[object, ...]] = []
     # One read transaction: a consistent snapshot even when the ids span several queries.
     with _transaction(conn, "DEFERRED"):
-        if wanted is None:
-            rows.extend(conn.execute(query))
-        else:
-            for start in range(0, len(wanted), _CHUNK):
-                chunk = wanted[start : start + _CHUNK]
-                marks = ", ".join("?" * len(chunk))
-                # Only "?" placeholders are formatted in; the ids are bound parameters.
-                rows.extend(conn.execute(f"{query} WHERE stream IN ({marks})", chunk))
+        return _fetch(conn, query, wanted)
+
+
+def _fetch(
+    conn: sqlite3.Connection, query: str, wanted: list[str] | None
+) -> list[tuple[object, ...]]:
+    """The rows of `query` for the `wanted` streams (all when None), in the caller's
+    transaction."""
+    if wanted is None:
+        return list(conn.execute(query))
+    rows: list[tuple[object, ...]] = []
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start : start + _CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        # Only "?" placeholders are formatted in; the ids are bound parameters.
+        rows.extend(conn.execute(f"{query} WHERE stream IN ({marks})", chunk))
     return rows
 
 
@@ -606,16 +772,33 @@ def _override_row(row: tuple[object, ...], path: Path) -> Override:
 
 
 def _commit(
-    conn: sqlite3.Connection, batch: list[tuple[str, int]], times: dict[str, float]
-) -> None:
+    conn: sqlite3.Connection,
+    batch: list[tuple[str, int]],
+    times: dict[str, float],
+    tokens: dict[str, int] | None = None,
+    worker: str = "",
+) -> list[str]:
+    """Store the batch; with the `tokens` of `worker`'s fence, only if every stream's lease
+    has its token. Returns the stale streams, sorted: then only their refusals are stored."""
     # Taken under the lock, so that commits applied later never carry an earlier time.
     updated_at = iso_utc(utc_now())
     with _transaction(conn, "IMMEDIATE"):
+        if tokens is not None:
+            # The write lock is held from BEGIN IMMEDIATE: no other process can take a
+            # lease between this check and the upsert below.
+            current = _fetch(conn, "SELECT stream, token FROM sfstream_leases", sorted(tokens))
+            held = {row[0]: row[1] for row in current}
+            stale = sorted(stream for stream, token in tokens.items() if held.get(stream) != token)
+            if stale:
+                refused_at = time.time()
+                conn.executemany(_REFUSE, [(refused_at, tokens[s], worker, s) for s in stale])
+                return stale  # commits the bookkeeping only
         conn.executemany(
             _UPSERT,
             [(stream, replay_id, updated_at, times.get(stream)) for stream, replay_id in batch],
         )
         conn.executemany(_CLEAR_OVERRIDE, [(stream,) for stream, _ in batch])
+    return []
 
 
 def _reset(conn: sqlite3.Connection, stream: str) -> bool:
@@ -644,3 +827,130 @@ def _override(conn: sqlite3.Connection, stream: str, start: int | None) -> Overr
             conn.execute("DELETE FROM sfstream_checkpoints WHERE stream = ?", (stream,))
         conn.execute(_UPSERT_OVERRIDE, (stream, start, previous, requested_at))
     return Override(stream, start, previous if isinstance(previous, int) else None, requested_at)
+
+
+# -- leases ----------------------------------------------------------------------------------
+# Each write takes `now` after BEGIN IMMEDIATE, under the database's write lock.
+
+
+def _acquire(
+    conn: sqlite3.Connection, wanted: list[str], worker: str, ttl_s: float, path: Path
+) -> dict[str, Lease]:
+    with _transaction(conn, "IMMEDIATE"):
+        now = time.time()
+        expires_at = now + ttl_s
+        current = _lease_rows(conn, wanted, now, path)
+        taken: list[str] = []
+        for stream in wanted:
+            lease = current.get(stream)
+            if lease is None:
+                conn.execute(_INSERT_LEASE, (stream, worker, expires_at, now))
+            elif not lease.held:  # released or expired: a new ownership, a new token
+                conn.execute(_TAKE_LEASE, (worker, expires_at, now, stream))
+            elif lease.owner == worker:  # already ours: renewed, same token
+                conn.execute(_EXTEND_LEASE, (expires_at, stream))
+            else:
+                continue
+            taken.append(stream)
+        return _lease_rows(conn, taken, now, path)
+
+
+def _renew(
+    conn: sqlite3.Connection, pairs: list[tuple[str, int]], worker: str, ttl_s: float, path: Path
+) -> dict[str, Lease]:
+    with _transaction(conn, "IMMEDIATE"):
+        now = time.time()
+        renewed = [
+            stream
+            for stream, token in pairs
+            # Matches an expired lease nobody took since: the token still fences it.
+            if conn.execute(_RENEW_LEASE, (now + ttl_s, stream, worker, token)).rowcount > 0
+        ]
+        return _lease_rows(conn, renewed, now, path)
+
+
+def _release(conn: sqlite3.Connection, pairs: list[tuple[str, int]], worker: str) -> None:
+    with _transaction(conn, "IMMEDIATE"):
+        now = time.time()
+        conn.executemany(_RELEASE_LEASE, [(now, stream, worker, token) for stream, token in pairs])
+
+
+def _read_leases(
+    conn: sqlite3.Connection, wanted: list[str] | None, path: Path, version: int
+) -> dict[str, Lease]:
+    if version < 4:
+        return {}  # a read-only store on a file of an earlier schema: no leases yet
+    with _transaction(conn, "DEFERRED"):
+        return _lease_rows(conn, wanted, time.time(), path)
+
+
+def _lease_rows(
+    conn: sqlite3.Connection, wanted: list[str] | None, now: float, path: Path
+) -> dict[str, Lease]:
+    leases = (_lease(row, now, path) for row in _fetch(conn, _SELECT_LEASES, wanted))
+    return {lease.stream: lease for lease in leases}
+
+
+def _lease(row: tuple[object, ...], now: float, path: Path) -> Lease:
+    stream, owner, token, expires_at, acquired_at = row[:5]
+    refused, refused_at, refused_token, worker = row[5:]
+    if not (
+        isinstance(stream, str)
+        and (owner is None or isinstance(owner, str))
+        and isinstance(token, int)
+        and isinstance(expires_at, int | float)
+        and isinstance(acquired_at, int | float)
+        and isinstance(refused, int)
+        and (refused_at is None or isinstance(refused_at, int | float))
+        and (refused_token is None or isinstance(refused_token, int))
+        and (worker is None or isinstance(worker, str))
+    ):
+        raise _corrupt(path, f"malformed lease row {row!r}")
+    return Lease(
+        stream,
+        owner,
+        token,
+        float(expires_at),
+        float(acquired_at),
+        held=owner is not None and expires_at > now,
+        refused=refused,
+        refused_at=None if refused_at is None else float(refused_at),
+        refused_token=refused_token,
+        refused_worker=worker,
+    )
+
+
+def _join(conn: sqlite3.Connection, worker: str, ttl_s: float) -> None:
+    with _transaction(conn, "IMMEDIATE"):
+        now = time.time()
+        # Expired members are gone: drop them, so that the table does not grow with every
+        # worker id ever used, and a worker that expired joins anew.
+        conn.execute("DELETE FROM sfstream_members WHERE expires_at <= ?", (now,))
+        conn.execute(_JOIN, (worker, now + ttl_s, now))
+
+
+def _leave(conn: sqlite3.Connection, worker: str) -> None:
+    with _transaction(conn, "IMMEDIATE"):
+        conn.execute("DELETE FROM sfstream_members WHERE worker = ?", (worker,))
+
+
+def _members(conn: sqlite3.Connection, path: Path, version: int) -> list[Member]:
+    if version < 4:
+        return []  # a read-only store on a file of an earlier schema: no members yet
+    with _transaction(conn, "DEFERRED"):
+        rows = conn.execute(
+            "SELECT worker, expires_at, joined_at FROM sfstream_members "
+            "WHERE expires_at > ? ORDER BY worker",
+            (time.time(),),
+        ).fetchall()
+    members: list[Member] = []
+    for row in rows:
+        worker, expires_at, joined_at = row
+        if not (
+            isinstance(worker, str)
+            and isinstance(expires_at, int | float)
+            and isinstance(joined_at, int | float)
+        ):
+            raise _corrupt(path, f"malformed member row {row!r}")
+        members.append(Member(worker, float(expires_at), float(joined_at)))
+    return members
