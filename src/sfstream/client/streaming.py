@@ -402,8 +402,12 @@ class StreamingClient:
         return True
 
     async def unsubscribe(self, channel: str) -> None:
-        """Stop receiving `channel`."""
+        """Stop receiving `channel`. A `subscribe` of it still waiting for the server's
+        answer returns at once (with -1): the subscription is withdrawn."""
         self.session.unsubscribe(channel)
+        waiter = self._subscribe_waiters.pop(channel, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(LATEST)
         self._wake.set()
 
     # -- consuming --------------------------------------------------------------------------

@@ -183,8 +183,11 @@ class LeaseKeeper:
                         stopping.cancel()
                         waking.cancel()
 
-    async def step(self, streams: LeasedStreams) -> None:
-        """One round: drop what is lost or overdue, renew, heartbeat, balance."""
+    async def step(self, streams: LeasedStreams, *, first: bool = False) -> None:
+        """One round: drop what is lost or overdue, renew, heartbeat, balance.
+
+        A store that cannot be reached is logged and tried again at the next round; in the
+        `first` round (during start-up, which retries with backoff) it is raised."""
         await self._drop_lost(streams)
         await self._renew(streams)
         await self._give_up_overdue(streams)
@@ -193,7 +196,7 @@ class LeaseKeeper:
             members = [member.worker for member in await self.store.members()]
             self.leases = await self.store.leases(self.streams)
         except SfStreamError as exc:
-            if not exc.retryable:
+            if first or not exc.retryable:
                 raise
             log.warning("leases_unreadable", worker=self.worker, error=str(exc))
             return
@@ -204,7 +207,7 @@ class LeaseKeeper:
         if len(self.held) > self.target:
             await self._shed(streams, len(self.held) - self.target)
         elif len(self.held) < self.target:
-            await self._take(streams, self.target - len(self.held))
+            await self._take(streams, self.target - len(self.held), first=first)
         self._report()
 
     async def release_all(self) -> None:
@@ -315,7 +318,7 @@ class LeaseKeeper:
                 raise
             log.warning("leases_not_released", worker=self.worker, streams=shed, error=str(exc))
 
-    async def _take(self, streams: LeasedStreams, count: int) -> None:
+    async def _take(self, streams: LeasedStreams, count: int, *, first: bool = False) -> None:
         free = [
             stream
             for stream in self.streams
@@ -331,7 +334,7 @@ class LeaseKeeper:
         try:
             got = await self.store.acquire(wanted, self.worker, self.settings.ttl_s)
         except SfStreamError as exc:
-            if not exc.retryable:
+            if first or not exc.retryable:
                 raise
             log.warning("lease_acquire_failed", worker=self.worker, error=str(exc))
             return
@@ -363,8 +366,8 @@ class LeaseKeeper:
         try:
             await streams.start_streams(tokens, dict.fromkeys(tokens, self.deadline(sent)))
         except SfStreamError as exc:
-            if not exc.retryable:
-                raise
+            if first or not exc.retryable:
+                raise  # the run ends, or start-up tries again: `release_all` gives them back
             log.warning("streams_not_started", streams=sorted(tokens), error=str(exc))
             await streams.stop_streams(tokens, "start_failed")
             for stream in tokens:

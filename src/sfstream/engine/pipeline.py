@@ -188,6 +188,8 @@ class Pipeline:
         """The highest batch sequence number written and committed."""
         self._progress = asyncio.Event()
         self._writer_done = False
+        self._running = False
+        """Whether `run` has subscribed the streams prepared before it."""
         self.ledger = CheckpointLedger({})
         self._positions: dict[str, int] | None = None
         self._announced: list[SchemaMessage] = []
@@ -221,7 +223,10 @@ class Pipeline:
         if self._positions is not None:
             return
         if self.keeper is not None:
-            self._positions = {}  # streams start as their leases are acquired
+            # The first round of leases: the streams this worker takes now get their
+            # positions and schemas here, where start-up retries what is unreachable.
+            self._positions = {}
+            await self.keeper.step(self, first=True)
             return
         positions = await self.positions()
         if self.schemas is not None:
@@ -309,7 +314,7 @@ class Pipeline:
         self, positions: dict[str, int], stop: asyncio.Event | None = None
     ) -> None:
         for spec in self.specs.values():
-            if spec.id not in positions:
+            if spec.id not in positions or not self._consumes(spec):
                 continue
             replay_from = positions[spec.id]
             try:
@@ -323,10 +328,16 @@ class Pipeline:
                     return  # stopped while subscribing: the client is closing
                 raise
             else:
+                if not self._consumes(spec):
+                    continue  # stopped (its lease given up) while it was being subscribed
                 self.stats[spec.id].started = True
                 log.info(
                     "stream_started", stream=spec.id, channel=spec.channel, replay_id=replay_from
                 )
+
+    def _consumes(self, spec: StreamSpec) -> bool:
+        """Whether the stream is consumed now (with leases: its lease is held)."""
+        return self.keeper is None or self._mappers.get(spec.channel) is not None
 
     def _subscription_lost(self, lost: SubscriptionLost) -> None:
         spec = self.specs.get(lost.channel)
@@ -358,6 +369,9 @@ class Pipeline:
         error: SfStreamError | None = None
         try:
             await self.prepare()
+            assert self._positions is not None
+            positions = dict(self._positions)
+            self._running = True  # streams started from now on subscribe themselves
             async with asyncio.TaskGroup() as tasks:
                 writer = tasks.create_task(self._write_batches(), name="sfstream-writer")
                 watcher = tasks.create_task(self._close_on(stop), name="sfstream-stop")
@@ -369,8 +383,7 @@ class Pipeline:
                 try:
                     if self._announced:
                         await self._hand_over(_Batch(messages=list(self._announced)))
-                    assert self._positions is not None
-                    await self.subscribe_all(self._positions, stop)
+                    await self.subscribe_all(positions, stop)
                     await self._receive(stop)
                 except SfStreamError as exc:
                     # Kept, not raised: raising here would cancel the writer before it has
@@ -799,7 +812,12 @@ class Pipeline:
         for spec in specs:
             if spec.id not in self._halted:
                 self._mappers[spec.channel] = self._routes[spec.channel]
-        await self.subscribe_all({spec.id: positions[spec.id] for spec in specs})
+        started = {spec.id: positions[spec.id] for spec in specs}
+        if self._running:
+            await self.subscribe_all(started)
+        else:
+            assert self._positions is not None
+            self._positions.update(started)  # `run` subscribes them
 
     async def stop_streams(self, streams: Iterable[str], reason: str) -> None:
         """Stop consuming these streams: unsubscribe, write and commit (under the lease,
