@@ -425,3 +425,41 @@ async def test_a_read_only_sink_is_reported_as_a_write(
     ) in error
     assert "the file system is read-only: point sink.path at a writable place" in error
     assert "cannot read" not in error
+
+
+async def test_set_refuses_a_stream_whose_lease_a_worker_holds(
+    sfstream_emulator: Emulator, make_config: MakeConfig, tmp_path: Path
+) -> None:
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    from sfstream.state import PostgresStateStore
+    from tests.state.test_postgres import DSN
+
+    name = f"sfstream_state_{uuid.uuid4().hex[:10]}"
+    stream = "sf.event.account_changes"
+    await make_config(sfstream_emulator, state={"backend": "postgres", "dsn": DSN, "table": name})
+    config = str(tmp_path / "sfstream.yaml")
+    try:
+        async with PostgresStateStore(DSN, table=name) as store:
+            held = await store.acquire([stream], "worker-a", 30)
+            code, _, err = await sfstream("state", "set", stream, "7", "--config", config)
+            assert code == 1, err
+            assert "being streamed by a running `sfstream run` (worker worker-a)" in err
+            assert await store.load([stream]) == {}
+            await store.release({stream: held[stream].token}, "worker-a")
+            code, _, err = await sfstream("state", "set", stream, "7", "--config", config)
+            assert code == 0, err
+            assert (await store.load([stream]))[stream].replay_id == 7
+            lease = (await store.leases([stream]))[stream]
+            # The command held the lease meanwhile: a new token, given back.
+            assert lease.token == held[stream].token + 1
+            assert not lease.held
+    finally:
+        async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as admin:
+            for suffix in ("", "_overrides", "_leases", "_members"):
+                await admin.execute(
+                    sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name + suffix))
+                )

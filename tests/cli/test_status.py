@@ -8,19 +8,27 @@ import re
 import signal
 import socket
 import sys
+import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg import sql
 
+from sfstream.errors import LeaseLostError
+from sfstream.state import PostgresStateStore
+from sfstream.state.base import Fence
 from sfstream_emulator import Emulator, EmulatorSettings
 from tests.cli.test_commands import sfstream
 from tests.conftest import MakeConfig
 from tests.runners.process import start_run
+from tests.state.test_postgres import DSN
 
 ACCOUNTS = "/data/AccountChangeEvent"
 STREAM = "sf.event.account_changes"
@@ -292,3 +300,57 @@ async def test_url_without_the_metrics_extra(
     assert out == b""
     assert b"pip install 'sfstream[metrics]'" in err
     assert b"Traceback" not in err
+
+
+async def test_leases_show_owner_token_expiry_and_fenced_commits(
+    sfstream_emulator: Emulator, make_config: MakeConfig, tmp_path: Path
+) -> None:
+    table_name = f"sfstream_status_{uuid.uuid4().hex[:10]}"
+    await make_config(
+        sfstream_emulator,
+        [{"channel": ACCOUNTS}, {"channel": "/event/Order_Placed__e"}],
+        state={"backend": "postgres", "dsn": DSN, "table": table_name},
+    )
+    orders = "sf.event.order_placed"
+    try:
+        async with PostgresStateStore(DSN, table=table_name) as store:
+            first = await store.acquire([STREAM, orders], "worker-a", 30)
+            await store.join("worker-a", 30)
+            await store.join("worker-b", 30)
+            await store.release({orders: first[orders].token}, "worker-a")
+            second = await store.acquire([orders], "worker-b", 30)
+            await store.commit({STREAM: 5}, fence=Fence("worker-a", {STREAM: 1}))
+            with pytest.raises(LeaseLostError):
+                await store.commit({orders: 9}, fence=Fence("worker-a", {orders: 1}))
+        config = str(tmp_path / "sfstream.yaml")
+        code, out, err = await sfstream("status", "--json", "--config", config)
+        assert code == 0, err
+        document = orjson.loads(out)
+        assert [w["worker"] for w in document["workers"]] == ["worker-a", "worker-b"]
+        rows = {row["stream"]: row for row in document["streams"]}
+        assert rows[STREAM]["replay_id"] == 5
+        assert rows[STREAM]["lease"]["owner"] == "worker-a"
+        assert rows[STREAM]["lease"]["token"] == 1
+        assert rows[STREAM]["lease"]["fenced_commits"] == 0
+        until = datetime.fromisoformat(rows[STREAM]["lease"]["expires_at"])
+        assert 20 < until.timestamp() - time.time() <= 31
+        assert rows[orders]["replay_id"] is None
+        assert rows[orders]["lease"]["owner"] == "worker-b"
+        assert rows[orders]["lease"]["token"] == second[orders].token == 2
+        assert rows[orders]["lease"]["fenced_commits"] == 1
+        assert rows[orders]["lease"]["last_fenced_worker"] == "worker-a"
+        code, out, err = await sfstream("status", "--config", config)
+        assert code == 0, err
+        (found,) = tables(out)
+        assert found[0][-4:] == ["OWNER", "TOKEN", "LEASE UNTIL", "FENCED"]
+        by_stream = {row[0]: row for row in found[1:]}
+        assert by_stream[orders][-4] == "worker-b"
+        assert by_stream[orders][-3] == "2"
+        assert by_stream[orders][-1] == "1"
+        assert "workers (2 live): worker-a, worker-b" in out
+    finally:
+        async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as admin:
+            for suffix in ("", "_overrides", "_leases", "_members"):
+                await admin.execute(
+                    sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table_name + suffix))
+                )

@@ -160,7 +160,7 @@ def state_set(config_path: Path, force: bool, stream: str, replay_id: int) -> No
     async def write() -> int | None:
         store = open_state(config)
         try:
-            async with _owning(store, stream, force):
+            async with _owning(store, stream, force, config.state.leased):
                 current = (await store.load([stream])).get(stream)
                 await store.override(stream, replay_id)
         finally:
@@ -200,7 +200,7 @@ def state_reset(config_path: Path, force: bool, stream: str) -> None:
     async def forget() -> tuple[int | None, Override | None]:
         store = open_state(config)
         try:
-            async with _owning(store, stream, force):
+            async with _owning(store, stream, force, config.state.leased):
                 current = (await store.load([stream])).get(stream)
                 pending = (await store.overrides([stream])).get(stream)
                 if current is None and (pending is None or pending.start is None):
@@ -340,11 +340,19 @@ async def _init_sqlite(config: Config) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _owning(store: StateStore, stream: str, force: bool) -> AsyncIterator[None]:
+async def _owning(
+    store: StateStore, stream: str, force: bool, leased: bool = False
+) -> AsyncIterator[None]:
     """Own `stream` while changing it; a stream a run owns is refused (or, with --force,
-    changed with a warning)."""
+    changed with a warning). With leases, its lease is held meanwhile too."""
+    from sfstream.engine.leases import held_by_operator
+    from sfstream.state.base import LeaseStore
+
     try:
-        async with store.owner([stream]):
+        async with contextlib.AsyncExitStack() as owned:
+            await owned.enter_async_context(store.owner([stream]))
+            if leased and isinstance(store, LeaseStore):
+                await owned.enter_async_context(held_by_operator(store, [stream]))
             yield
             return
     except StreamOwnedError as exc:

@@ -23,7 +23,7 @@ import orjson
 from sfstream.cli.common import CONFIG_OPTION, ConfigProblem, Failure, call, load, print_json, table
 from sfstream.engine.config import Config
 from sfstream.errors import ConfigError
-from sfstream.state.base import Checkpoint
+from sfstream.state.base import Checkpoint, Lease, LeaseStore, Member
 
 _LIVE: Final = {
     "sfstream_events_received_total": "events_received",
@@ -58,7 +58,8 @@ _ENDPOINT_PATHS: Final = ("/metrics", "/healthz", "/readyz")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(config_path: Path, url: str | None, timeout_s: float, as_json: bool) -> None:
     """Print each stream's checkpoint, when it was committed, the time of its last event
-    and the lag (now minus that time).
+    and the lag (now minus that time); with leases (several workers on a shared state
+    store), each stream's owner, lease token and lease expiry, and the live workers.
 
     The state store is only read: this works without a running connector and without the
     Salesforce secrets. With --url, also the connector's live figures per stream, and its
@@ -68,18 +69,29 @@ def status(config_path: Path, url: str | None, timeout_s: float, as_json: bool) 
     base = _base_url(url) if url is not None else None
     config = load(config_path, log_level="warning", offline=True)
     configured = _configured_streams(config)
-    stored = call(lambda: _checkpoints(config))
+    stored, leases, members = call(lambda: _checkpoints(config))
     endpoint = _ask(base, timeout_s) if base is not None else None
     now = time.time()
     live: dict[str, dict[str, Any]] = endpoint["streams"] if endpoint is not None else {}
     rows = []
     for stream in sorted(set(configured) | set(stored) | set(live)):
         row = _stored_row(stream, stored.get(stream), now)
+        if leases is not None:
+            row["lease"] = _lease_row(leases.get(stream))
         if endpoint is not None:
             row["live"] = live.get(stream)
         rows.append(row)
     if as_json:
         document: dict[str, Any] = {"streams": rows}
+        if members is not None:
+            document["workers"] = [
+                {
+                    "worker": m.worker,
+                    "joined_at": _iso(m.joined_at),
+                    "expires_at": _iso(m.expires_at),
+                }
+                for m in members
+            ]
         if endpoint is not None:
             document["endpoint"] = {
                 "url": base,
@@ -88,7 +100,7 @@ def status(config_path: Path, url: str | None, timeout_s: float, as_json: bool) 
             }
         print_json(document)
         return
-    _print_table(rows, base, endpoint)
+    _print_table(rows, base, endpoint, members)
 
 
 # -- the state store -------------------------------------------------------------------------
@@ -105,14 +117,35 @@ def _configured_streams(config: Config) -> list[str]:
         raise ConfigProblem(str(exc)) from exc
 
 
-async def _checkpoints(config: Config) -> dict[str, Checkpoint]:
+async def _checkpoints(
+    config: Config,
+) -> tuple[dict[str, Checkpoint], dict[str, Lease] | None, list[Member] | None]:
+    """The checkpoints; with leases, also the leases and the live workers (else None)."""
     from sfstream.runners.wiring import open_state
 
     store = open_state(config, read_only=True)
     try:
-        return await store.load(None)
+        checkpoints = await store.load(None)
+        if not (config.state.leased and isinstance(store, LeaseStore)):
+            return checkpoints, None, None
+        return checkpoints, await store.leases(None), await store.members()
     finally:
         await store.close()
+
+
+def _lease_row(lease: Lease | None) -> dict[str, Any] | None:
+    if lease is None:
+        return None
+    return {
+        "owner": lease.owner if lease.held else None,
+        "token": lease.token,
+        "expires_at": _iso(lease.expires_at) if lease.held else None,
+        "last_owner": lease.owner,
+        "acquired_at": _iso(lease.acquired_at),
+        "fenced_commits": lease.refused,
+        "last_fenced_at": _iso(lease.refused_at),
+        "last_fenced_worker": lease.refused_worker,
+    }
 
 
 def _stored_row(stream: str, checkpoint: Checkpoint | None, now: float) -> dict[str, Any]:
@@ -220,24 +253,40 @@ def _get(url: str, timeout_s: float) -> tuple[int, str]:
 
 
 def _print_table(
-    rows: list[dict[str, Any]], base: str | None, endpoint: dict[str, Any] | None
+    rows: list[dict[str, Any]],
+    base: str | None,
+    endpoint: dict[str, Any] | None,
+    members: list[Member] | None,
 ) -> None:
     if not rows:
         click.echo("no streams and no checkpoints yet")
     else:
-        table(
-            ["STREAM", "CHECKPOINT", "COMMITTED AT", "LAST EVENT", "LAG"],
-            [
-                [
-                    row["stream"],
-                    _text(row["replay_id"]),
-                    _text(row["committed_at"]),
-                    _text(row["last_event_time"]),
-                    _duration(row["lag_s"]),
+        headers = ["STREAM", "CHECKPOINT", "COMMITTED AT", "LAST EVENT", "LAG"]
+        leased = members is not None
+        if leased:
+            headers += ["OWNER", "TOKEN", "LEASE UNTIL", "FENCED"]
+        lines = []
+        for row in rows:
+            line = [
+                row["stream"],
+                _text(row["replay_id"]),
+                _text(row["committed_at"]),
+                _text(row["last_event_time"]),
+                _duration(row["lag_s"]),
+            ]
+            if leased:
+                lease = row["lease"] or {}
+                line += [
+                    _text(lease.get("owner")) if lease else "-",
+                    _text(lease.get("token")),
+                    _text(lease.get("expires_at")),
+                    _text(lease.get("fenced_commits")),
                 ]
-                for row in rows
-            ],
-        )
+            lines.append(line)
+        table(headers, lines)
+    if members is not None:
+        names = ", ".join(member.worker for member in members) or "none"
+        click.echo(f"\nworkers ({len(members)} live): {names}")
     if endpoint is None:
         return
     click.echo("")

@@ -36,7 +36,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Final, Protocol
 
 import msgspec
@@ -44,7 +44,8 @@ import structlog
 
 from sfstream.errors import SfStreamError
 from sfstream.observability.telemetry import Telemetry
-from sfstream.state.base import Lease, LeaseStore
+from sfstream.state._common import owned_message
+from sfstream.state.base import Lease, LeaseStore, StreamOwnedError
 
 log = structlog.get_logger("sfstream.leases")
 
@@ -63,6 +64,37 @@ def default_worker_id(ecs_task_arn: str | None = None) -> str:
     if function and sandbox:
         return f"lambda:{function}:{sandbox}"
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+OPERATOR_TTL_S: Final = 60.0
+"""How long an operator's command holds the leases of the streams it changes (it gives them
+back when done; a command killed meanwhile holds them this long)."""
+
+
+@contextlib.asynccontextmanager
+async def held_by_operator(store: LeaseStore, streams: Iterable[str]) -> AsyncIterator[None]:
+    """Hold the leases of `streams` while an operator's command changes them
+    (`sfstream state set|reset`): no worker consumes them meanwhile, and taking them gives
+    each a new token, which fences a paused worker that still thinks it owns them.
+
+    Raises:
+        StreamOwnedError: a worker holds one of them (none is held then).
+    """
+    worker = f"sfstream state (pid {os.getpid()} on {socket.gethostname()})"
+    wanted = sorted(set(streams))
+    got = await store.acquire(wanted, worker, OPERATOR_TTL_S)
+    tokens = {stream: lease.token for stream, lease in got.items()}
+    refused = [stream for stream in wanted if stream not in got]
+    if refused:
+        await store.release(tokens, worker)
+        found = await store.leases(refused)
+        owners = sorted({lease.owner for lease in found.values() if lease.owner})
+        holder = f"worker {', '.join(owners)}" if owners else None
+        raise StreamOwnedError(owned_message(refused, holder), streams=refused, holder=holder)
+    try:
+        yield
+    finally:
+        await store.release(tokens, worker)
 
 
 class LeaseSettings(msgspec.Struct, frozen=True):
