@@ -1,4 +1,5 @@
-"""Several `sfstream run` workers on one PostgreSQL state store: one owner per stream.
+"""Several `sfstream run` workers on one shared state store (PostgreSQL, and DynamoDB on
+moto's server): one owner per stream.
 
 Each worker is a real subprocess with its own file sink; the emulator runs in the test's
 event loop and journals every subscription and delivery. The audits read the sinks, the
@@ -26,9 +27,12 @@ import pytest
 import yaml
 from psycopg import sql
 
-from sfstream.state import PostgresStateStore
-from sfstream.state.base import Lease
+from sfstream.engine.config import Config
+from sfstream.runners.wiring import open_state
+from sfstream.state import DynamoDbStateStore
+from sfstream.state.base import Lease, LeaseStore, StateStore
 from sfstream_emulator import Emulator, EmulatorSettings
+from tests.aws import Aws
 from tests.runners.process import start_run
 from tests.state.test_postgres import DSN
 
@@ -57,10 +61,47 @@ def sfstream_emulator_settings() -> EmulatorSettings:
     return EmulatorSettings(poll_timeout_s=1.0, seed=16)
 
 
-@pytest.fixture
-async def table() -> AsyncIterator[str]:
+@dataclass
+class Shared:
+    """The shared state store of a test: its config section, and a way to read it."""
+
+    state: dict[str, Any]
+
+    def store(self) -> StateStore:
+        return open_state(Config.model_validate(_minimal(self.state)))
+
+
+def _minimal(state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "salesforce": {"client_id": "x", "client_secret": "x", "refresh_token": "x"},
+        "streams": [{"channel": "/data/AccountChangeEvent"}],
+        "state": state,
+    }
+
+
+@pytest.fixture(params=["postgres", "dynamodb"])
+async def shared(request: pytest.FixtureRequest) -> AsyncIterator[Shared]:
+    if request.param == "dynamodb":
+        aws: Aws = request.getfixturevalue("aws")
+        name = aws.name("sfstream-leases")
+        backend = Shared(
+            {
+                "backend": "dynamodb",
+                "table": name,
+                "region": aws.region,
+                "endpoint_url": aws.endpoint,
+            }
+        )
+        store = backend.store()
+        assert isinstance(store, DynamoDbStateStore)
+        try:
+            await store.create_table()
+        finally:
+            await store.close()
+        yield backend
+        return
     name = f"sfstream_leases_{uuid.uuid4().hex[:10]}"
-    yield name
+    yield Shared({"backend": "postgres", "dsn": DSN, "table": name})
     async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as admin:
         for suffix in ("", "_overrides", "_leases", "_members", "_schemas"):
             await admin.execute(
@@ -136,7 +177,7 @@ class Worker:
         return found
 
 
-def make_worker(emu: Emulator, root: Path, name: str, table: str, **overrides: Any) -> Worker:
+def make_worker(emu: Emulator, root: Path, name: str, shared: Shared, **overrides: Any) -> Worker:
     directory = root / name
     directory.mkdir()
     creds = emu.credentials
@@ -154,7 +195,7 @@ def make_worker(emu: Emulator, root: Path, name: str, table: str, **overrides: A
         },
         "secrets": {"backend": "file", "file": "secrets.env"},
         "streams": [{"channel": c, "initial_replay": "earliest"} for c in CHANNELS],
-        "state": {"backend": "postgres", "dsn": DSN, "table": table},
+        "state": dict(shared.state),
         "sink": {"type": "file", "path": "records.jsonl"},
         "batch": {"max_records": 200, "max_wait_ms": 50},
         "runtime": {"summary_interval_s": 3600, "shutdown_timeout_s": 20},
@@ -186,9 +227,13 @@ def written(workers: list[Worker]) -> dict[str, set[int]]:
     return found
 
 
-async def leases(table: str) -> dict[str, Lease]:
-    async with PostgresStateStore(DSN, table=table, read_only=True) as store:
+async def leases(shared: Shared) -> dict[str, Lease]:
+    store = shared.store()
+    try:
+        assert isinstance(store, LeaseStore)
         return await store.leases()
+    finally:
+        await store.close()
 
 
 async def wait_for(predicate: Any, timeout_s: float, what: str) -> float:
@@ -312,11 +357,11 @@ async def stop_all(workers: list[Worker]) -> None:
 
 
 async def test_a_second_worker_never_writes_what_the_first_owns_and_takes_over_after_sigkill(
-    sfstream_emulator: Emulator, tmp_path: Path, table: str
+    sfstream_emulator: Emulator, tmp_path: Path, shared: Shared
 ) -> None:
     emu = sfstream_emulator
-    first = make_worker(emu, tmp_path, "first", table)
-    second = make_worker(emu, tmp_path, "second", table)
+    first = make_worker(emu, tmp_path, "first", shared)
+    second = make_worker(emu, tmp_path, "second", shared)
     workers = [first, second]
     publish(emu, 5)
     try:
@@ -332,7 +377,7 @@ async def test_a_second_worker_never_writes_what_the_first_owns_and_takes_over_a
 
         async def balanced() -> bool:
             ids["first"], ids["second"] = first.workers(), second.workers()
-            found = await leases(table)
+            found = await leases(shared)
             owners = [lease.owner for lease in found.values() if lease.held]
             return len(owners) == len(CHANNELS) and all(
                 owners.count(worker) == len(CHANNELS) // 2
@@ -356,7 +401,7 @@ async def test_a_second_worker_never_writes_what_the_first_owns_and_takes_over_a
         (worker_id,) = ids["second"]
 
         async def all_owned() -> bool:
-            found = await leases(table)
+            found = await leases(shared)
             return all(lease.held and lease.owner == worker_id for lease in found.values()) and len(
                 found
             ) == len(CHANNELS)
@@ -382,11 +427,11 @@ async def test_a_second_worker_never_writes_what_the_first_owns_and_takes_over_a
 
 
 async def test_sigterm_hands_the_streams_over_within_five_seconds(
-    sfstream_emulator: Emulator, tmp_path: Path, table: str
+    sfstream_emulator: Emulator, tmp_path: Path, shared: Shared
 ) -> None:
     emu = sfstream_emulator
-    first = make_worker(emu, tmp_path, "first", table)
-    second = make_worker(emu, tmp_path, "second", table)
+    first = make_worker(emu, tmp_path, "first", shared)
+    second = make_worker(emu, tmp_path, "second", shared)
     workers = [first, second]
     publish(emu, 3)
     try:
@@ -394,7 +439,7 @@ async def test_sigterm_hands_the_streams_over_within_five_seconds(
         await second.start()
 
         async def spread() -> bool:
-            found = await leases(table)
+            found = await leases(shared)
             owners = {lease.owner for lease in found.values() if lease.held}
             return len(found) == len(CHANNELS) and len(owners) == 2
 
@@ -405,7 +450,7 @@ async def test_sigterm_hands_the_streams_over_within_five_seconds(
         assert code == 0
 
         async def handed_over() -> bool:
-            found = await leases(table)
+            found = await leases(shared)
             return all(lease.held and lease.owner == survivor for lease in found.values())
 
         await wait_for(handed_over, 30, "the streams were not handed over")
@@ -427,7 +472,7 @@ async def test_sigterm_hands_the_streams_over_within_five_seconds(
 
 
 async def test_three_workers_eight_streams_kills_and_a_zombie(
-    sfstream_emulator: Emulator, tmp_path: Path, table: str
+    sfstream_emulator: Emulator, tmp_path: Path, shared: Shared
 ) -> None:
     """Random SIGKILLs and one SIGSTOP/SIGCONT over a couple of minutes of traffic."""
     emu = sfstream_emulator
@@ -435,10 +480,10 @@ async def test_three_workers_eight_streams_kills_and_a_zombie(
     ttl = 6.0
     state = {"lease_ttl_s": ttl}
     workers = [
-        make_worker(emu, tmp_path, "w1", table, state=state),
-        make_worker(emu, tmp_path, "w2", table, state=state),
+        make_worker(emu, tmp_path, "w1", shared, state=state),
+        make_worker(emu, tmp_path, "w2", shared, state=state),
         # The zombie batches for long: it is paused with records it has not committed.
-        make_worker(emu, tmp_path, "zombie", table, state=state, batch={"max_wait_ms": 1500}),
+        make_worker(emu, tmp_path, "zombie", shared, state=state, batch={"max_wait_ms": 1500}),
     ]
     zombie = workers[2]
     running = True
@@ -454,7 +499,7 @@ async def test_three_workers_eight_streams_kills_and_a_zombie(
             await worker.start()
 
         async def held(count: int) -> bool:
-            found = await leases(table)
+            found = await leases(shared)
             return sum(1 for lease in found.values() if lease.held) == count
 
         await wait_for(lambda: held(len(CHANNELS)), 60, "the streams were not taken")
@@ -462,13 +507,13 @@ async def test_three_workers_eight_streams_kills_and_a_zombie(
         await wait_for(lambda: bool(zombie.clients()), 30, "the zombie never connected")
         await asyncio.sleep(3)
         (zombie_id,) = zombie.workers()
-        owned = {s for s, lease in (await leases(table)).items() if lease.owner == zombie_id}
+        owned = {s for s, lease in (await leases(shared)).items() if lease.owner == zombie_id}
         assert owned, "the zombie owned nothing to lose"
         assert zombie.process is not None
         stopped = time.time()
         zombie.process.send_signal(signal.SIGSTOP)
         await asyncio.sleep(ttl + 6)
-        taken = await leases(table)
+        taken = await leases(shared)
         assert all(taken[s].owner != zombie_id for s in owned), "nobody took the zombie's"
         zombie.process.send_signal(signal.SIGCONT)
         zombie.paused.append((stopped, time.time()))
@@ -505,7 +550,7 @@ async def test_three_workers_eight_streams_kills_and_a_zombie(
     assert_one_writer_at_a_time(workers)
     assert assert_journal_exclusive(emu, workers) > len(CHANNELS)
     # The zombie's late commit was refused, and the store says so.
-    found = await leases(table)
+    found = await leases(shared)
     refused = {s: lease for s, lease in found.items() if lease.refused}
     assert refused, "no commit was refused"
     assert {lease.refused_worker for lease in refused.values()} == {zombie_id}
