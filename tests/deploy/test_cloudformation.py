@@ -161,11 +161,17 @@ def test_fargate_container_drains_within_ecs_stop_timeout() -> None:
     assert {"awslogs-group", "awslogs-region", "awslogs-stream-prefix"} <= set(logs["Options"])
 
 
-def test_fargate_service_never_runs_two_tasks() -> None:
-    service = only(load(FARGATE), "AWS::ECS::Service")
-    assert service["DesiredCount"] == 1
+def test_fargate_tasks_share_the_streams_through_leases() -> None:
+    template = load(FARGATE)
+    service = only(template, "AWS::ECS::Service")
+    assert service["DesiredCount"] == {"Ref": "Workers"}
+    assert template["Parameters"]["Workers"]["Default"] == 1
+    # A deployment overlaps old and new tasks: the leases keep one consumer per stream.
     deployment = service["DeploymentConfiguration"]
-    assert (deployment["MinimumHealthyPercent"], deployment["MaximumPercent"]) == (0, 100)
+    assert (deployment["MinimumHealthyPercent"], deployment["MaximumPercent"]) == (100, 200)
+    container = only(template, "AWS::ECS::TaskDefinition")["ContainerDefinitions"][0]
+    environment = {e["Name"]: e["Value"] for e in container["Environment"] if "Name" in e}
+    assert environment["SFSTREAM_STATE__COORDINATION"] == "leases"
     network = service["NetworkConfiguration"]["AwsvpcConfiguration"]
     assert network["AssignPublicIp"] == "DISABLED"
     assert network["Subnets"] == {"Ref": "PrivateSubnetIds"}

@@ -33,6 +33,7 @@ from sfstream.state import DynamoDbStateStore
 from sfstream.state.base import Lease, LeaseStore, StateStore
 from sfstream_emulator import Emulator, EmulatorSettings
 from tests.aws import Aws
+from tests.observability.test_metrics import _get, scrape
 from tests.runners.process import start_run
 from tests.state.test_postgres import DSN
 
@@ -201,7 +202,10 @@ def make_worker(emu: Emulator, root: Path, name: str, shared: Shared, **override
         "runtime": {"summary_interval_s": 3600, "shutdown_timeout_s": 20},
     }
     for section, values in overrides.items():
-        document[section] = {**document.get(section, {}), **values}
+        if isinstance(values, dict):
+            document[section] = {**document.get(section, {}), **values}
+        else:
+            document[section] = values
     (directory / "sfstream.yaml").write_text(yaml.safe_dump(document))
     return Worker(name, directory)
 
@@ -430,8 +434,9 @@ async def test_sigterm_hands_the_streams_over_within_five_seconds(
     sfstream_emulator: Emulator, tmp_path: Path, shared: Shared
 ) -> None:
     emu = sfstream_emulator
-    first = make_worker(emu, tmp_path, "first", shared)
-    second = make_worker(emu, tmp_path, "second", shared)
+    metered = {"metrics_port": 0, "metrics_host": "127.0.0.1"}
+    first = make_worker(emu, tmp_path, "first", shared, observability=metered)
+    second = make_worker(emu, tmp_path, "second", shared, observability=metered)
     workers = [first, second]
     publish(emu, 3)
     try:
@@ -455,6 +460,11 @@ async def test_sigterm_hands_the_streams_over_within_five_seconds(
 
         await wait_for(handed_over, 30, "the streams were not handed over")
         assert time.monotonic() - stopped_at <= 5.0
+        (port,) = {line["port"] for line in second.lines() if line["event"] == "metrics_endpoint"}
+        samples = await scrape(port)
+        assert samples[("sfstream_leases_held", ())] == len(CHANNELS)
+        # A clean handover is no takeover.
+        assert not [name for name, _ in samples if name == "sfstream_lease_takeovers_total"]
         released = [line for line in first.lines() if line.get("event") == "leases_released"]
         assert released, "the stopped worker did not release its leases"
         publish(emu, 3)
@@ -557,3 +567,43 @@ async def test_three_workers_eight_streams_kills_and_a_zombie(
     assert set(refused) <= owned
     fenced = [line for line in zombie.lines() if line.get("event") == "commit_fenced"]
     assert fenced, "the zombie did not log its refused commit"
+
+
+async def test_a_worker_without_streams_waits_ready_and_takes_over(
+    sfstream_emulator: Emulator, tmp_path: Path, shared: Shared
+) -> None:
+    emu = sfstream_emulator
+    metered = {"metrics_port": 0, "metrics_host": "127.0.0.1"}
+    one = [{"channel": "/event/Order_Placed__e", "initial_replay": "earliest"}]
+    owner = make_worker(emu, tmp_path, "owner", shared, streams=one, observability=metered)
+    idle = make_worker(emu, tmp_path, "idle", shared, streams=one, observability=metered)
+    workers = [owner, idle]
+    emu.generate("Order_Placed__e", 3)
+    try:
+        await owner.start()
+        await wait_for(lambda: len(owner.records()) == 3, 60, "the owner wrote nothing")
+        await idle.start()
+        await wait_for(
+            lambda: any(line["event"] == "metrics_endpoint" for line in idle.lines()),
+            30,
+            "the idle worker has no endpoint",
+        )
+        (port,) = {line["port"] for line in idle.lines() if line["event"] == "metrics_endpoint"}
+        await asyncio.sleep(3)  # a poll or two: it stays without a stream
+        assert idle.process is not None
+        assert idle.process.returncode is None
+        status, _ = await _get(port, "/readyz")
+        assert status == 200
+        samples = await scrape(port)
+        assert samples[("sfstream_leases_held", ())] == 0
+        assert idle.records() == []
+        await owner.terminate()
+        emu.generate("Order_Placed__e", 2)
+        await wait_for(lambda: len(idle.records()) == 2, 30, "the idle worker did not take over")
+        samples = await scrape(port)
+        assert samples[("sfstream_leases_held", ())] == 1
+        await stop_all(workers)
+    finally:
+        for worker in workers:
+            if worker.process is not None:
+                await worker.kill()

@@ -175,7 +175,7 @@ class RunCollector(Collector):
             held.add_metric([], telemetry.leases_held)
             takeovers = CounterMetricFamily(
                 "sfstream_lease_takeovers",
-                "Leases this worker took over from another worker (expired or released).",
+                "Leases this worker took from another worker that let them expire.",
                 labels=stream_label,
             )
             for stream, count in sorted(telemetry.lease_takeovers.items()):

@@ -161,7 +161,7 @@ class Telemetry:
         self.leases_held = 0
         """Leases this worker holds now."""
         self.lease_takeovers: dict[str, int] = {}
-        """stream -> leases taken over from another worker (expired or released)."""
+        """stream -> leases taken from another worker that let them expire."""
 
     # -- reports ------------------------------------------------------------------------------
 
