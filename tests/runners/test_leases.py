@@ -80,8 +80,17 @@ def _minimal(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(params=["postgres", "dynamodb"])
-async def shared(request: pytest.FixtureRequest) -> AsyncIterator[Shared]:
+SHARED = ["postgres", "dynamodb"]
+"""The shared stores, where leases are the default."""
+
+
+@pytest.fixture(params=[*SHARED, "sqlite"])
+async def shared(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Shared]:
+    if request.param == "sqlite":
+        # Several processes of one host on one file: leases are asked for.
+        path = tmp_path / "shared" / "state.db"
+        yield Shared({"backend": "sqlite", "path": str(path), "coordination": "leases"})
+        return
     if request.param == "dynamodb":
         aws: Aws = request.getfixturevalue("aws")
         name = aws.name("sfstream-leases")
@@ -360,6 +369,7 @@ async def stop_all(workers: list[Worker]) -> None:
             assert await worker.terminate() == 0, worker.log.read_text()[-3000:]
 
 
+@pytest.mark.parametrize("shared", SHARED, indirect=True)
 async def test_a_second_worker_never_writes_what_the_first_owns_and_takes_over_after_sigkill(
     sfstream_emulator: Emulator, tmp_path: Path, shared: Shared
 ) -> None:
@@ -481,6 +491,7 @@ async def test_sigterm_hands_the_streams_over_within_five_seconds(
                 await worker.kill()
 
 
+@pytest.mark.parametrize("shared", SHARED, indirect=True)
 async def test_three_workers_eight_streams_kills_and_a_zombie(
     sfstream_emulator: Emulator, tmp_path: Path, shared: Shared
 ) -> None:
