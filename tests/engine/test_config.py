@@ -79,7 +79,7 @@ async def test_environment_overrides_single_values(config_dir: Path) -> None:
 async def test_every_problem_is_reported_at_once_with_its_path(config_dir: Path) -> None:
     text = (
         BASE.replace("/data/AccountChangeEvent", "/data/Account").replace(
-            "type: file", "type: kafka"
+            "type: file", "type: kinesis"
         )
         + "batch:\n  max_records: 0\n"
     )
@@ -612,9 +612,17 @@ GOOD = {
             "batch.max_wait_ms: expected an integer from 0 to 600000, got true",
         ),
         ("x", "batch: 5\n", "batch: expected a mapping of batch settings, got 5"),
-        ("x", "sink:\n  type: kafka\n", "sink.type: expected one of stdout, file, got 'kafka'"),
+        (
+            "x",
+            "sink:\n  type: kinesis\n",
+            "sink.type: expected one of stdout, file, kafka, postgres, s3, got 'kinesis'",
+        ),
         ("x", "sink:\n  pth: out.jsonl\n", "sink.pth: unknown field (did you mean path?)"),
-        ("x", "sink:\n  colour: red\n", "sink.colour: unknown field (sink has type, path)"),
+        (
+            "x",
+            "sink:\n  colour: red\n",
+            "sink.colour: unknown field (sink has type, path, bootstrap_servers, topic, control_topic, producer, dsn, table, bucket, prefix, region, endpoint_url, compression)",
+        ),
         ("x", "snik:\n  path: x\n", "snik: unknown section (did you mean sink?)"),
         ("x", "sink:\n  type: file\n  path: 5\n", "sink.path: expected a file path, got 5"),
         ("x", "sink:\n  type: file\n", "sink: the file sink needs `path`"),

@@ -294,14 +294,96 @@ class SchemaRegistryConfig(_Frozen):
     path: Path | None = None
 
 
+SinkType = Literal["stdout", "file", "kafka", "postgres", "s3"]
+_SINK_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    "stdout": (),
+    "file": ("path",),
+    "kafka": ("bootstrap_servers", "topic", "control_topic", "producer"),
+    "postgres": ("dsn", "table"),
+    "s3": ("bucket", "prefix", "region", "endpoint_url", "compression"),
+}
+"""The fields each sink type takes (besides `type`)."""
+
+
 class SinkConfig(_Frozen):
-    type: Literal["stdout", "file"] = "stdout"
+    """Where records go: stdout, a file, Kafka, a PostgreSQL table or S3 objects (see
+    docs/sinks.md)."""
+
+    type: SinkType = "stdout"
     path: Path | None = None
+    """file: the JSON lines file."""
+    bootstrap_servers: str | None = Field(default=None, min_length=1)
+    """kafka: `host:port[,host:port...]`."""
+    topic: str = Field(default="{stream}", min_length=1, max_length=249)
+    """kafka: the records' topic, a template of `{stream}` (the stream id)."""
+    control_topic: str = Field(default="sfstream.control", min_length=1, max_length=249)
+    """kafka: the topic of the SCHEMA, STATE and GAP messages."""
+    producer: tuple[tuple[str, SecretStr | bool | int | float], ...] = ()
+    """kafka: librdkafka properties (`security.protocol`, `sasl.*`, `ssl.*`, ...), on top
+    of the sink's own (`enable.idempotence`, `acks`): a mapping in the file, kept as
+    (name, value) pairs (the configuration is immutable)."""
+    dsn: SecretStr | None = None
+    """postgres: the database; unset, the PostgreSQL state store's."""
+    table: str = Field(default="sfstream_records", min_length=1)
+    """postgres: the records' table, `[schema.]name`."""
+    bucket: str | None = Field(default=None, min_length=3, max_length=63)
+    """s3: the bucket."""
+    prefix: str = "sfstream"
+    """s3: the key prefix (`{prefix}/{stream}/dt=YYYY-MM-DD/...`)."""
+    region: str | None = None
+    """s3: the bucket's region; unset, the AWS chain's."""
+    endpoint_url: str | None = None
+    """s3: another S3 endpoint; unset, boto3's (which honours `AWS_ENDPOINT_URL`)."""
+    compression: Literal["none", "gzip"] = "gzip"
+    """s3: the objects' compression (`.jsonl.gz` or `.jsonl`)."""
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return _endpoint_url(value)
+
+    @field_validator("producer", mode="before")
+    @classmethod
+    def _producer(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return tuple((str(name), item) for name, item in value.items())
+        raise PydanticCustomError("producer_mapping", "a mapping of librdkafka properties")
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, value: str) -> str:
+        if not re.fullmatch(
+            r"(?:[A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}", value
+        ):
+            raise ValueError(
+                f"the table name {value!r} must be [schema.]name of letters, digits and _"
+            )
+        return value
+
+    @field_validator("topic", "control_topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._\-{}]+", value):
+            raise ValueError(
+                f"the topic {value!r} may hold letters, digits, '.', '_', '-' and {{stream}}"
+            )
+        return value
 
     @model_validator(mode="after")
-    def _path(self) -> SinkConfig:
+    def _complete(self) -> SinkConfig:
         if self.type == "file" and self.path is None:
             raise ValueError("the file sink needs `path`")
+        if self.type == "kafka" and self.bootstrap_servers is None:
+            raise ValueError("the kafka sink needs `bootstrap_servers`")
+        if self.type == "s3" and self.bucket is None:
+            raise ValueError("the s3 sink needs `bucket`")
+        given = self.model_fields_set - {"type"}
+        foreign = sorted(given - set(_SINK_FIELDS[self.type]))
+        if foreign:
+            raise ValueError(
+                f"{', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} not a setting "
+                f"of the {self.type} sink"
+            )
         return self
 
 
@@ -371,6 +453,21 @@ class Config(_Frozen):
     _file: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
+    def _sink_database(self) -> Config:
+        if self.sink.type == "postgres" and self.sink.dsn is None and self.state.dsn is None:
+            raise ValueError(
+                "sink: the postgres sink needs `dsn` (or a postgres state store, whose "
+                "database it then shares)"
+            )
+        return self
+
+    @property
+    def sink_dsn(self) -> str | None:
+        """The PostgreSQL sink's database: its own `dsn`, else the state store's."""
+        dsn = self.sink.dsn or self.state.dsn
+        return None if dsn is None else dsn.get_secret_value()
+
+    @model_validator(mode="after")
     def _registry(self) -> Config:
         registry = self.schema_registry.backend
         state = self.state.backend
@@ -416,6 +513,8 @@ class Config(_Frozen):
             self.salesforce.refresh_token,
             self.salesforce.password,
             self.state.dsn,
+            self.sink.dsn,
+            *(value for _, value in self.sink.producer if isinstance(value, SecretStr)),
         ]
         return [s.get_secret_value() for s in found if s is not None]
 
@@ -730,6 +829,7 @@ _SECRET_FIELDS: Final = (
     "salesforce.refresh_token",
     "salesforce.password",
     "state.dsn",
+    "sink.dsn",
 )
 """Fields that hold secrets: their values are never shown, and one written inline in the
 file is warned about."""
@@ -750,7 +850,7 @@ def _inline_secrets(raw: Mapping[str, Any], sources: _Sources) -> tuple[ConfigWa
             continue
         if sources.variable((section, field)) is not None:
             continue  # the file's value is not used
-        if dotted == "state.dsn":
+        if dotted in ("state.dsn", "sink.dsn"):
             if not _dsn_has_password(value):
                 continue
             message = (
@@ -921,6 +1021,17 @@ _EXPECTED: Final[Mapping[str, str]] = MappingProxyType(
         "state.worker_id": "a worker name (text, up to 200 characters)",
         "schema_registry.path": "a file path",
         "sink.path": "a file path",
+        "sink.bootstrap_servers": "Kafka brokers (host:port[,host:port...])",
+        "sink.topic": "a topic name, or a template of {stream}",
+        "sink.control_topic": "a topic name",
+        "sink.producer": "a mapping of librdkafka properties",
+        "sink.producer.*": "a librdkafka property value (text or a number)",
+        "sink.dsn": "a connection string (postgresql://...)",
+        "sink.table": "a table name ([schema.]name)",
+        "sink.bucket": "an S3 bucket name",
+        "sink.prefix": "an S3 key prefix (text)",
+        "sink.region": "an AWS region (like eu-west-1)",
+        "sink.endpoint_url": _ENDPOINT,
         "runtime.summary_interval_s": _SECONDS,
         "runtime.shutdown_timeout_s": _SECONDS,
         "runtime.startup_timeout_s": f"{_SECONDS} (or no value, for no limit)",

@@ -663,8 +663,7 @@ class Pipeline:
                 began_wall = time.time()
                 began = time.perf_counter()
                 if batch.messages:
-                    async with self._sink_lock:
-                        await self.sink.write(batch.messages)
+                    await self._write(batch)
                 write_s = time.perf_counter() - began
                 for stream, (count, last) in batch.streams.items():
                     stats = self.stats[stream]
@@ -713,6 +712,35 @@ class Pipeline:
             stats.checkpoints += 1
         if report is not None:
             self._report(report, commit_s)
+
+    async def _write(self, batch: _Batch) -> None:
+        """Write the batch; with leases, fenced: a sink that finds a stream's token stale
+        refuses the batch, and it is written again without that stream's messages."""
+        if self.keeper is None:
+            async with self._sink_lock:
+                await self.sink.write(batch.messages)
+            return
+        while batch.messages:
+            owned = [s for s in batch.streams if s in self._tokens and s not in self._fenced]
+            try:
+                async with self._sink_lock:
+                    await self.sink.write(batch.messages, self._fence(owned))
+            except LeaseLostError as exc:
+                self.telemetry.error(exc)
+                log.warning(
+                    "write_fenced",
+                    streams=exc.streams,
+                    note="another worker owns these streams now; their records of this "
+                    "batch are left to it",
+                )
+                self._fenced.update(exc.streams)
+                self._halt(exc.streams)
+                lost = set(exc.streams)
+                batch.messages = [m for m in batch.messages if m.stream not in lost]
+                for stream in lost:
+                    batch.streams.pop(stream, None)
+                continue
+            return
 
     def _done(self, seq: int) -> None:
         if seq > self._done_seq:

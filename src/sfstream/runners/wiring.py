@@ -195,12 +195,51 @@ def open_state(config: Config, *, read_only: bool = False) -> StateStore:
 
 
 def open_sink(config: Config) -> Sink:
-    """The configured sink (it opens its destination on first use)."""
-    if config.sink.type == "file":
+    """The configured sink (it opens its destination on first use); a sink's library is
+    imported only when it is configured."""
+    sink = config.sink
+    if sink.type == "file":
         from sfstream.sinks.file import FileSink
 
-        assert config.sink.path is not None  # checked by the configuration
-        return FileSink(config.sink.path, inline_writes=config.runtime.disk_io == "inline")
+        assert sink.path is not None  # checked by the configuration
+        return FileSink(sink.path, inline_writes=config.runtime.disk_io == "inline")
+    if sink.type == "kafka":
+        from sfstream.sinks.kafka import KafkaSink
+
+        assert sink.bootstrap_servers is not None  # checked by the configuration
+        return KafkaSink(
+            sink.bootstrap_servers,
+            topic=sink.topic,
+            control_topic=sink.control_topic,
+            producer={
+                name: value.get_secret_value() if isinstance(value, SecretStr) else value
+                for name, value in sink.producer
+            },
+        )
+    if sink.type == "postgres":
+        from sfstream.sinks.postgres import PostgresSink
+
+        dsn = config.sink_dsn
+        assert dsn is not None  # checked by the configuration
+        state = config.state
+        shared = state.backend == "postgres" and (sink.dsn is None or sink.dsn == state.dsn)
+        return PostgresSink(
+            dsn,
+            sink.table,
+            # The same database: records and checkpoints in one transaction.
+            state_table=(state.table or "sfstream_checkpoints") if shared else None,
+        )
+    if sink.type == "s3":
+        from sfstream.sinks.s3 import S3Sink
+
+        assert sink.bucket is not None  # checked by the configuration
+        return S3Sink(
+            sink.bucket,
+            prefix=sink.prefix,
+            region=sink.region,
+            endpoint_url=sink.endpoint_url,
+            compression=sink.compression,
+        )
     from sfstream.sinks.stdout import StdoutSink
 
     return StdoutSink()

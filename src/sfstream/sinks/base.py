@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 from sfstream.protocol import Message
+from sfstream.state.base import Fence
 
 
 @runtime_checkable
@@ -22,8 +23,14 @@ class Sink(Protocol):
     `StorageError`.
     """
 
-    async def write(self, messages: Sequence[Message]) -> None:
-        """Write `messages` in order; durable on return."""
+    async def write(self, messages: Sequence[Message], fence: Fence | None = None) -> None:
+        """Write `messages` in order; durable on return.
+
+        `fence` (with leases): the worker and the lease token of each stream the batch
+        moves. A sink that can check tokens where it writes (the PostgreSQL sink, in the
+        state's database) refuses a batch with a stale one (`LeaseLostError`, nothing
+        written); the others ignore it.
+        """
         ...
 
     async def high_watermarks(self, streams: Iterable[str]) -> dict[str, int]:

@@ -35,11 +35,15 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import structlog
 
 from sfstream.errors import StorageError
+
+if TYPE_CHECKING:
+    from sfstream.state.base import Fence
+
 from sfstream.protocol import Message, encode_lines
 from sfstream.sinks._io import run_blocking, translate_os_errors, write_all
 from sfstream.sinks._jsonl import (
@@ -129,7 +133,7 @@ class FileSink:
     ) -> None:
         await self.close()
 
-    async def write(self, messages: Sequence[Message]) -> None:
+    async def write(self, messages: Sequence[Message], fence: Fence | None = None) -> None:
         """Append `messages` as JSON lines, in order; fsynced on return.
 
         An empty batch writes nothing. Either the whole batch is in the file or (after an

@@ -14,9 +14,13 @@ import sys
 import threading
 from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from sfstream.errors import StorageError
+
+if TYPE_CHECKING:
+    from sfstream.state.base import Fence
+
 from sfstream.protocol import Message, encode_lines
 from sfstream.sinks._io import run_blocking
 
@@ -52,7 +56,7 @@ class StdoutSink:
     ) -> None:
         await self.close()
 
-    async def write(self, messages: Sequence[Message]) -> None:
+    async def write(self, messages: Sequence[Message], fence: Fence | None = None) -> None:
         """Write `messages` as JSON lines, in order, and flush; an empty batch writes nothing.
 
         Raises:
