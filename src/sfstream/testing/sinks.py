@@ -43,7 +43,14 @@ _EMITTED_AT: Final = "2024-05-01T12:00:00.000000Z"
 
 
 class SinkHarness(Protocol):
-    """A fixed location for sinks of one backend, and a way to read it back."""
+    """A fixed location for sinks of one backend, and a way to read it back.
+
+    A harness may also have an `order` attribute: `"total"` (the default) when its location
+    keeps one sequence of everything written; `"key"` when it keeps the messages of one
+    (type, stream, key) in order but not one sequence of all (a Kafka topic's partitions,
+    one S3 object per stream): then `read_back` may return them in any interleaving, and
+    the checks compare, for every (type, stream, key), the messages in order.
+    """
 
     async def open(self) -> Sink:
         """A new sink writing to the location (any earlier sink of it is closed by then)."""
@@ -109,6 +116,9 @@ async def _assert_appended(
     """Assert that the location holds `before` followed by exactly `messages`."""
     after = await harness.read_back()
     expected = _expected(messages)
+    if getattr(harness, "order", "total") == "key":
+        _assert_same_per_key(after, before + expected)
+        return after
     # Compared piecewise: pytest's diff of multi-megabyte lists is slow and unreadable.
     assert len(after) == len(before) + len(expected), (
         f"expected {len(before)} earlier + {len(expected)} new messages, found {len(after)}"
@@ -116,6 +126,25 @@ async def _assert_appended(
     for index, (found, wanted) in enumerate(zip(after, before + expected, strict=True)):
         assert found == wanted, f"message {index} differs: {str(found)[:300]} != {wanted!r:.300}"
     return after
+
+
+def _order_key(message: dict[str, Any]) -> tuple[str, str, str]:
+    return (str(message.get("type")), str(message.get("stream")), str(message.get("key")))
+
+
+def _assert_same_per_key(found: list[dict[str, Any]], wanted: list[dict[str, Any]]) -> None:
+    """The same messages, in the same order for each (type, stream, key)."""
+    assert len(found) == len(wanted), f"expected {len(wanted)} messages in all, found {len(found)}"
+    by_key: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for message in wanted:
+        by_key.setdefault(_order_key(message), []).append(message)
+    seen: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for message in found:
+        seen.setdefault(_order_key(message), []).append(message)
+    assert seen.keys() == by_key.keys(), f"keys differ: {sorted(seen.keys() ^ by_key.keys())}"
+    for key, messages in by_key.items():
+        for index, (got, want) in enumerate(zip(seen[key], messages, strict=True)):
+            assert got == want, f"{key} message {index}: {str(got)[:300]} != {want!r:.300}"
 
 
 async def check_order_within_a_write(harness: SinkHarness) -> None:
