@@ -67,6 +67,10 @@ class Step:
     timeout_s: float
 
 
+LEASE_TTL_S = 5
+"""The certification's lease TTL: how long invocations after a crashed one wait."""
+
+
 def plan(count: int = 50, seed: int = 15) -> list[Step]:
     rng = random.Random(seed)
     special = {5: "sqlite", 9: "cold", 14: "crash", 17: "stall_token", 21: "cold", 28: "crash"}
@@ -173,7 +177,10 @@ async def test_the_handler_certified_under_the_lambda_runtime(
 ) -> None:
     emu = sfstream_emulator
     dsn = postgres_dsn
-    config = await make_config(emu, state={"backend": "postgres", "dsn": dsn})
+    # Leases (the default on PostgreSQL): a crashed invocation's lease runs out after 5 s.
+    config = await make_config(
+        emu, state={"backend": "postgres", "dsn": dsn, "lease_ttl_s": LEASE_TTL_S}
+    )
     good = tmp_path / "sfstream.yaml"
     refused = sqlite_config(tmp_path / "sqlite" / "sfstream.yaml", good)
     assert config.sink.path is not None
@@ -291,15 +298,37 @@ async def test_the_handler_certified_under_the_lambda_runtime(
         for line in stderr
         if line.get("event") == "stream_started"
     }
-    resumed = [
-        (started.get(inv.request_id), -2 if resume is None else resume)
-        for step, inv, resume in runs
+    streamed = [
+        (index, started.get(inv.request_id), -2 if resume is None else resume)
+        for index, (step, inv, resume) in enumerate(runs)
         if inv.status == "success" and inv.body["ok"]
     ]
+    resumed = [(found, expected) for _, found, expected in streamed if found is not None]
     check(
-        "each invocation resumes from the checkpoint (or the sink's last record)",
+        "each invocation that streams resumes from the checkpoint (or the sink's last record)",
         all(found == expected for found, expected in resumed),
         mismatches=[pair for pair in resumed if pair[0] != pair[1]][:3],
+    )
+    # An invocation after a crashed one waits (ready, idle) while the crashed sandbox's
+    # lease runs out: only then, and only until one takes the stream over.
+    crashes = [index for index, (step, _, _) in enumerate(runs) if step.kind == "crash"]
+    waited = [index for index, found, _ in streamed if found is None]
+    since_crash = [
+        index
+        for index in waited
+        if any(
+            crash < index
+            and all(found is None for other, found, _ in streamed if crash < other < index)
+            for crash in crashes
+        )
+    ]
+    taken_over = [line for line in stderr if line.get("event") == "lease_taken_over"]
+    check(
+        "only invocations right after a crash wait for its lease, and then one takes it over",
+        waited == since_crash and len(taken_over) == len(crashes),
+        waited=waited,
+        crashes=crashes,
+        takeovers=len(taken_over),
     )
 
     cold = [inv.cold for _, inv, _ in runs]
