@@ -377,8 +377,10 @@ def _prometheus_families() -> set[str] | None:
         return None
     from sfstream.observability.telemetry import Telemetry
 
+    telemetry = Telemetry()
+    telemetry.leased = True  # a run with leases: their families too
     found = set()
-    for family in Metrics(Telemetry(), lambda: None).registry.collect():
+    for family in Metrics(telemetry, lambda: None).registry.collect():
         if family.name.startswith("sfstream_"):
             suffix = "_total" if family.type == "counter" else ""
             found.add(family.name + suffix)
