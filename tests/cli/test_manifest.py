@@ -112,10 +112,10 @@ def drifted(old: str, new: str) -> list[str]:
         ("strategy: discovery_by_config", "strategy: discovery_by_metadata", "default discovery"),
         ("backends: [sqlite, postgres", "backends: [sqlite, postgres, redis", "state backends"),
         ("secrets: [env, file, aws]", "secrets: [env, file]", "auth.secrets"),
-        ("sinks: [stdout, file]", "sinks: [stdout, file, kafka]", "sinks"),
+        ("sinks: [stdout, file, kafka, postgres, s3]", "sinks: [stdout, file, kinesis]", "sinks"),
         (
-            "sfstream_checkpoint_commit_seconds]",
-            "sfstream_checkpoint_commit_seconds, sfstream_checkpoints_total]",
+            "sfstream_lease_takeovers_total]",
+            "sfstream_lease_takeovers_total, sfstream_checkpoints_total]",
             "metric families ['sfstream_checkpoints_total']",
         ),
         (
