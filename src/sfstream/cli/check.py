@@ -75,7 +75,10 @@ async def run_checks(config: Config) -> list[CheckResult]:
             if results[0][0]:
                 results += await _check_streams(config, session.rest, results)
     results.append(await _check_state(config))
-    results.append(_check_sink(config))
+    if config.sink.type in ("kafka", "postgres", "s3"):
+        results.append(await asyncio.to_thread(_check_remote_sink, config))
+    else:
+        results.append(_check_sink(config))
     return results
 
 
@@ -270,6 +273,102 @@ def _check_sink(config: Config) -> CheckResult:
     if why_not is not None:
         return (False, label, f"cannot be created: {why_not}")
     return (True, label, "would be created")
+
+
+def _check_remote_sink(config: Config) -> CheckResult:
+    """Reach a Kafka, PostgreSQL or S3 sink and look, without writing anything. Blocking:
+    run it in a thread."""
+    sink = config.sink
+    try:
+        if sink.type == "kafka":
+            return _check_kafka(config)
+        if sink.type == "postgres":
+            return _check_postgres_sink(config)
+        return _check_s3(config)
+    except ImportError as exc:
+        extra = {"kafka": "kafka", "postgres": "postgres", "s3": "aws"}[sink.type]
+        return (
+            False,
+            f"sink ({sink.type})",
+            f"needs {exc.name}: pip install 'sfstream[{extra}]'",
+        )
+
+
+def _check_kafka(config: Config) -> CheckResult:
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    sink = config.sink
+    assert sink.bootstrap_servers is not None  # checked by the configuration
+    label = f"sink (kafka {sink.bootstrap_servers})"
+    settings: dict[str, Any] = {
+        name: value.get_secret_value() if hasattr(value, "get_secret_value") else value
+        for name, value in sink.producer
+        if not name.startswith(("enable.idempotence", "acks", "linger", "batch", "compression"))
+    }
+    settings = {
+        name: ("true" if value is True else "false" if value is False else value)
+        for name, value in settings.items()
+    }
+    settings["bootstrap.servers"] = sink.bootstrap_servers
+    try:
+        metadata = AdminClient(settings).list_topics(timeout=10)
+    except KafkaException as exc:
+        return (False, label, f"the brokers did not answer: {exc.args[0]}")
+    except ValueError as exc:  # a property librdkafka does not know
+        return (False, label, str(exc))
+    brokers = len(metadata.brokers)
+    control = sink.control_topic
+    where = "exists" if control in metadata.topics else "does not exist yet"
+    return (True, label, f"{brokers} broker(s); control topic {control} {where}")
+
+
+def _check_postgres_sink(config: Config) -> CheckResult:
+    import psycopg
+
+    from sfstream.state.postgres import redact_dsn
+
+    dsn = config.sink_dsn
+    assert dsn is not None  # checked by the configuration
+    table = config.sink.table
+    label = f"sink (postgres {redact_dsn(dsn)})"
+    try:
+        params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return (False, label, "malformed DSN")
+    params.setdefault("connect_timeout", 10)
+    params["options"] = f"{params.get('options') or ''} -c default_transaction_read_only=on"
+    password = str(params.get("password") or "")
+    try:
+        with psycopg.connect(autocommit=True, **params) as conn:
+            row = conn.execute("SELECT to_regclass(%s)::text", (table,)).fetchone()
+    except psycopg.Error as exc:
+        text = str(exc).strip() or "the server refused"
+        return (False, label, text.replace(password, "***") if password else text)
+    found = row is not None and row[0] is not None
+    return (True, label, f"table {table} {'exists' if found else 'would be created'}")
+
+
+def _check_s3(config: Config) -> CheckResult:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from sfstream.secrets._boto import client
+
+    sink = config.sink
+    label = f"sink (s3://{sink.bucket}/{sink.prefix})"
+    try:
+        s3 = client("s3", region=sink.region, endpoint_url=sink.endpoint_url)
+        s3.head_bucket(Bucket=sink.bucket)
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchBucket"):
+            return (False, label, f"bucket {sink.bucket} does not exist")
+        if code in ("403", "AccessDenied"):
+            return (False, label, f"access to bucket {sink.bucket} is denied")
+        return (False, label, f"S3 answered {code or exc}")
+    except BotoCoreError as exc:
+        return (False, label, f"cannot reach S3: {exc}")
+    return (True, label, "the bucket is reachable")
 
 
 # -- looking without touching ----------------------------------------------------------------
