@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -30,7 +29,12 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from sfstream.errors import ConfigError, SfStreamError, StorageError
 from sfstream.schema.registry import SchemaVersion, next_version
 from sfstream.schema.render import fingerprint
-from sfstream.state.postgres import storage_error
+from sfstream.state.postgres import (
+    CONNECT_TIMEOUT_S,
+    TABLE_NAME,
+    describe_database,
+    storage_error,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -40,8 +44,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 DEFAULT_TABLE: Final = "sfstream_schemas"
-_TABLE_NAME: Final = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_CONNECT_TIMEOUT_S: Final = 10
 _SELECT: Final = (
     "SELECT subject, version, fingerprint, json_schema, avro_schema, schema_id, diff, breaking,"
     " created_at FROM {table} WHERE subject = %s"
@@ -79,15 +81,15 @@ class PostgresSchemaRegistry:
             params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError:
             raise ConfigError(f"malformed PostgreSQL DSN {redact_dsn(dsn)!r}") from None
-        if not _TABLE_NAME.match(table):
+        if not TABLE_NAME.match(table):
             raise ConfigError(
                 f"table name {table!r} must be [schema.]name of letters, digits and _"
             )
-        params.setdefault("connect_timeout", _CONNECT_TIMEOUT_S)
+        params.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
         params.setdefault("application_name", "sfstream")
         self._params = params
         self._password = str(params.get("password") or "")
-        self.database = _describe(params)
+        self.database = describe_database(params)
         self.table = table
         self.read_only = read_only
         self._name = sql.Identifier(*table.split("."))
@@ -333,14 +335,6 @@ def _version(row: tuple[Any, ...]) -> SchemaVersion:
 def _key(text: str) -> int:
     digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
-
-
-def _describe(params: dict[str, Any]) -> str:
-    user = params.get("user") or ""
-    host = params.get("host") or params.get("hostaddr") or "localhost"
-    port = f":{params['port']}" if params.get("port") else ""
-    dbname = params.get("dbname") or ""
-    return f"postgresql://{user}{'@' if user else ''}{host}{port}/{dbname}"
 
 
 def table_beside(state_table: str) -> str:

@@ -59,8 +59,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
@@ -88,8 +87,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-_TABLE_NAME: Final = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_CONNECT_TIMEOUT_S: Final = 10
 _MAX_IDENTIFIER: Final = 63
 _RECORD_KEY_SUFFIX: Final = "_record_key"
 _STREAM_SEQ_SUFFIX: Final = "_stream_seq"
@@ -313,14 +310,20 @@ class PostgresSink:
             ) from exc
         from psycopg import sql
 
-        from sfstream.state.postgres import PostgresStateStore, redact_dsn
+        from sfstream.state.postgres import (
+            CONNECT_TIMEOUT_S,
+            TABLE_NAME,
+            PostgresStateStore,
+            describe_database,
+            redact_dsn,
+        )
 
         try:
             params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError:
             # Not chained: psycopg's message quotes the DSN, and with it the password.
             raise ConfigError(f"malformed PostgreSQL DSN {redact_dsn(dsn)!r}") from None
-        if not _TABLE_NAME.match(table):
+        if not TABLE_NAME.match(table):
             raise ConfigError(
                 f"table name {table!r} must be [schema.]name of letters, digits and _"
             )
@@ -331,11 +334,11 @@ class PostgresSink:
                 f"table name {name!r} is too long: at most {longest} characters, since its "
                 f"indexes are named {name}{_RECORD_KEY_SUFFIX} and {name}{_STREAM_SEQ_SUFFIX}"
             )
-        params.setdefault("connect_timeout", _CONNECT_TIMEOUT_S)
+        params.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
         params.setdefault("application_name", "sfstream sink")
         self._params = params
         self._password = str(params.get("password") or "")
-        self.database = _describe(params)
+        self.database = describe_database(params)
         """Where the table lives, without the password: `postgresql://user@host:port/db`."""
         self.table = table
         self.state_table = state_table
@@ -736,11 +739,3 @@ def _names(name: str) -> list[str]:
 def _advisory_key(table: str) -> int:
     digest = hashlib.blake2b(f"sfstream.sink:{table}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
-
-
-def _describe(params: Mapping[str, Any]) -> str:
-    user = params.get("user") or ""
-    host = params.get("host") or params.get("hostaddr") or "localhost"
-    port = f":{params['port']}" if params.get("port") else ""
-    dbname = params.get("dbname") or ""
-    return f"postgresql://{user}{'@' if user else ''}{host}{port}/{dbname}"

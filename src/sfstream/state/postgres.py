@@ -86,8 +86,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-_TABLE_NAME: Final = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_CONNECT_TIMEOUT_S: Final = 10
+TABLE_NAME: Final = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$")
+CONNECT_TIMEOUT_S: Final = 10
+"""The connect timeout of every PostgreSQL connection without one in its DSN."""
 _OVERRIDES_SUFFIX: Final = "_overrides"
 _LEASES_SUFFIX: Final = "_leases"
 _MEMBERS_SUFFIX: Final = "_members"
@@ -165,7 +166,7 @@ class PostgresStateStore:
         except psycopg.ProgrammingError:
             # Not chained: psycopg's message quotes the DSN, and with it the password.
             raise ConfigError(f"malformed PostgreSQL DSN {redact_dsn(dsn)!r}") from None
-        if not _TABLE_NAME.match(table):
+        if not TABLE_NAME.match(table):
             raise ConfigError(
                 f"table name {table!r} must be [schema.]name of letters, digits and _"
             )
@@ -176,11 +177,11 @@ class PostgresStateStore:
                 f"{_MAX_IDENTIFIER - len(_OVERRIDES_SUFFIX)} characters, since the store "
                 f"keeps pending operator changes in {name}{_OVERRIDES_SUFFIX}"
             )
-        params.setdefault("connect_timeout", _CONNECT_TIMEOUT_S)
+        params.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
         params.setdefault("application_name", "sfstream")
         self._params = params
         self._password = str(params.get("password") or "")
-        self.database = _describe(params)
+        self.database = describe_database(params)
         """Where the checkpoints live, without the password: `postgresql://user@host/db`."""
         self.table = table
         self.read_only = read_only
@@ -879,7 +880,8 @@ def _holder_name() -> str:
     return f"{_HOLDER_PREFIX}pid {os.getpid()} on {socket.gethostname()}"[:_MAX_IDENTIFIER]
 
 
-def _describe(params: Mapping[str, Any]) -> str:
+def describe_database(params: Mapping[str, Any]) -> str:
+    """A database as messages name it, without the password: `postgresql://user@host:port/db`."""
     user = params.get("user") or ""
     host = params.get("host") or params.get("hostaddr") or "localhost"
     port = f":{params['port']}" if params.get("port") else ""
