@@ -15,7 +15,7 @@ from hypothesis import settings as hypothesis_settings
 from sfstream.engine.config import Config, load_config
 from sfstream_emulator import Emulator
 
-pytest_plugins = ["sfstream_emulator.pytest_plugin", "tests.aws"]
+pytest_plugins = ["sfstream_emulator.pytest_plugin", "tests.aws", "tests.kafka"]
 
 # `make fuzz` runs tests/fuzz under this profile: 100 times the default number of examples
 # (tests/fuzz/budget.py scales each fuzz test's budget by the same ratio).

@@ -378,3 +378,66 @@ async def test_a_channel_salesforce_refuses_is_logged_then_left_to_its_subscript
     # Salesforce's refusal, in its words, ends the run by the on_subscription_lost policy.
     (failed,) = [line for line in lines if line["event"] == "run_failed"]
     assert "/event/Nope__e" in failed["error"]
+
+
+# -- the Kafka, PostgreSQL and S3 sinks: reached and looked at, never written ---------------
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def test_check_reaches_a_kafka_sink_and_reports_an_unreachable_one(
+    sfstream_emulator: Emulator, make_config: MakeConfig, tmp_path: Path, kafka_broker: Any
+) -> None:
+    config = str(tmp_path / "sfstream.yaml")
+    await make_config(
+        sfstream_emulator, sink={"type": "kafka", "bootstrap_servers": kafka_broker.bootstrap}
+    )
+    code, out, err = await sfstream("check", "--config", config)
+    assert code == 0, out + err
+    assert f"ok    sink (kafka {kafka_broker.bootstrap}): 1 broker(s)" in out
+    closed = f"127.0.0.1:{closed_port()}"
+    await make_config(sfstream_emulator, sink={"type": "kafka", "bootstrap_servers": closed})
+    code, out, err = await sfstream("check", "--config", config)
+    assert code == 1, out + err
+    assert f"FAIL  sink (kafka {closed}): the brokers did not answer" in out
+    assert "Traceback" not in err
+
+
+async def test_check_looks_for_the_postgres_sink_table_without_creating_it(
+    sfstream_emulator: Emulator, make_config: MakeConfig, tmp_path: Path
+) -> None:
+    dsn = os.environ.get("SFSTREAM_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+    table = f"sfstream_check_{uuid.uuid4().hex[:10]}"
+    await make_config(sfstream_emulator, sink={"type": "postgres", "dsn": dsn, "table": table})
+    code, out, err = await sfstream("check", "--config", str(tmp_path / "sfstream.yaml"))
+    assert code == 0, out + err
+    assert f"table {table} would be created" in out
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+        cursor = await admin.execute("SELECT to_regclass(%s)", (table,))
+        assert await cursor.fetchone() == (None,)
+
+
+async def test_check_finds_the_s3_bucket_or_says_it_is_missing(
+    sfstream_emulator: Emulator, make_config: MakeConfig, tmp_path: Path, aws: Any
+) -> None:
+    bucket = aws.name("sfstream-check")
+    sink = {"type": "s3", "bucket": bucket, "endpoint_url": aws.endpoint, "region": aws.region}
+    await make_config(sfstream_emulator, sink=sink)
+    code, out, err = await sfstream("check", "--config", str(tmp_path / "sfstream.yaml"))
+    assert code == 1, out + err
+    assert f"FAIL  sink (s3://{bucket}/sfstream): bucket {bucket} does not exist" in out
+    aws.client("s3").create_bucket(
+        Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": aws.region}
+    )
+    code, out, err = await sfstream("check", "--config", str(tmp_path / "sfstream.yaml"))
+    assert code == 0, out + err
+    assert f"ok    sink (s3://{bucket}/sfstream): the bucket is reachable" in out
