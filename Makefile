@@ -14,6 +14,7 @@ help:
 	@echo "make emulator  start the Salesforce emulator on port 8787"
 	@echo "make bench     run the benchmarks under bench/ (about 15 minutes)"
 	@echo "make chaos     100,000 events under seeded faults and 20 SIGKILLs, then an audit"
+	@echo "               (CHAOS_ARGS=\"--sink kafka|postgres|s3\": another sink than the file)"
 	@echo "make fuzz      the hypothesis fuzz tests (tests/fuzz) with many more examples"
 	@echo "make image     the container image (deploy/Dockerfile) with podman or buildah"
 
@@ -64,6 +65,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/footprint.py
 
 # CHAOS_ARGS passes options through, e.g. make chaos CHAOS_ARGS="--seed 7 --kills 30".
+# --sink kafka|postgres|s3 targets another sink than the file: bench/servers.py starts Tansu or
+# moto's server for the run; PostgreSQL must be running (127.0.0.1:5432, database test).
 # bench/chaos/ is a package, run as a module from the repository root.
 chaos: $(STAMP)
 	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)

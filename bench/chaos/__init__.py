@@ -3,14 +3,16 @@
 A chaos run starts the bundled emulator in this process, turns on its seeded chaos mode
 (dropped and cut responses, 503s, stalls, unknown clients, token revocations, expired
 clients), publishes events across several channels at a steady rate, and meanwhile runs
-`sfstream run` as a subprocess (file sink, SQLite state) that it SIGKILLs and restarts at
-random moments. The run after the last kill catches up and is stopped with SIGTERM. Then
-the audit checks:
+`sfstream run` as a subprocess (SQLite state; the file sink, or with a `Destination` in the
+plan the Kafka, PostgreSQL or S3 sink) that it SIGKILLs and restarts at random moments. The
+run after the last kill catches up and is stopped with SIGTERM. Then the audit checks:
 
 - every published event is in the sink (per stream, by replayId), none lost;
 - no record appears twice (`(stream, replayId, key)`), and within a stream replayIds never
-  go backwards;
-- no `GAP`, no unreadable line, no line that disappeared between two reads;
+  go backwards (within a partition for Kafka);
+- no `GAP`, no unreadable line, no line that disappeared between two reads (the file sink
+  is read as it grows; another destination is read back from the start at the end, and only
+  asked what it holds after each kill);
 - at every kill, each checkpoint was at or below what the sink held; at the end each
   checkpoint equals its channel's last replayId;
 - every connector run ended by a kill or by the final SIGTERM (exit 0), no traceback;
@@ -24,6 +26,8 @@ The modules, by job:
 - `bench.chaos.run`: `run_chaos`, the publisher and the supervisor of the connector runs;
 - `bench.chaos.audit`: `SinkAudit`, `StreamAudit`, the checkpoints, `scan_for_secrets`
   and `count_log_events`;
+- `bench.chaos.destinations`: the Kafka, PostgreSQL and S3 destinations (`--sink`), each
+  read back independently of its sink (confluent-kafka, psycopg, boto3);
 - `bench.chaos.report`: `ChaosReport`, its failures, JSON and summary;
 - `bench.chaos.__main__`: the command line (`python -m bench.chaos`, `make chaos`).
 
@@ -43,6 +47,12 @@ identical request for request.
 from __future__ import annotations
 
 from bench.chaos.audit import Leak, SinkAudit, StreamAudit, count_log_events, scan_for_secrets
+from bench.chaos.destinations import (
+    Destination,
+    KafkaDestination,
+    PostgresDestination,
+    S3Destination,
+)
 from bench.chaos.plan import DEFAULT_CHANNELS, ChaosPlan, default_faults
 from bench.chaos.report import ChaosReport
 from bench.chaos.run import run_chaos
@@ -51,7 +61,11 @@ __all__ = [
     "DEFAULT_CHANNELS",
     "ChaosPlan",
     "ChaosReport",
+    "Destination",
+    "KafkaDestination",
     "Leak",
+    "PostgresDestination",
+    "S3Destination",
     "SinkAudit",
     "StreamAudit",
     "count_log_events",

@@ -2,24 +2,35 @@
 
 The emulator runs in this process with seeded chaos (dropped and cut responses, 503s,
 stalls, unknown clients, token revocations, expired clients) while a publisher adds events
-at a steady rate across four channels and `sfstream run` (file sink, SQLite state) is
-SIGKILLed and restarted at random moments. The last run catches up and is stopped with
-SIGTERM. Then every published event must be in the sink exactly once, in replayId order
-per stream, with the checkpoints at the last replayIds and no secret in any output file.
-The work is done by the rest of this package (`bench.chaos`), which the CI test
+at a steady rate across four channels and `sfstream run` (SQLite state) is SIGKILLed and
+restarted at random moments. The last run catches up and is stopped with SIGTERM. Then
+every published event must be in the sink exactly once, in replayId order per stream (per
+partition for Kafka), with the checkpoints at the last replayIds and no secret in any output
+file. The work is done by the rest of this package (`bench.chaos`), which the CI test
 (`tests/bench/test_chaos.py`) uses too. Run it from the repository root:
 
     make chaos
+    make chaos CHAOS_ARGS="--sink kafka --events 20000 --duration 60 --kills 8"
     .venv/bin/python -m bench.chaos [--events 100000] [--duration 180] [--kills 20] [--seed 1]
+        [--sink file|kafka|postgres|s3]
 
-Prints a summary, writes bench/results/chaos.json, and exits 1 on any loss, duplicate,
-ordering violation, checkpoint violation, crash or leaked secret.
+`--sink` picks the sink: `file` (the default: a JSON lines file, audited as it grows),
+`kafka` (a Tansu broker started for the run, topics of the run's own prefix), `postgres`
+(a table of the run's own in the PostgreSQL at `--postgres-dsn`, dropped at the end unless
+`--workdir` is given) or `s3` (a bucket of the run's own on a moto server started for the
+run). A destination other than the file is read back from the start at the end, and asked
+what it holds after every kill (bench/servers.py starts the servers).
+
+Prints a summary, writes bench/results/chaos.json (chaos-<sink>.json for the other sinks),
+and exits 1 on any loss, duplicate, ordering violation, checkpoint violation, crash or
+leaked secret.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import sys
@@ -28,6 +39,13 @@ import time
 from pathlib import Path
 
 from bench.chaos import DEFAULT_CHANNELS, ChaosPlan, default_faults, run_chaos
+from bench.chaos.destinations import (
+    Destination,
+    KafkaDestination,
+    PostgresDestination,
+    S3Destination,
+)
+from bench.servers import POSTGRES_DSN, ServerError, Servers
 from sfstream_emulator import ChaosSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,10 +72,21 @@ def arguments() -> argparse.Namespace:
         "--no-faults", action="store_true", help="kills only, no emulator chaos (a baseline)"
     )
     parser.add_argument(
+        "--sink",
+        choices=("file", "kafka", "postgres", "s3"),
+        default="file",
+        help="where the connector writes (default: file)",
+    )
+    parser.add_argument(
+        "--postgres-dsn", default=POSTGRES_DSN, help="the database of --sink postgres"
+    )
+    parser.add_argument(
         "--workdir", type=Path, help="keep the run's files here (default: a temporary dir)"
     )
     parser.add_argument(
-        "--output", type=Path, default=RESULTS / "chaos.json", help="where the JSON goes"
+        "--output",
+        type=Path,
+        help="where the JSON goes (default: bench/results/chaos.json, chaos-<sink>.json)",
     )
     return parser.parse_args()
 
@@ -85,8 +114,42 @@ def faults(args: argparse.Namespace) -> ChaosSettings:
     return settings
 
 
+def destination(args: argparse.Namespace, servers: Servers) -> Destination | None:
+    """The destination of `--sink` on the servers started for it (None: the file sink)."""
+    if args.sink == "kafka":
+        assert servers.kafka is not None
+        return KafkaDestination(servers.kafka)
+    if args.sink == "postgres":
+        assert servers.postgres is not None
+        return PostgresDestination(servers.postgres, keep=args.workdir is not None)
+    if args.sink == "s3":
+        assert servers.s3 is not None
+        return S3Destination(servers.s3)
+    return None
+
+
 async def main() -> int:
     args = arguments()
+    if args.output is None:
+        name = "chaos.json" if args.sink == "file" else f"chaos-{args.sink}.json"
+        args.output = RESULTS / name
+    logs = Path(tempfile.mkdtemp(prefix="sfstream-chaos-servers-"))
+    kinds = [] if args.sink == "file" else [args.sink]
+    with contextlib.ExitStack() as stack:
+        try:
+            servers = stack.enter_context(Servers(kinds, logs, postgres_dsn=args.postgres_dsn))
+        except ServerError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return 2
+        code = await chaos(args, destination(args, servers))
+    if code == 0 or not kinds:
+        shutil.rmtree(logs, ignore_errors=True)
+    else:
+        print(f"the servers' logs: {logs}")
+    return code
+
+
+async def chaos(args: argparse.Namespace, target: Destination | None) -> int:
     scratch = None
     workdir = args.workdir
     if workdir is None:
@@ -102,6 +165,7 @@ async def main() -> int:
             channels=tuple(c.strip() for c in args.channels.split(",") if c.strip()),
             faults=faults(args),
             poll_timeout_s=args.poll_timeout,
+            destination=target,
         )
     except ValueError as exc:
         if scratch is not None:

@@ -10,11 +10,14 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sfstream.errors import ConfigError
 from sfstream.streams import ChannelKind, parse_channel
 from sfstream_emulator import ChaosSettings
+
+if TYPE_CHECKING:
+    from bench.chaos.destinations import Destination
 
 __all__ = [
     "BATCH_CHOICES",
@@ -111,6 +114,9 @@ class ChaosPlan:
         shutdown_timeout_s: the connector's `runtime.shutdown_timeout_s`, and how long the
             final SIGTERM may take.
         python: the interpreter that runs `python -m sfstream.cli run`.
+        destination: where the connector writes, read back at the end
+            (`bench.chaos.destinations`: Kafka, PostgreSQL, S3); None: the file sink, a file
+            in `workdir` read as it grows.
     """
 
     workdir: Path
@@ -124,6 +130,7 @@ class ChaosPlan:
     catch_up_timeout_s: float = 600.0
     shutdown_timeout_s: float = 20.0
     python: str = sys.executable
+    destination: Destination | None = None
 
     def __post_init__(self) -> None:
         if self.events < 1 or self.kills < 0 or self.duration_s <= 0:
@@ -132,6 +139,11 @@ class ChaosPlan:
             raise ValueError("at least one channel is required")
         for channel in self.channels:
             publisher_for(channel)  # raises ValueError for a channel it cannot feed
+
+    @property
+    def sink(self) -> str:
+        """The sink's type: `file`, `kafka`, `postgres` or `s3`."""
+        return "file" if self.destination is None else self.destination.name
 
     def fault_settings(self) -> ChaosSettings:
         return self.faults if self.faults is not None else default_faults(self.seed)

@@ -17,6 +17,8 @@ class ChaosReport:
     """Everything a chaos run measured; `failures` says what went wrong, if anything."""
 
     plan: dict[str, Any]
+    sink: dict[str, Any] = field(default_factory=lambda: {"type": "file"})
+    """The sink's type and where it wrote (a topic prefix, table, bucket...)."""
     streams: list[StreamAudit] = field(default_factory=list)
     kills: int = 0
     runs: int = 0
@@ -47,7 +49,15 @@ class ChaosReport:
     publish_s: float = 0.0
     catch_up_s: float = 0.0
     sink_bytes: int = 0
+    sink_messages: int = 0
+    """Messages read back from a destination other than the file (all types)."""
+    read_back_s: float = 0.0
+    """How long reading a destination other than the file back took."""
     workdir: str = ""
+
+    @property
+    def sink_type(self) -> str:
+        return str(self.sink.get("type", "file"))
 
     @property
     def published(self) -> int:
@@ -89,7 +99,8 @@ class ChaosReport:
         if unexpected:
             found.append(f"{unexpected} replayId(s) in the sink that were never published")
         if self.corrupt_lines:
-            found.append(f"{self.corrupt_lines} unreadable sink line(s)")
+            what = "line(s)" if self.sink_type == "file" else "message(s) or foreign object(s)"
+            found.append(f"{self.corrupt_lines} unreadable sink {what}")
         if self.gaps:
             found.append(f"{self.gaps} GAP message(s)")
         if self.truncations:
@@ -120,6 +131,7 @@ class ChaosReport:
         return {
             "ok": self.ok,
             "failures": self.failures(),
+            "sink": self.sink,
             "plan": self.plan,
             "events": {
                 "published": self.published,
@@ -159,8 +171,10 @@ class ChaosReport:
                 "wall_s": round(self.wall_s, 1),
                 "publish_s": round(self.publish_s, 1),
                 "catch_up_s": round(self.catch_up_s, 1),
+                **({"read_back_s": round(self.read_back_s, 1)} if self.sink_type != "file" else {}),
             },
             "sink_bytes": self.sink_bytes,
+            **({"sink_messages": self.sink_messages} if self.sink_type != "file" else {}),
             "machine": {
                 "python": platform.python_version(),
                 "platform": platform.platform(),
@@ -172,7 +186,15 @@ class ChaosReport:
         """A human-readable summary, one fact per line."""
         faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults_injected.items())) or "none"
         events = self.log_events
+        where = ", ".join(f"{k} {v}" for k, v in self.sink.items() if k != "type")
+        kind = self.sink_type
+        if kind == "file":
+            sink_recoveries = f"{events.get('sink.file.torn_tail_repaired', 0)} torn tails repaired"
+        else:
+            own = sorted((k, v) for k, v in events.items() if k.startswith(f"sink.{kind}."))
+            sink_recoveries = ", ".join(f"{v} {k}" for k, v in own) or f"no sink.{kind}.* event"
         lines = [
+            f"sink: {kind}" + (f" ({where})" if where else ""),
             f"published {self.published:,} events on {len(self.streams)} streams, "
             f"delivered {self.delivered:,}; lost {self.lost}, duplicates {self.duplicates}, "
             f"out of order {self.out_of_order}, gaps {self.gaps}",
@@ -183,7 +205,7 @@ class ChaosReport:
             f"connector recoveries: {self.reconnects} reconnects, "
             f"{events.get('reauthenticating', 0)} re-authentications, "
             f"{events.get('handshake', 0)} handshakes, "
-            f"{events.get('sink.file.torn_tail_repaired', 0)} torn tails repaired, "
+            f"{sink_recoveries}, "
             f"{events.get('sink_ahead_of_checkpoint', 0)} sink-ahead recoveries",
             f"checkpoints: {self.kill_checks} checks after kills, "
             f"{len(self.checkpoint_violations)} violations",
@@ -191,7 +213,8 @@ class ChaosReport:
             f"tokens) looked for in {self.files_scanned} files, {self.bytes_scanned:,} bytes; "
             f"{len(self.leaks)} found",
             f"wall time {self.wall_s:.1f} s (publishing {self.publish_s:.1f} s, "
-            f"catch-up {self.catch_up_s:.1f} s)",
+            f"catch-up {self.catch_up_s:.1f} s"
+            + (f", read-back {self.read_back_s:.1f} s)" if kind != "file" else ")"),
         ]
         lines.extend(
             f"  {s.stream}: published {s.published:,}, delivered {s.delivered:,}, "

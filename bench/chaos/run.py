@@ -2,7 +2,8 @@
 
 `run_chaos` starts the emulator with the plan's faults, publishes at a steady rate, runs
 `sfstream run` subprocesses that it SIGKILLs at the plan's moments, lets the last run catch
-up, stops it with SIGTERM, and hands the result to the audit (`bench.chaos.audit`).
+up, stops it with SIGTERM, and hands the result to the audit (`bench.chaos.audit`, or for a
+sink other than the file, the read-back of `bench.chaos.destinations`).
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ import yaml
 
 from bench.chaos.audit import (
     SinkAudit,
+    StreamAudit,
     count_log_events,
     load_checkpoints,
     output_files,
     scan_for_secrets,
 )
+from bench.chaos.destinations import DUMP_FILE, Holding
 from bench.chaos.plan import (
     BATCH_CHOICES,
     CONFIG_FILE,
@@ -49,6 +52,8 @@ from sfstream_emulator import Emulator, EmulatorSettings
 __all__ = ["run_chaos"]
 
 _POLL_S: Final = 0.25
+_DESTINATION_POLL_S: Final = 1.0
+"""How often the catch-up asks a destination other than the file what it holds."""
 
 
 class _Publisher:
@@ -103,6 +108,8 @@ class _Connector:
         self._document: dict[str, Any] = {}
         env = {k: v for k, v in os.environ.items() if not k.startswith("SFSTREAM_")}
         env["PYTHONUNBUFFERED"] = "1"
+        if plan.destination is not None:
+            env = plan.destination.connector_environment(env)
         self._env = env
 
     def configure(self, document: dict[str, Any]) -> None:
@@ -219,7 +226,16 @@ class _ChaosRun:
         )
         self.channels = {channel: stream_id(channel) for channel in plan.channels}
         self.audit = SinkAudit(plan.workdir / SINK_FILE, self.channels)
-        self.report = ChaosReport(plan=plan.describe(), workdir=str(plan.workdir))
+        """The file sink's incremental audit (unused for other sinks)."""
+        self.destination = plan.destination
+        sink = (
+            {"type": "file", "path": SINK_FILE}
+            if self.destination is None
+            else self.destination.describe()
+        )
+        self.report = ChaosReport(plan=plan.describe(), workdir=str(plan.workdir), sink=sink)
+        self.published: dict[str, list[int]] = {}
+        """The replayIds published per stream (filled once publishing ended)."""
         # Separate seeded generators, so that changing one aspect keeps the others.
         self.connector = _Connector(plan, random.Random(plan.seed + 1))
         kills = random.Random(plan.seed + 2)  # a schedule, not a secret
@@ -233,13 +249,25 @@ class _ChaosRun:
     async def run(self) -> ChaosReport:
         plan = self.plan
         _prepare(plan.workdir)
+        if self.destination is not None:
+            await self.destination.prepare(self.channels)
+        try:
+            await self._run()
+        finally:
+            if self.destination is not None:
+                await self.destination.close()
+        return self.report
+
+    async def _run(self) -> None:
+        plan = self.plan
         async with Emulator(self.settings) as emu:
             self.connector.configure(_connector_config(plan, emu, self.channels))
             emu.faults.start_chaos(plan.fault_settings())
             publisher = _Publisher(emu, plan, random.Random(plan.seed + 3))
             self.note(
                 f"emulator at {emu.url}; publishing {plan.events:,} events over "
-                f"{plan.duration_s:.0f} s on {len(self.channels)} channels; {plan.kills} kills"
+                f"{plan.duration_s:.0f} s on {len(self.channels)} channels; {plan.kills} kills; "
+                f"{plan.sink} sink"
             )
             publishing = asyncio.create_task(publisher.run(), name="chaos-publisher")
             try:
@@ -252,7 +280,6 @@ class _ChaosRun:
                 emu.faults.clear()
             self._collect(emu)
         await self._finish()
-        return self.report
 
     async def _drive(
         self, emu: Emulator, publisher: _Publisher, publishing: asyncio.Task[None]
@@ -267,10 +294,10 @@ class _ChaosRun:
             report.kills += 1
             if b'"run_started"' in connector.stderr.read_bytes():
                 report.kills_while_streaming += 1
-            self.audit.ingest()
-            await self._check_after_kill(number)
+            holding = await self._holding()
+            await self._check_after_kill(number, holding)
             self.note(
-                f"kill {number}/{plan.kills}: {self.audit.lines:,} sink lines, "
+                f"kill {number}/{plan.kills}: {self._progress(holding)}, "
                 f"{publisher.published:,} published"
             )
             await connector.start()
@@ -310,15 +337,28 @@ class _ChaosRun:
                 )
                 await self.connector.start()
 
-    async def _check_after_kill(self, number: int) -> None:
+    async def _holding(self) -> Holding:
+        """What the sink holds now: the file read further, or the destination asked."""
+        if self.destination is not None:
+            return await self.destination.held()
+        self.audit.ingest()
+        streams = self.audit.streams.values()
+        held = {s.stream: s.max_replay_id for s in streams if s.max_replay_id is not None}
+        return Holding(held, sum(s.records for s in streams))
+
+    def _progress(self, holding: Holding) -> str:
+        if self.destination is None:
+            return f"{self.audit.lines:,} sink lines"
+        return f"{holding.records:,} records in {self.destination.name}"
+
+    async def _check_after_kill(self, number: int, holding: Holding) -> None:
         """After a kill: no checkpoint may be ahead of what the sink holds."""
         state = self.plan.workdir / STATE_FILE
         if not state.exists():
             return
         self.report.kill_checks += 1
-        streams = self.audit.streams
         for stream, replay_id in (await load_checkpoints(state)).items():
-            held = streams[stream].max_replay_id if stream in streams else None
+            held = holding.max_replay_ids.get(stream)
             if held is None or replay_id > held:
                 self.report.checkpoint_violations.append(
                     f"after kill {number}: {stream} checkpoint {replay_id} is ahead of the "
@@ -330,24 +370,33 @@ class _ChaosRun:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.plan.catch_up_timeout_s
         shown = loop.time()
+        every_s = 0.5 if self.destination is None else _DESTINATION_POLL_S
         while True:
-            self.audit.ingest()
-            if self.audit.reached(last):
-                return True
+            if self.destination is None:
+                self.audit.ingest()
+                if self.audit.reached(last):
+                    return True
+            else:
+                holding = await self.destination.held()
+                if holding.reached(last):
+                    return True
             if loop.time() >= deadline:
                 return False
-            await self._run_until(loop.time() + 0.5)
+            await self._run_until(loop.time() + every_s)
             if loop.time() - shown >= 10:
                 shown = loop.time()
-                self.note(f"catching up: {self.audit.lines:,} sink lines")
+                self.note(f"catching up: {self._progress(await self._holding())}")
 
     def _collect(self, emu: Emulator) -> None:
         """What only the emulator knows: the published ids, the faults, the tokens."""
         report = self.report
         report.runs = self.connector.runs
-        self.audit.ingest()
         for channel, stream in self.channels.items():
-            self.audit.streams[stream].compare(_published_ids(emu, channel, self.plan.events + 1))
+            self.published[stream] = _published_ids(emu, channel, self.plan.events + 1)
+        if self.destination is None:
+            self.audit.ingest()
+            for stream, audit in self.audit.streams.items():
+                audit.compare(self.published[stream])
         report.faults_injected = dict(emu.faults.injected)
         report.emulator_stats = dict(emu.cometd.stats)
         report.access_tokens_issued = len(emu.tokens.access_tokens)
@@ -361,22 +410,18 @@ class _ChaosRun:
             self.secret_values[f"access_token[{index}]"] = token
 
     async def _finish(self) -> None:
-        """The final checkpoints, the logs and the secret scan."""
-        report, audit, workdir = self.report, self.audit, self.plan.workdir
+        """The read-back of a destination, the final checkpoints, the logs and the secret scan."""
+        report, workdir = self.report, self.plan.workdir
+        streams = await self._audit_streams()
         final = await load_checkpoints(workdir / STATE_FILE)
-        for stream in audit.streams.values():
+        for stream in streams.values():
             stream.checkpoint = final.get(stream.stream)
             if stream.checkpoint != stream.last_published:
                 report.checkpoint_violations.append(
                     f"{stream.stream}: final checkpoint {stream.checkpoint}, "
                     f"last published {stream.last_published}"
                 )
-        report.streams = list(audit.streams.values())
-        report.corrupt_lines = audit.corrupt_lines
-        report.gaps = audit.gaps
-        report.truncations = audit.truncations
-        report.unknown_streams = audit.unknown_streams
-        report.sink_bytes = audit.offset
+        report.streams = list(streams.values())
         events, report.tracebacks = count_log_events(self.connector.logs)
         report.log_events = dict(events)
         files = output_files(workdir)
@@ -386,6 +431,31 @@ class _ChaosRun:
             files, self.secret_values, root=workdir
         )
         report.wall_s = time.monotonic() - self.started
+
+    async def _audit_streams(self) -> dict[str, StreamAudit]:
+        """The per-stream audit: the file's, or a destination read back from the start."""
+        report = self.report
+        if self.destination is None:
+            audit = self.audit
+            report.corrupt_lines = audit.corrupt_lines
+            report.gaps = audit.gaps
+            report.truncations = audit.truncations
+            report.unknown_streams = audit.unknown_streams
+            report.sink_bytes = audit.offset
+            return audit.streams
+        self.note(f"reading {self.destination.name} back from the start")
+        started = time.monotonic()
+        back = await self.destination.read_back(self.plan.workdir / DUMP_FILE)
+        report.read_back_s = time.monotonic() - started
+        report.corrupt_lines = back.corrupt
+        report.gaps = back.gaps
+        report.unknown_streams = back.unknown_streams
+        report.sink_bytes = back.bytes
+        report.sink_messages = back.messages
+        for stream, audit in back.streams.items():
+            audit.compare(self.published[stream])
+        self.note(f"read back {back.messages:,} messages in {report.read_back_s:.1f} s")
+        return back.streams
 
 
 def _connector_config(
@@ -408,7 +478,11 @@ def _connector_config(
         "secrets": {"backend": "file", "file": SECRETS_FILE},
         "streams": [{"channel": c, "initial_replay": "earliest"} for c in channels],
         "state": {"path": STATE_FILE},
-        "sink": {"type": "file", "path": SINK_FILE},
+        "sink": (
+            {"type": "file", "path": SINK_FILE}
+            if plan.destination is None
+            else plan.destination.sink_settings()
+        ),
         "runtime": {"summary_interval_s": 10, "shutdown_timeout_s": plan.shutdown_timeout_s},
         "logging": {"format": "json", "level": "info"},
     }
