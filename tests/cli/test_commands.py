@@ -156,9 +156,9 @@ def test_manifest_check_catches_drift() -> None:
 
     text = manifest_text()
     assert check_manifest(text) == []
-    drifted = text.replace("sinks: [stdout, file, kafka, postgres, s3]", "sinks: [stdout, file, kinesis]").replace(
-        "sfstream.runners.aws_lambda:handler", "sfstream.runners.aws_lambda:nope"
-    )
+    drifted = text.replace(
+        "sinks: [stdout, file, kafka, postgres, s3]", "sinks: [stdout, file, kinesis]"
+    ).replace("sfstream.runners.aws_lambda:handler", "sfstream.runners.aws_lambda:nope")
     problems = check_manifest(drifted)
     assert any("sinks" in p for p in problems)
     assert any("aws_lambda" in p for p in problems)

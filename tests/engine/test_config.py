@@ -621,7 +621,9 @@ GOOD = {
         (
             "x",
             "sink:\n  colour: red\n",
-            "sink.colour: unknown field (sink has type, path, bootstrap_servers, topic, control_topic, producer, dsn, table, bucket, prefix, region, endpoint_url, compression)",
+            "sink.colour: unknown field (sink has type, path, bootstrap_servers, topic, "
+            "control_topic, producer, dsn, table, bucket, prefix, region, endpoint_url, "
+            "compression)",
         ),
         ("x", "snik:\n  path: x\n", "snik: unknown section (did you mean sink?)"),
         ("x", "sink:\n  type: file\n  path: 5\n", "sink.path: expected a file path, got 5"),
