@@ -726,6 +726,8 @@ class Pipeline:
                 async with self._sink_lock:
                     await self.sink.write(batch.messages, self._fence(owned))
             except LeaseLostError as exc:
+                if not set(owned) & set(exc.streams):
+                    raise  # not one of this batch's streams: nothing to drop and retry
                 self.telemetry.error(exc)
                 log.warning(
                     "write_fenced",
@@ -780,6 +782,8 @@ class Pipeline:
             try:
                 await self.state.commit(owned, times, fence=self._fence(owned))
             except LeaseLostError as exc:
+                if not owned.keys() & set(exc.streams):
+                    raise  # not one of this commit's streams: nothing to drop and retry
                 self.telemetry.error(exc)
                 log.warning(
                     "commit_fenced",
