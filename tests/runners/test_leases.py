@@ -459,6 +459,17 @@ async def test_sigterm_hands_the_streams_over_within_five_seconds(
             return len(found) == len(CHANNELS) and len(owners) == 2
 
         await wait_for(spread, 60, "the workers did not share the streams")
+
+        async def streaming(worker: Worker) -> bool:
+            """Every stream the worker holds a lease of is started (subscribed)."""
+            ids = worker.workers()
+            held = {s for s, lease in (await leases(shared)).items() if lease.owner in ids}
+            started = {
+                line["stream"] for line in worker.lines() if line["event"] == "stream_started"
+            }
+            return bool(held) and held <= started
+
+        await wait_for(lambda: streaming(first), 30, "the first worker did not start its streams")
         (survivor,) = second.workers()
         stopped_at = time.monotonic()
         code = await first.terminate()

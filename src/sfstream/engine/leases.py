@@ -406,6 +406,7 @@ class LeaseKeeper:
                 self.held.pop(stream, None)
             with contextlib.suppress(SfStreamError):
                 await self.store.release(tokens, self.worker)
+                log.info("leases_released", worker=self.worker, streams=sorted(tokens))
             self._report()
 
     def _report(self) -> None:
