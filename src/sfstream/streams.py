@@ -180,6 +180,9 @@ class StreamSpec(msgspec.Struct, frozen=True):
     max_silence_s: float | None = None
     """A stream known to be busy: resubscribed from its checkpoint when it receives nothing
     for this long (None: never)."""
+    on_gap_event: Literal["heal", "flag"] = "heal"
+    """Change events: read the records of a gap event back through REST (heal), or only
+    flag it."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -193,4 +196,5 @@ class StreamSpec(msgspec.Struct, frozen=True):
             "on_breaking_change": self.on_breaking_change,
             "source": self.source,
             "max_silence_s": self.max_silence_s,
+            "on_gap_event": self.on_gap_event,
         }

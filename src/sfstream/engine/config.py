@@ -91,6 +91,8 @@ class SalesforceConfig(_Frozen):
     refresh_token: SecretStr | None = None
     username: str | None = None
     password: SecretStr | None = None
+    private_key: SecretStr | None = None
+    """jwt_bearer: the PEM private key (RSA) whose certificate the connected app holds."""
     api_version: str = Field(default="62.0", pattern=r"^\d{2,3}\.\d$")
 
     @field_validator("login_url")
@@ -113,6 +115,7 @@ class SalesforceConfig(_Frozen):
                 "refresh_token": self.refresh_token,
                 "username": self.username,
                 "password": self.password,
+                "private_key": self.private_key,
             },
         )
         missing = tuple(name for name in missing if name not in unresolved)
@@ -190,6 +193,11 @@ class StreamConfig(_Frozen):
     """When Salesforce rejects the checkpoint as invalid or expired."""
     on_breaking_change: BreakingChange = "warn"
     """When the stream's schema changes in a way that breaks readers: log it, or stop."""
+    on_gap_event: Literal["heal", "flag"] = "heal"
+    """Change events: when Salesforce sends a gap event (`GAP_UPDATE`, `GAP_OVERFLOW`, ...)
+    instead of a change, read the named records (or the window's) back through REST and emit
+    them flagged `meta.healed` (heal), or only pass the gap event on, flagged `meta.gap`
+    (flag)."""
     max_silence_s: float | None = Field(default=None, gt=0)
     """For a stream known to be busy: when it receives nothing for this long, it is
     resubscribed from its checkpoint and reported (`stream_silent`, and
@@ -398,6 +406,8 @@ class BatchConfig(_Frozen):
 
 class RuntimeConfig(_Frozen):
     max_pending_events: int = Field(default=10_000, ge=10)
+    limits_interval_s: float = Field(default=300.0, ge=10.0, le=86400.0)
+    """How often the org's limits (`/limits`: the event delivery allocations) are read."""
     summary_interval_s: float = Field(default=60.0, gt=0)
     shutdown_timeout_s: float = Field(default=20.0, gt=0)
     startup_timeout_s: float | None = Field(default=None, gt=0)
@@ -512,6 +522,7 @@ class Config(_Frozen):
             self.salesforce.client_secret,
             self.salesforce.refresh_token,
             self.salesforce.password,
+            self.salesforce.private_key,
             self.state.dsn,
             self.sink.dsn,
             *(value for _, value in self.sink.producer if isinstance(value, SecretStr)),
@@ -828,6 +839,7 @@ _SECRET_FIELDS: Final = (
     "salesforce.client_secret",
     "salesforce.refresh_token",
     "salesforce.password",
+    "salesforce.private_key",
     "state.dsn",
     "sink.dsn",
 )
@@ -994,6 +1006,7 @@ _EXPECTED: Final[Mapping[str, str]] = MappingProxyType(
         "salesforce.refresh_token": _SECRET_TEXT,
         "salesforce.username": "a user name (text)",
         "salesforce.password": _SECRET_TEXT,
+        "salesforce.private_key": "a PEM private key (as a ${secret:NAME} reference)",
         "salesforce.api_version": "an API version as text (like '62.0', quoted)",
         "secrets.file": "a file path",
         "secrets.aws_secret_id": "the name or ARN of a secret (text)",
@@ -1036,6 +1049,7 @@ _EXPECTED: Final[Mapping[str, str]] = MappingProxyType(
         "runtime.shutdown_timeout_s": _SECONDS,
         "runtime.startup_timeout_s": f"{_SECONDS} (or no value, for no limit)",
         "runtime.connect_margin_s": _SECONDS,
+        "runtime.limits_interval_s": "a number of seconds from 10 to 86400",
         "observability.metrics_port": "a port number from 0 to 65535 (0: any free port)",
         "observability.metrics_host": "an address to listen on (like 0.0.0.0 or 127.0.0.1)",
         "observability.connect_grace_s": _SECONDS,

@@ -22,7 +22,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import msgspec
@@ -43,6 +43,7 @@ from sfstream.errors import (
 )
 from sfstream.observability.telemetry import BatchReport
 from sfstream.protocol import GapMessage, Message, Record, SchemaMessage, StateMessage
+from sfstream.salesforce.rest import RestClient
 from sfstream.schema.tracker import SchemaTracker, Tracked
 from sfstream.sinks.base import Sink
 from sfstream.state.base import Fence, Override, StateStore
@@ -149,10 +150,15 @@ class Pipeline:
         clock: Callable[[], float] = time.monotonic,
         schemas: SchemaTracker | None = None,
         keeper: LeaseKeeper | None = None,
+        rest: RestClient | None = None,
     ) -> None:
         self.specs = {spec.channel: spec for spec in specs}
         self._by_id = {spec.id: spec for spec in specs}
         self.keeper = keeper
+        self.rest = rest
+        """Reads gap events' records back (`on_gap_event: heal`); None: gaps are flagged."""
+        self._gap_seen = False
+        self._heal_fields: dict[str, list[str]] = {}
         self.client = client
         self.state = state
         self.sink = sink
@@ -173,16 +179,7 @@ class Pipeline:
             self._mappers: dict[str, tuple[StreamSpec, Mapper]] = dict(routes)
         else:
             self._mappers = {}
-        self._tokens: dict[str, int] = {}
-        """With leases: stream -> the token of the lease it is consumed under."""
-        self._deadlines: dict[str, float] = {}
-        """With leases: stream -> monotonic time its lease may have ended by."""
-        self._deadline = math.inf
-        """The earliest of `_deadlines`, checked once per chunk of events."""
-        self._halted: set[str] = set()
-        """Streams past their lease's deadline or fenced: no longer routed, being stopped."""
-        self._fenced: set[str] = set()
-        """Streams whose commit the store refused: their checkpoints are not committed."""
+        self._lease_state()
         self._sink_lock = asyncio.Lock()
         self._done_seq = -1
         """The highest batch sequence number written and committed."""
@@ -203,11 +200,25 @@ class Pipeline:
         self.backpressure = 0
         self._backpressure_logged = -_BACKPRESSURE_LOG_EVERY_S
 
+    def _lease_state(self) -> None:
+        """The state of the streams consumed under leases (empty without leases)."""
+        self._tokens: dict[str, int] = {}
+        """With leases: stream -> the token of the lease it is consumed under."""
+        self._deadlines: dict[str, float] = {}
+        """With leases: stream -> monotonic time its lease may have ended by."""
+        self._deadline = math.inf
+        """The earliest of `_deadlines`, checked once per chunk of events."""
+        self._halted: set[str] = set()
+        """Streams past their lease's deadline or fenced: no longer routed, being stopped."""
+        self._fenced: set[str] = set()
+        """Streams whose commit the store refused: their checkpoints are not committed."""
+
     def _gap_counter(self, stream: str) -> Callable[[str], None]:
         telemetry = self.telemetry
 
         def counted(change_type: str) -> None:
             telemetry.gap(stream, change_type.lower())
+            self._gap_seen = True  # `_consume` heals it, once the event's records are in
 
         return counted
 
@@ -490,8 +501,123 @@ class Pipeline:
                 else:
                     tracked = await self._track_schema(item)
             self._take_event(item, route, now, tracked)
+            if self._gap_seen:
+                self._gap_seen = False
+                await self._heal(route[0], item, now)
             if self._batch.records >= max_records:
                 await self._hand_over(self._flush())
+
+    async def _heal(self, spec: StreamSpec, event: Event, now: str) -> None:
+        """After a gap event's records: the named records' current values, read through
+        REST and flagged `meta.healed`, in the same batch (so the checkpoint cannot pass the
+        gap event before they are written). An overflow, or a wildcard id, is announced with
+        a GAP message, and the entity's records changed in its window are read instead."""
+        if spec.on_gap_event != "heal" or self.rest is None:
+            return
+        header = event.change_header()
+        entity = header.entityName
+        ids = [str(i) for i in header.recordIds] if isinstance(header.recordIds, list) else []
+        change_type = str(header.changeType)
+        replay_id = event.replay_id if event.replay_id is not None else 0
+        wildcard = change_type == "GAP_OVERFLOW" or any(i.endswith("*") for i in ids) or not ids
+        since = until = None
+        if wildcard:
+            since, until = self._overflow_window(spec, header.commitTimestamp)
+            self.telemetry.gap(spec.id, "gap_overflow_window")
+            self._append(
+                _overflow_note(
+                    spec,
+                    replay_id,
+                    change_type=change_type,
+                    entity=str(entity),
+                    ids=ids,
+                    since=since,
+                    until=until,
+                )
+            )
+        try:
+            healed = await self._read_back(str(entity), ids, since, until)
+        except SfStreamError as exc:
+            self.telemetry.error(exc)
+            log.error(  # noqa: TRY400 - the error's words say it all
+                "gap_heal_failed",
+                stream=spec.id,
+                channel=spec.channel,
+                replay_id=replay_id,
+                change_type=change_type,
+                record_ids=ids,
+                error=str(exc),
+                note="the gap event stays flagged meta.gap; resynchronize these records",
+            )
+            return
+        meta = {
+            "channel": spec.channel,
+            "entity": entity,
+            "change_type": change_type,
+            "commit_timestamp": header.commitTimestamp,
+            "healed": True,
+            "run_id": self.run_id,
+        }
+        records = [
+            Record(
+                spec.id,
+                record_id,
+                replay_id,
+                values,
+                {**meta, "deleted": values is None},
+                now,
+            )
+            for record_id, values in healed
+        ]
+        batch = self._batch
+        for record in records:
+            self._append(record)
+        batch.records += len(records)
+        self.stats[spec.id].emitted += len(records)
+        log.info(
+            "gap_healed",
+            stream=spec.id,
+            replay_id=replay_id,
+            change_type=change_type,
+            records=len(records),
+            deleted=sum(1 for _, values in healed if values is None),
+        )
+
+    async def _read_back(
+        self, entity: str, ids: list[str], since: datetime | None, until: datetime | None
+    ) -> list[tuple[str, dict[str, Any] | None]]:
+        """(record id, current values or None when deleted) of a gap's records."""
+        from sfstream.salesforce import heal
+
+        rest = self.rest
+        assert rest is not None
+        fields = self._heal_fields.get(entity)
+        if fields is None:
+            fields = self._heal_fields[entity] = await heal.readable_fields(rest, entity)
+        if since is None or until is None:
+            found = await heal.read_records(rest, entity, ids, fields)
+            return [(record_id, found.get(record_id)) for record_id in dict.fromkeys(ids)]
+        prefixes = [i[:-1] for i in ids if i.endswith("*")]
+        rows = await heal.read_window(
+            rest,
+            entity,
+            fields,
+            since=since,
+            until=until,
+            prefix=prefixes[0] if len(prefixes) == 1 else None,
+        )
+        return [(str(row.get("Id")), row) for row in rows]
+
+    def _overflow_window(
+        self, spec: StreamSpec, commit_timestamp: object
+    ) -> tuple[datetime, datetime]:
+        """The window an overflow's records changed in: from the stream's last record
+        written (or `_OVERFLOW_LOOKBACK` before the commit) to just after the commit."""
+        until = _moment(commit_timestamp) or datetime.now(UTC)
+        previous = self.stats[spec.id].last_written_time
+        if previous is not None and previous < until.timestamp():
+            return datetime.fromtimestamp(previous, UTC), until
+        return until - _OVERFLOW_LOOKBACK, until
 
     def _route(self, event: Event) -> tuple[StreamSpec, Mapper] | None:
         return self._mappers.get(event.channel) or self._mappers.get(
@@ -998,6 +1124,41 @@ class Pipeline:
             backpressure_waits=client.backpressure_waits,
             final=final,
         )
+
+
+_OVERFLOW_LOOKBACK: Final = timedelta(minutes=10)
+"""An overflow's window starts at the stream's last record written, or this long before the
+overflow's commit when there is none."""
+
+
+def _overflow_note(
+    spec: StreamSpec,
+    replay_id: int,
+    *,
+    change_type: str,
+    entity: str,
+    ids: list[str],
+    since: datetime,
+    until: datetime,
+) -> GapMessage:
+    """The GAP message of an overflow (or a gap event with a wildcard id)."""
+    return GapMessage(
+        spec.id,
+        "gap_overflow",
+        replay_id,
+        str(replay_id),
+        f"{change_type} for {entity} ({', '.join(ids) or 'no ids'}): Salesforce sent no "
+        f"change events for these records; the records of {entity} changed between "
+        f"{since.isoformat()} and {until.isoformat()} follow, flagged meta.healed",
+    )
+
+
+def _moment(commit_timestamp: object) -> datetime | None:
+    """A change event's `commitTimestamp` (epoch milliseconds) as a UTC time, a second after
+    it (records changed in the transaction carry SystemModstamps up to the commit)."""
+    if isinstance(commit_timestamp, bool) or not isinstance(commit_timestamp, int | float):
+        return None
+    return datetime.fromtimestamp(commit_timestamp / 1000 + 1, UTC)
 
 
 def _override_checkpoint(override: Override) -> int | None:
