@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from sfstream_emulator import __version__
 from sfstream_emulator.org import OrgError, load_org
 from sfstream_emulator.server import Emulator
-from sfstream_emulator.settings import EmulatorSettings
+from sfstream_emulator.settings import EmulatorSettings, check_certificate
 
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
@@ -107,6 +107,14 @@ EXIT_USAGE: Final = 2
     default=None,
     help="Password for the password grant [env SFSTREAM_EMULATOR_PASSWORD].",
 )
+@click.option(
+    "--jwt-certificate",
+    envvar="SFSTREAM_EMULATOR_JWT_CERTIFICATE",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM certificate of the connected app, for the JWT bearer grant "
+    "[env SFSTREAM_EMULATOR_JWT_CERTIFICATE].",
+)
 @click.option("--seed", default=None, type=int, help="Makes replay ids reproducible.")
 @click.option(
     "--access-log/--no-access-log",
@@ -129,6 +137,7 @@ def main(
     refresh_token: str | None,
     username: str | None,
     password: str | None,
+    jwt_certificate: Path | None,
     seed: int | None,
     access_log: bool,
 ) -> None:
@@ -143,6 +152,7 @@ def main(
         "refresh_token": refresh_token,
         "username": username,
         "password": password,
+        "jwt_certificate": _certificate(jwt_certificate),
     }
     try:
         settings = EmulatorSettings(
@@ -170,6 +180,17 @@ def main(
     except OSError as exc:
         click.echo(f"sfstream emulator: cannot listen on {host}:{port}: {exc.strerror}", err=True)
         sys.exit(EXIT_FAILURE)
+
+
+def _certificate(path: Path | None) -> str | None:
+    """The PEM text of `--jwt-certificate`; a usage error (never quoting the file) if not one."""
+    if path is None:
+        return None
+    try:
+        return check_certificate(path.read_text(errors="replace"))
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise click.BadParameter(f"{path}: {reason}", param_hint="'--jwt-certificate'") from None
 
 
 async def _serve(emu: Emulator, access_log: bool) -> None:

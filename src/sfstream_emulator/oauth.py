@@ -1,9 +1,15 @@
 """OAuth 2.0 as Salesforce's token endpoint speaks it.
 
 `POST /services/oauth2/token` takes a form-encoded body with `grant_type` `refresh_token`,
-`password` or `client_credentials`. The client secret may be in the body or in HTTP Basic
-auth. Success is the JSON Salesforce returns (no `expires_in`: an access token lives as long
-as the org's session timeout, here a setting). Failures are HTTP 400 with
+`password`, `client_credentials` or `urn:ietf:params:oauth:grant-type:jwt-bearer`. The client
+secret may be in the body or in HTTP Basic auth. A jwt-bearer request carries only its
+`assertion`: a JWT signed RS256 with the key of the connected app's certificate
+(`OAuthSettings.jwt_certificate`), checked as Salesforce checks it (see
+`TokenService._check_assertion`); PyJWT and cryptography (the `jwt` extra) are imported by the
+first such request.
+
+Success is the JSON Salesforce returns (no `expires_in`: an access token lives as long as the
+org's session timeout, here a setting). Failures are HTTP 400 with
 `{"error", "error_description"}` using Salesforce's codes and texts.
 
 An access token is its session: it lives `access_token_ttl_s` after issue, and each
@@ -25,6 +31,9 @@ from typing import Any, Final
 from sfstream_emulator.clock import Clock
 
 SCOPE: Final = "refresh_token api id"
+JWT_BEARER: Final = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+STANDARD_AUDIENCES: Final = ("https://login.salesforce.com", "https://test.salesforce.com")
+"""Audiences an assertion may name besides the emulator's own URL (its login URL)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +48,9 @@ class OAuthSettings:
     access_token_ttl_s: float = 7200.0
     rotate_refresh_tokens: bool = False
     require_client_secret: bool = True
+    jwt_certificate: str | None = None
+    """PEM X.509 certificate of the connected app: jwt-bearer assertions must be signed with
+    its key. None: the app has no certificate, and every assertion is refused."""
 
 
 @dataclass(slots=True)
@@ -50,7 +62,7 @@ class AccessToken:
     client_id: str
     revoked: bool = False
     grant: str | None = None
-    """The refresh-token grant it was issued from (None for password and client credentials)."""
+    """The refresh-token grant it was issued from (None for the other grants)."""
 
     def valid(self, now: float) -> bool:
         return not self.revoked and now < self.expires_at
@@ -112,6 +124,9 @@ class TokenService:
             OAuthError: for every refusal, with Salesforce's error code and description.
         """
         grant_type = form.get("grant_type", "")
+        if grant_type == JWT_BEARER:
+            # The assertion names the app (`iss`); no client secret, and no refresh token.
+            return self._issue(self._check_assertion(form.get("assertion", "")), None)
         if grant_type not in ("refresh_token", "password", "client_credentials"):
             raise _unsupported()
         client_id, client_secret = self._client_credentials(form, authorization)
@@ -135,6 +150,63 @@ class TokenService:
                 raise OAuthError("invalid_grant", "authentication failure")
             issue_refresh = None
         return self._issue(client_id, issue_refresh, grant)
+
+    def _check_assertion(self, assertion: str) -> str:
+        """The consumer key of a jwt-bearer assertion Salesforce would accept.
+
+        In Salesforce's order and words: an unknown `iss` is `invalid_client_id`; a JWT that
+        is malformed, not RS256 or not signed by the key of `jwt_certificate` is
+        `invalid assertion`; an `aud` other than the login URL (or login/test.salesforce.com)
+        `audience is invalid`; an `exp` missing or past (emulated time) `expired
+        authorization code`; a `sub` other than the user `user hasn't approved this consumer`.
+        """
+        jwt, public_key = self._jwt_verifier()
+        invalid = OAuthError("invalid_grant", "invalid assertion")
+        try:
+            header = jwt.get_unverified_header(assertion)
+            claims = jwt.decode(assertion, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise invalid from None
+        if claims.get("iss") != self.settings.client_id:
+            raise OAuthError("invalid_client_id", "client identifier invalid")
+        if header.get("alg") != "RS256" or public_key is None:
+            raise invalid
+        try:
+            jwt.decode(
+                assertion,
+                public_key,
+                algorithms=["RS256"],
+                options={"verify_exp": False, "verify_aud": False, "verify_iat": False},
+            )
+        except jwt.PyJWTError:
+            raise invalid from None
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        accepted = (self._base_url().rstrip("/"), *STANDARD_AUDIENCES)
+        if not any(isinstance(a, str) and a.rstrip("/") in accepted for a in audiences):
+            raise OAuthError("invalid_grant", "audience is invalid")
+        expiry = claims.get("exp")
+        if not isinstance(expiry, int | float) or expiry <= self.clock.now():
+            raise OAuthError("invalid_grant", "expired authorization code")
+        if claims.get("sub") != self.settings.username:
+            raise OAuthError("invalid_grant", "user hasn't approved this consumer")
+        return self.settings.client_id
+
+    def _jwt_verifier(self) -> tuple[Any, Any]:
+        """PyJWT and the certificate's public key (None without a certificate)."""
+        try:
+            import jwt
+            from cryptography.x509 import load_pem_x509_certificate
+        except ImportError:
+            raise OAuthError(
+                "unsupported_grant_type",
+                "the emulator needs PyJWT and cryptography for this grant: "
+                "pip install 'sfstream[jwt]'",
+            ) from None
+        pem = self.settings.jwt_certificate
+        if pem is None:
+            return jwt, None
+        return jwt, load_pem_x509_certificate(pem.encode()).public_key()
 
     def _client_credentials(
         self, form: Mapping[str, str], authorization: str | None

@@ -99,6 +99,7 @@ class Emulator:
                 access_token_ttl_s=s.access_token_ttl_s,
                 rotate_refresh_tokens=s.rotate_refresh_tokens,
                 require_client_secret=s.require_client_secret,
+                jwt_certificate=s.jwt_certificate,
             ),
             self.clock,
             spec.org_id,

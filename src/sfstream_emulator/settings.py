@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_CLIENT_ID: Final = "sfstream-emulator-client-id"
 DEFAULT_CLIENT_SECRET: Final = "sfstream-emulator-client-secret"  # noqa: S105 - documented
@@ -40,6 +40,9 @@ class EmulatorSettings(BaseModel):
     access_token_ttl_s: float = Field(default=7200.0, gt=0)
     rotate_refresh_tokens: bool = False
     require_client_secret: bool = True
+    jwt_certificate: str | None = None
+    """The connected app's X.509 certificate (PEM text): the jwt-bearer grant is accepted for
+    assertions signed with its key. None: every assertion is refused (`invalid assertion`)."""
 
     poll_timeout_s: float = Field(default=110.0, gt=0)
     """How long `/meta/connect` is held when no event is waiting."""
@@ -66,3 +69,29 @@ class EmulatorSettings(BaseModel):
     seed: int | None = None
     """Makes replay-id sequences reproducible."""
     api_version: str = "62.0"
+
+    @field_validator("jwt_certificate")
+    @classmethod
+    def _a_certificate(cls, value: str | None) -> str | None:
+        return None if value is None else check_certificate(value)
+
+
+def check_certificate(pem: str) -> str:
+    """`pem` if it is a PEM X.509 certificate.
+
+    Raises:
+        ValueError: it is not (the message never quotes it), or cryptography is missing.
+    """
+    try:
+        from cryptography.x509 import load_pem_x509_certificate
+    except ImportError:
+        raise ValueError(
+            "a JWT certificate needs cryptography: pip install 'sfstream[jwt]'"
+        ) from None
+    try:
+        load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        raise ValueError(
+            "jwt_certificate is not a PEM certificate ('-----BEGIN CERTIFICATE-----' ...)"
+        ) from None
+    return pem

@@ -28,8 +28,10 @@ COMPLETE: dict[str, Any] = {
     "refresh_token": "the-refresh-token",
     "username": "integration@example.com",
     "password": "the-password",
+    # Not parsed until a token is requested (tests/auth/test_jwt_bearer.py signs with real keys).
+    "private_key": "-----BEGIN PRIVATE KEY-----\nnot-a-real-key\n-----END PRIVATE KEY-----",
 }
-SECRET_FIELDS = ("client_secret", "refresh_token", "password")
+SECRET_FIELDS = ("client_secret", "refresh_token", "password", "private_key")
 CASES = [(grant, name) for grant, needs in GRANT_REQUIREMENTS.items() for name in needs]
 
 
@@ -38,6 +40,7 @@ def test_the_rule_covers_every_grant_type() -> None:
     assert required_for_grant("refresh_token") == ("refresh_token",)
     assert required_for_grant("password") == ("username", "password")
     assert required_for_grant("client_credentials") == ("client_secret",)
+    assert required_for_grant("jwt_bearer") == ("username", "private_key")
     with pytest.raises(ValueError, match="unknown grant type 'implicit'"):
         required_for_grant("implicit")
 
@@ -58,7 +61,7 @@ def test_missing_counts_absent_none_and_empty_and_never_returns_values() -> None
 
 
 def _credentials(grant: str, **values: Any) -> OAuthCredentials:
-    secrets = {
+    secrets: dict[str, Any] = {
         k: SecretStr(v) if k in SECRET_FIELDS and v is not None else v for k, v in values.items()
     }
     return OAuthCredentials(

@@ -205,10 +205,11 @@ GRANT_ERRORS: list[tuple[dict[str, str], str, str]] = [
     ({"client_id": "someone-else"}, "invalid_client_id", "client identifier invalid"),
     ({"client_id": ""}, "invalid_client_id", "client identifier invalid"),
     ({"grant_type": "authorization_code"}, "unsupported_grant_type", "grant type not supported"),
+    # Supported, but a refresh-token form carries no assertion (tests/emulator/test_oauth_jwt.py).
     (
         {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer"},
-        "unsupported_grant_type",
-        "grant type not supported",
+        "invalid_grant",
+        "invalid assertion",
     ),
     ({"grant_type": ""}, "unsupported_grant_type", "grant type not supported"),
 ]

@@ -14,8 +14,8 @@ from typing import Final, Literal, get_args
 
 from pydantic import SecretStr
 
-GrantType = Literal["refresh_token", "password", "client_credentials"]
-CredentialField = Literal["client_secret", "refresh_token", "username", "password"]
+GrantType = Literal["refresh_token", "password", "client_credentials", "jwt_bearer"]
+CredentialField = Literal["client_secret", "refresh_token", "username", "password", "private_key"]
 
 GRANT_TYPES: Final[tuple[GrantType, ...]] = get_args(GrantType)
 """Every grant type sfstream can log in with."""
@@ -25,6 +25,7 @@ GRANT_REQUIREMENTS: Final[Mapping[GrantType, tuple[CredentialField, ...]]] = Map
         "refresh_token": ("refresh_token",),
         "password": ("username", "password"),
         "client_credentials": ("client_secret",),
+        "jwt_bearer": ("username", "private_key"),
     }
 )
 """Grant type -> the credentials it cannot do without. The client id is always needed; the

@@ -10,15 +10,21 @@ with a new refresh token and invalidates the one sent: the provider switches to 
 for every later refresh and hands it to `on_refresh_token_rotated`, which stores it where the
 next start will read it (`sfstream.runners.wiring`).
 
+The jwt_bearer grant has no refresh token: each token request carries a new assertion, a
+JWT signed (RS256) with the private key whose certificate the connected app holds, valid for
+`JWT_LIFETIME_S`. PyJWT and cryptography (the `jwt` extra) are imported by the first such
+request only.
+
 Secrets stay in `SecretStr` until the moment they go into the request body; no `repr`,
-message or log line carries them.
+message or log line carries them, nor the signed assertion.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import msgspec
@@ -36,10 +42,19 @@ from sfstream.errors import (
 )
 from sfstream.netfail import network_error
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
 log = structlog.get_logger("sfstream.auth")
 
 RefreshTokenRotated = Callable[[SecretStr], Awaitable[None]]
 """Called with the new refresh token after Salesforce rotated it (the old one is dead)."""
+
+JWT_BEARER_GRANT: Final = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+"""The `grant_type` form value of the jwt_bearer grant (RFC 7523)."""
+JWT_LIFETIME_S: Final = 180
+"""How long an assertion is valid: Salesforce wants `exp` at most 3 minutes ahead."""
+_JWT_EXTRA: Final = "the jwt_bearer grant needs PyJWT and cryptography: pip install 'sfstream[jwt]'"
 
 
 class OAuthCredentials(msgspec.Struct, frozen=True):
@@ -47,7 +62,10 @@ class OAuthCredentials(msgspec.Struct, frozen=True):
 
     Attributes:
         login_url: `https://login.salesforce.com`, `https://test.salesforce.com` or the org's
-            My Domain URL (required for client_credentials).
+            My Domain URL (required for client_credentials); for jwt_bearer, also the
+            assertion's audience (`aud`).
+        private_key: jwt_bearer: the PEM RSA private key whose certificate the connected app
+            holds (line breaks may be written as `\\n`).
     """
 
     login_url: str
@@ -57,6 +75,7 @@ class OAuthCredentials(msgspec.Struct, frozen=True):
     refresh_token: SecretStr | None = None
     username: str | None = None
     password: SecretStr | None = None
+    private_key: SecretStr | None = None
 
     def __post_init__(self) -> None:
         if not self.login_url.startswith(("https://", "http://")):
@@ -69,6 +88,7 @@ class OAuthCredentials(msgspec.Struct, frozen=True):
                     "refresh_token": self.refresh_token,
                     "username": self.username,
                     "password": self.password,
+                    "private_key": self.private_key,
                 },
             )
         except ValueError as exc:
@@ -147,7 +167,40 @@ _REAUTHORIZE = (
 )
 
 
+def _jwt_refused(error: str, description: str) -> AuthenticationError:
+    """The refusal of an assertion, with what to change (Salesforce's descriptions)."""
+    said = description.lower()
+    if error in ("invalid_client", "invalid_client_id"):
+        advice = (
+            "Salesforce does not know the connected app; check salesforce.client_id (the "
+            "consumer key of the app that holds the certificate)"
+        )
+    elif "assertion" in said or "signature" in said:
+        advice = "the certificate of the connected app does not match salesforce.private_key"
+    elif "approved" in said:
+        advice = (
+            "salesforce.username is not pre-authorized for the connected app; set its policy "
+            "to 'Admin approved users are pre-authorized' and give the user's profile or a "
+            "permission set access to it"
+        )
+    elif "audience" in said:
+        advice = (
+            "the audience is salesforce.login_url; use https://login.salesforce.com, "
+            "https://test.salesforce.com (a sandbox) or the org's My Domain or site URL"
+        )
+    elif "expired" in said:
+        advice = (
+            "the assertion had expired when Salesforce read it; check that this machine's clock "
+            "is right (NTP)"
+        )
+    else:
+        advice = "check salesforce.client_id, salesforce.username and salesforce.private_key"
+    return AuthenticationError(f"the JWT was refused: {advice} ({error}: {description})")
+
+
 def _refused(error: str, description: str, creds: OAuthCredentials) -> AuthenticationError:
+    if creds.grant_type == "jwt_bearer":
+        return _jwt_refused(error, description)
     if error == "invalid_grant" and creds.grant_type == "refresh_token":
         return AuthenticationError(
             f"Salesforce refused the refresh token ({error}: {description}). {_REAUTHORIZE}"
@@ -165,14 +218,91 @@ def _refused(error: str, description: str, creds: OAuthCredentials) -> Authentic
     return AuthenticationError(f"Salesforce refused the token request ({error}: {description})")
 
 
-def token_flow(creds: OAuthCredentials) -> Generator[TokenRequest, TokenResponse, AccessToken]:
-    """One token exchange: yields the request, receives the response, returns the token.
+def _signing_key(private_key: SecretStr) -> RSAPrivateKey:
+    """The RSA key in `private_key` (PEM, PKCS#8 or PKCS#1, unencrypted).
 
     Raises:
+        ConfigError: cryptography is missing, or the key is not a usable RSA key; the
+            message never shows the key.
+    """
+    try:
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    except ImportError:
+        raise ConfigError(_JWT_EXTRA) from None
+    pem = private_key.get_secret_value().strip()
+    if "\\n" in pem and "\n" not in pem:
+        pem = pem.replace("\\n", "\n")  # a one-line value (`NAME=value` file, env variable)
+    # `from None` throughout: cryptography's own error is of no use to the reader, and
+    # nothing derived from the key may reach a traceback.
+    try:
+        key = load_pem_private_key(pem.encode(), password=None)
+    except TypeError:
+        raise ConfigError(
+            "salesforce.private_key is encrypted; store it without a passphrase (the secrets "
+            "store protects it)"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ConfigError(
+            "salesforce.private_key is not a PEM private key: expected the text from "
+            "'-----BEGIN PRIVATE KEY-----' (or '-----BEGIN RSA PRIVATE KEY-----') to the "
+            "matching END line"
+        ) from None
+    if not isinstance(key, RSAPrivateKey):
+        raise ConfigError(
+            "salesforce.private_key is not an RSA key; Salesforce checks an RS256 signature "
+            "against the connected app's certificate"
+        )
+    return key
+
+
+def jwt_assertion(creds: OAuthCredentials, now: float) -> str:
+    """The signed JWT of the jwt_bearer grant, valid `JWT_LIFETIME_S` from `now`.
+
+    Claims as Salesforce reads them: `iss` the consumer key, `sub` the username, `aud` the
+    login URL, `exp` in seconds since the epoch.
+
+    Raises:
+        ConfigError: PyJWT or cryptography is missing, or the private key is unusable.
+    """
+    try:
+        import jwt
+    except ImportError:
+        raise ConfigError(_JWT_EXTRA) from None
+    if creds.private_key is None or not creds.username:  # checked by __post_init__
+        raise ConfigError(grant_needs_message("jwt_bearer", ("username", "private_key")))
+    key = _signing_key(creds.private_key)
+    claims = {
+        "iss": creds.client_id,
+        "sub": creds.username,
+        "aud": creds.login_url.rstrip("/"),
+        "exp": int(now) + JWT_LIFETIME_S,
+    }
+    return jwt.encode(claims, key, algorithm="RS256")
+
+
+def token_flow(
+    creds: OAuthCredentials, *, clock: Callable[[], float] = time.time
+) -> Generator[TokenRequest, TokenResponse, AccessToken]:
+    """One token exchange: yields the request, receives the response, returns the token.
+
+    Args:
+        creds: the grant.
+        clock: seconds since the epoch, read once for the jwt_bearer assertion's `exp`.
+
+    Raises:
+        ConfigError: jwt_bearer only: the `jwt` extra is missing or the key is unusable.
         AuthenticationError: the credentials are refused (terminal).
         TransportError: 5xx or 429 (retryable).
         ProtocolError: the endpoint answered something that is not a token response.
     """
+    url = creds.login_url.rstrip("/") + "/services/oauth2/token"
+    if creds.grant_type == "jwt_bearer":
+        # Only the assertion: it names the connected app (`iss`); no client secret is sent.
+        assertion = jwt_assertion(creds, clock())
+        response = yield TokenRequest(url, {"grant_type": JWT_BEARER_GRANT, "assertion": assertion})
+        return parse_token_response(response, creds)
     form: dict[str, str] = {"grant_type": creds.grant_type, "client_id": creds.client_id}
     if creds.client_secret is not None:
         form["client_secret"] = creds.client_secret.get_secret_value()
@@ -181,7 +311,6 @@ def token_flow(creds: OAuthCredentials) -> Generator[TokenRequest, TokenResponse
     if creds.grant_type == "password" and creds.username and creds.password is not None:
         form["username"] = creds.username
         form["password"] = creds.password.get_secret_value()
-    url = creds.login_url.rstrip("/") + "/services/oauth2/token"
     response = yield TokenRequest(url, form)
     return parse_token_response(response, creds)
 
@@ -224,6 +353,7 @@ class TokenProvider:
         credentials: the grant to use.
         http: the aiohttp session to send token requests with.
         timeout_s: per token request, and for `on_refresh_token_rotated`.
+        clock: seconds since the epoch (the jwt_bearer assertion's expiry).
         on_refresh_token_rotated: awaited with the new refresh token each time Salesforce
             rotates it, before the refresh returns; it should store the token where the next
             start reads it. It failing (or taking longer than `timeout_s`) does not fail the
@@ -239,6 +369,7 @@ class TokenProvider:
         proxy: str | None = None,
         *,
         on_refresh_token_rotated: RefreshTokenRotated | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.credentials = credentials
         """The grant in use; its refresh token is replaced when Salesforce rotates it."""
@@ -246,6 +377,7 @@ class TokenProvider:
         self._timeout_s = timeout_s
         self._proxy = proxy
         self._on_rotated = on_refresh_token_rotated
+        self._clock = clock
         self._token: AccessToken | None = None
         self._lock = asyncio.Lock()
         self.refreshes = 0
@@ -273,7 +405,8 @@ class TokenProvider:
             current = self._token
             if current is not None and current is not stale:
                 return current
-            token = await self._run(token_flow(self.credentials))
+            # jwt_bearer: a new assertion each time (there is no refresh token).
+            token = await self._run(token_flow(self.credentials, clock=self._clock))
             self._token = token
             rotated = self._rotated(token)
             if rotated is not None:

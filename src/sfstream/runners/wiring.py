@@ -67,6 +67,7 @@ def credentials_of(config: Config) -> OAuthCredentials:
         refresh_token=_ROTATED.get(config, sf.refresh_token),
         username=sf.username,
         password=sf.password,
+        private_key=sf.private_key,
     )
 
 
