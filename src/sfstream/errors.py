@@ -208,7 +208,11 @@ class PermissionDeniedError(SubscriptionError):
 
 
 class AllocationExceededError(TerminalError):
-    """The org's daily event delivery allocation is spent."""
+    """The org's daily event delivery allocation is spent.
+
+    The streaming client normally waits for the allocation's reset, probing hourly
+    (`ClientSettings.allocation_probe_s`), and resumes; this is raised, ending the stream,
+    only when probing is off."""
 
 
 class AllSubscriptionsLostError(TerminalError):

@@ -53,8 +53,11 @@ class Allocation:
     window_start: float = 0.0
 
     def roll(self, now: float) -> None:
-        if now - self.window_start >= self.period_s:
-            self.window_start = now
+        """Start a new period at the period boundary of the emulator's clock (periods are
+        counted from the emulator's start, so advancing the clock a day always resets)."""
+        elapsed = now - self.window_start
+        if elapsed >= self.period_s:
+            self.window_start += (elapsed // self.period_s) * self.period_s
             self.used = 0
 
     def remaining(self, now: float) -> int | None:

@@ -271,20 +271,24 @@ async def test_run_refuses_a_key_field_the_event_lacks_with_checks_words(
     assert not (tmp_path / "records.jsonl").exists()
 
 
-async def test_run_refuses_an_entity_without_change_data_capture(
+async def test_check_fails_an_entity_without_change_data_capture_and_run_warns(
     sfstream_emulator: Emulator, make_config: MakeConfig, tmp_path: Path
 ) -> None:
+    """`check` is the gate before a deployment: it fails the stream. `run` logs a warning
+    in the same words and streams on: selecting the entity is an admin's step in Setup, and
+    the stream delivers once it is done."""
     await make_config(sfstream_emulator, [{"channel": "/data/CaseChangeEvent"}], logging=JSON_LOGS)
     config = tmp_path / "sfstream.yaml"
     code, out, _ = await sfstream("check", "--config", str(config))
     assert code == 1
     (fail,) = [line for line in out.splitlines() if line.startswith("FAIL")]
+    assert "change events are not enabled for Case" in fail
     log = tmp_path / "run.log"
-    code = await run_until_it_ends(config, log)
-    assert code == 1, log.read_text()
-    (failed,) = [line for line in log_lines(log) if line["event"] == "run_failed"]
-    assert failed["error"] == fail.removeprefix("FAIL  ")
-    assert "change events are not enabled for Case" in failed["error"]
+    assert await run_until_streaming(config, log) == 0
+    (warned,) = [line for line in log_lines(log) if line["event"] == "stream_not_selected"]
+    assert warned["level"] == "warning"
+    assert fail.endswith(warned["warning"])
+    assert not [line for line in log_lines(log) if line["event"] == "run_failed"]
 
 
 async def test_a_key_field_on_a_change_event_stream_is_a_warning_in_check_and_run(
@@ -348,13 +352,13 @@ async def test_with_on_subscription_lost_continue_a_failing_stream_is_logged_and
     (fail,) = [line for line in out.splitlines() if line.startswith("FAIL")]
     log = tmp_path / "run.log"
     assert await run_until_streaming(config, log) == 0
-    (logged,) = [line for line in log_lines(log) if line["event"] == "stream_check_failed"]
-    assert logged["level"] == "error"
+    (logged,) = [line for line in log_lines(log) if line["event"] == "stream_not_selected"]
+    assert logged["level"] == "warning"
     assert (logged["stream"], logged["channel"]) == (
         "sf.event.case_changes",
         "/data/CaseChangeEvent",
     )
-    assert logged["error"] == fail.removeprefix("FAIL  ")
+    assert fail.endswith(logged["warning"])
 
 
 async def test_a_channel_salesforce_refuses_is_logged_then_left_to_its_subscription(

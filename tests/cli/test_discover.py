@@ -102,3 +102,44 @@ async def test_discover_with_schemas_names_a_stream_whose_schema_is_unavailable(
     assert code == 1
     (row,) = [r for r in out.splitlines() if r.startswith("sf.event.nope")]
     assert "unavailable:" in row
+
+
+async def test_discover_marks_streams_whose_change_events_are_not_selected(
+    sfstream_emulator: Emulator, make_config: MakeConfig, tmp_path: Path
+) -> None:
+    streams = [
+        {"channel": "/data/CaseChangeEvent"},
+        {"channel": "/event/Order_Placed__e"},
+    ]
+    await make_config(sfstream_emulator, streams, discovery={"mode": "metadata"})
+    path = str(tmp_path / "sfstream.yaml")
+    code, out, err = await sfstream("discover", "--json", "--config", path)
+    assert code == 0, err
+    selected = {s["channel"]: s["cdc_selected"] for s in orjson.loads(out)["streams"]}
+    assert selected["/data/CaseChangeEvent"] is False
+    assert selected["/data/AccountChangeEvent"] is True
+    assert selected["/data/SalesEvents__chn"] is True
+    assert selected["/event/Order_Placed__e"] is None
+
+    code, out, _ = await sfstream("discover", "--config", path)
+    assert code == 0
+    notes = [line for line in out.splitlines() if line.startswith("not selected:")]
+    assert notes == [
+        "not selected: sf.event.case_changes (/data/CaseChangeEvent) stays empty until Case "
+        "is selected in Setup > Change Data Capture"
+    ]
+
+
+async def test_discover_from_the_configuration_alone_does_not_know_the_selection(
+    sfstream_emulator: Emulator, make_config: MakeConfig, tmp_path: Path
+) -> None:
+    await make_config(sfstream_emulator, [{"channel": "/data/CaseChangeEvent"}])
+    path = str(tmp_path / "sfstream.yaml")
+    code, out, err = await sfstream("discover", "--json", "--config", path)
+    assert code == 0, err
+    (stream,) = orjson.loads(out)["streams"]
+    assert stream["cdc_selected"] is None
+    # Asked for schemas, it asks the org, and learns it.
+    code, out, _ = await sfstream("discover", "--with-schemas", "--json", "--config", path)
+    (stream,) = orjson.loads(out)["streams"]
+    assert stream["cdc_selected"] is False

@@ -309,15 +309,17 @@ async def test_a_subscription_lost_later_is_reported_in_the_stream(
     assert names(items) == ["after"]
 
 
-async def test_allocation_exhaustion_ends_the_stream_with_a_terminal_error(
-    sfstream_emulator: Emulator, client: StreamingClient
+async def test_allocation_exhaustion_without_probing_ends_the_stream_with_a_terminal_error(
+    sfstream_emulator: Emulator,
 ) -> None:
-    await client.subscribe(CHANNEL, -1)
-    allocation = sfstream_emulator.runtime.allocations.event_deliveries
-    allocation.maximum = allocation.used + 1
-    create(sfstream_emulator, "last", "over")
-    with pytest.raises(AllocationExceededError):
-        await collect(client, 2)
+    settings = msgspec.structs.replace(FAST, allocation_probe_s=None)
+    async with StreamingClient(credentials(sfstream_emulator), settings) as client:
+        await client.subscribe(CHANNEL, -1)
+        allocation = sfstream_emulator.runtime.allocations.event_deliveries
+        allocation.maximum = allocation.used + 1
+        create(sfstream_emulator, "last", "over")
+        with pytest.raises(AllocationExceededError):
+            await collect(client, 2)
 
 
 async def test_bad_refresh_token_is_terminal_with_advice(sfstream_emulator: Emulator) -> None:

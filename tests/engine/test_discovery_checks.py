@@ -4,6 +4,9 @@ warning, how collisions are worded, how little of the org is read, and key field
 
 from __future__ import annotations
 
+import asyncio
+import signal
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,6 +19,8 @@ from sfstream.auth import OAuthCredentials, TokenProvider
 from sfstream.bayeux import Event
 from sfstream.engine.config import StreamConfig
 from sfstream.engine.discovery import (
+    OrgMetadata,
+    cdc_selected,
     check_streams,
     read_metadata,
     spec_from_config,
@@ -25,8 +30,11 @@ from sfstream.engine.discovery import (
 from sfstream.engine.records import mapper_for
 from sfstream.errors import ConfigError
 from sfstream.salesforce.rest import RestClient
-from sfstream_emulator import Emulator
+from sfstream_emulator import Emulator, EmulatorSettings, load_org
+from sfstream_emulator.org import EventChannelDef
+from tests.cli.test_check import JSON_LOGS, log_lines
 from tests.conftest import MakeConfig
+from tests.runners.process import start_run
 
 
 class Session:
@@ -124,6 +132,74 @@ async def test_what_would_stay_empty_is_an_error_unless_discovery_found_the_stre
     assert as_discovered.severity == "warning"
     assert as_discovered.message == as_configured.message
     assert "change events are not enabled for Case" in as_configured.message
+    # An admin's step, which `run` reports and goes on with (see `Connector._validate`).
+    assert as_configured.unselected
+    assert not as_configured.refused
+    assert as_configured.entity == "Case"
+    assert as_configured.action == (
+        "select Case in Setup > Change Data Capture; the stream delivers once it is"
+    )
+
+
+async def test_nothing_selected_on_the_standard_channel_is_unselected(
+    sfstream_emulator: Emulator, make_config: MakeConfig
+) -> None:
+    emu = sfstream_emulator
+    for entity in ("Account", "Contact", "Opportunity", "Employee__c"):
+        emu.select_change_events(entity, False)
+    config = await make_config(emu, [{"channel": "/data/ChangeEvents"}])
+    async with aiohttp.ClientSession() as http:
+        specs, problems = await validate_streams(config, rest_client(emu, http))
+    (problem,) = problems
+    assert problem.unselected
+    assert problem.entity is None
+    assert "no entity is selected for change events" in problem.message
+    assert problem.action is not None
+    assert "Setup > Change Data Capture" in problem.action
+    assert cdc_selected(specs[0], await _metadata(emu)) is False
+
+
+async def _metadata(emu: Emulator) -> OrgMetadata:
+    async with aiohttp.ClientSession() as http:
+        return await read_metadata(rest_client(emu, http))
+
+
+async def test_a_custom_channel_is_checked_through_its_members(
+    make_config: MakeConfig, sfstream_emulator_settings: EmulatorSettings
+) -> None:
+    org = load_org(None)
+    org.channels.append(EventChannelDef(name="Empty__chn", members=[]))
+    async with Emulator(sfstream_emulator_settings, org=org) as emu:
+        config = await make_config(
+            emu,
+            [
+                {"channel": "/data/SalesEvents__chn"},
+                {"channel": "/data/Empty__chn"},
+                {"channel": "/data/Missing__chn"},
+            ],
+        )
+        async with aiohttp.ClientSession() as http:
+            specs, problems = await validate_streams(config, rest_client(emu, http))
+        metadata = await _metadata(emu)
+    found = {p.channel: p for p in problems}
+    assert set(found) == {"/data/Empty__chn", "/data/Missing__chn"}
+    empty = found["/data/Empty__chn"]
+    assert empty.unselected
+    assert not empty.refused
+    assert empty.message.startswith("no entity is selected on custom channel Empty__chn")
+    assert empty.action == (
+        "add members to Empty__chn (PlatformEventChannelMember, Tooling or Metadata API)"
+    )
+    # A channel that does not exist is Salesforce's to refuse, in its own words.
+    missing = found["/data/Missing__chn"]
+    assert (missing.refused, missing.unselected) == (True, False)
+    assert missing.message == "custom channel Missing__chn does not exist"
+    by_channel = {spec.channel: spec for spec in specs}
+    assert cdc_selected(by_channel["/data/SalesEvents__chn"], metadata) is True
+    assert cdc_selected(by_channel["/data/Empty__chn"], metadata) is False
+    # Opportunity is on SalesEvents__chn only: its own channel still carries its events.
+    opportunity = spec_from_config(StreamConfig(channel="/data/OpportunityChangeEvent"))
+    assert cdc_selected(opportunity, metadata) is True
 
 
 # -- the start-up validation -----------------------------------------------------------------
@@ -160,10 +236,12 @@ async def test_metadata_discovery_reads_the_org_once_for_discovery_and_checks(
         specs, problems = await validate_streams(config, rest_client(sfstream_emulator, http))
     assert "/data/AccountChangeEvent" in {s.channel for s in specs}
     assert problems == []
+    # PushTopic, StreamingChannel; describe global; channel members and custom channels.
     assert sorted(counted.rest_paths()) == [
         "v62.0/query/",
         "v62.0/query/",
         "v62.0/sobjects/",
+        "v62.0/tooling/query/",
         "v62.0/tooling/query/",
     ]
 
@@ -182,6 +260,55 @@ async def test_a_collision_among_configured_streams_is_found_before_any_request(
         with pytest.raises(ConfigError):
             await validate_streams(config, rest_client(sfstream_emulator, http))
     assert counted.paths == []
+
+
+async def test_a_run_warns_of_an_unselected_entity_and_streams_it_once_selected(
+    sfstream_emulator: Emulator, make_config: MakeConfig, tmp_path: Path
+) -> None:
+    emu = sfstream_emulator
+    config = await make_config(
+        emu,
+        [{"channel": "/data/AccountChangeEvent"}, {"channel": "/data/CaseChangeEvent"}],
+        logging=JSON_LOGS,
+    )
+    log = tmp_path / "run.log"
+    process = await start_run(tmp_path / "sfstream.yaml", log)
+    try:
+        async with asyncio.timeout(60):
+            while len([x for x in log_lines(log) if x["event"] == "stream_started"]) < 2:
+                assert process.returncode is None, log_lines(log)
+                await asyncio.sleep(0.1)
+        (warning,) = [x for x in log_lines(log) if x["event"] == "stream_not_selected"]
+        assert warning["level"] == "warning"
+        assert (warning["stream"], warning["channel"], warning["entity"]) == (
+            "sf.event.case_changes",
+            "/data/CaseChangeEvent",
+            "Case",
+        )
+        assert "change events are not enabled for Case" in warning["warning"]
+        assert warning["action"].startswith("select Case in Setup > Change Data Capture")
+        assert not [x for x in log_lines(log) if x["event"] in ("run_failed", "stream_warning")]
+        (checked,) = [x for x in log_lines(log) if x["event"] == "streams_checked"]
+        assert (checked["not_selected"], checked["errors"]) == (1, 0)
+
+        # The admin selects Case later: the subscription made at start delivers it.
+        emu.select_change_events("Case", True)
+        case_id = emu.create_record("Case", {"Subject": "Printer on fire"})
+        assert config.sink.path is not None
+        sink = config.sink.path
+        async with asyncio.timeout(30):
+            while case_id.encode() not in (sink.read_bytes() if sink.exists() else b""):
+                assert process.returncode is None, log_lines(log)
+                await asyncio.sleep(0.1)
+        assert process.returncode is None
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                await process.wait()
+    assert process.returncode == 0, log_lines(log)
+    # Checked once, at start: not again on resubscribes.
+    assert len([x for x in log_lines(log) if x["event"] == "stream_not_selected"]) == 1
 
 
 # -- collision hints -------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from sfstream.bayeux import Event
 from sfstream.engine.config import Config
 from sfstream.engine.discovery import streams_from_config
 from sfstream.engine.pipeline import RunResult
-from sfstream.errors import AllocationExceededError, InvalidReplayIdError
+from sfstream.errors import InvalidReplayIdError
 from sfstream.protocol import Message
 from sfstream.runners.connector import Connector
 from sfstream.runners.wiring import open_state
@@ -260,17 +260,24 @@ async def test_transient_faults_do_not_end_the_run(
     assert [r["data"]["Name"] for r in records(config)] == ["first", "second"]
 
 
-async def test_spent_allocation_ends_the_run_after_writing_what_arrived(
+async def test_spent_allocation_waits_after_writing_what_arrived(
     sfstream_emulator: Emulator, make_config: MakeConfig
 ) -> None:
+    """A spent delivery allocation does not end the run: what arrived is written and
+    committed, and the client waits for the allocation's reset (probing hourly)."""
     emu = sfstream_emulator
     config = await make_config(emu)
     allocation = emu.runtime.allocations.event_deliveries
     allocation.maximum = allocation.used + 2
     for name in ("one", "two", "three"):
         emu.create_record("Account", {"Name": name})
-    result = await run_until(config, lambda: False)
-    assert isinstance(result.error, AllocationExceededError)
+    connector = Connector(config, run_id="test-run")
+    result = await run_until(
+        config,
+        lambda: len(records(config)) == 2 and connector.telemetry.allocation_probe_at is not None,
+        connector=connector,
+    )
+    assert result.ok, result.error
     assert [r["data"]["Name"] for r in records(config)] == ["one", "two"]
     assert await checkpoints(config) == {
         "sf.event.account_changes": published_ids(emu, ACCOUNTS)[1]

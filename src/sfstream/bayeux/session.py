@@ -22,7 +22,8 @@ Phases and transitions:
 | CONNECTED | 401::Authentication invalid | AUTHENTICATING |
 | CONNECTED | transport failure on connect, no reply to it | WAITING, then UNCONNECTED |
 | CONNECTED | an event with a malformed envelope | WAITING, then UNCONNECTED |
-| CONNECTED | daily allocation spent | FAILED |
+| CONNECTED | daily allocation spent, with a probe interval | WAITING (a probe), then UNCONNECTED |
+| CONNECTED | daily allocation spent (without one) | FAILED |
 | CONNECTED | every subscription refused or lost | CLOSING (sends /meta/disconnect), then FAILED |
 | any | close | CLOSING (sends /meta/disconnect), then CLOSED |
 
@@ -38,6 +39,15 @@ failures resets when a long poll completes (a `/meta/connect` after the first on
 connection succeeds). The first connect of a connection only proves the handshake worked, so
 a connection that is lost before any long poll completes (a `403::Unknown client` or
 `401::Authentication invalid` loop) keeps its place in the schedule and the next wait grows.
+
+A spent daily delivery allocation (`403::Organization total events daily limit exceeded`,
+on `/meta/connect` or `/meta/subscribe`) does not pass in seconds: Salesforce counts it over
+24 hours. With `allocation_probe_s` the session says goodbye to the connection (freeing its
+concurrent-client slot), waits that long plus up to a tenth more (jitter, so that workers
+of one org do not probe together), and handshakes again: the probe. A refused probe waits
+again; an accepted one resubscribes every stream from its last delivered replayId. The wait
+does not draw on the retry schedule and leaves it as it was. Without `allocation_probe_s`
+the session fails with `AllocationExceededError`.
 
 `-1` streams: Salesforce offers no way to learn the replayId of the tip, so a stream that
 started at `-1` and has not received anything yet has no replayId to resume from. The
@@ -155,6 +165,8 @@ class Session:
             few events from before the subscribe.
         protocol_error_limit: malformed events on one channel in a row, with no progress in
             between, before the subscription is lost with a `ProtocolError`.
+        allocation_probe_s: how long to wait before probing again once the daily delivery
+            allocation is spent; None: the session fails instead.
     """
 
     def __init__(
@@ -167,11 +179,14 @@ class Session:
         request_timeout_s: float = 30.0,
         latest_clock_skew_s: float = 30.0,
         protocol_error_limit: int = 5,
+        allocation_probe_s: float | None = None,
     ) -> None:
         if not latest_clock_skew_s >= 0:
             raise ValueError(f"latest_clock_skew_s must be >= 0, got {latest_clock_skew_s}")
         if protocol_error_limit < 1:
             raise ValueError(f"protocol_error_limit must be >= 1, got {protocol_error_limit}")
+        if allocation_probe_s is not None and not allocation_probe_s > 0:
+            raise ValueError(f"allocation_probe_s must be > 0, got {allocation_probe_s}")
         self.phase = Phase.UNCONNECTED
         self.client_id: str | None = None
         self.generation = 0
@@ -188,6 +203,7 @@ class Session:
         self._request_timeout_s = request_timeout_s
         self._skew_s = latest_clock_skew_s
         self._protocol_error_limit = protocol_error_limit
+        self._allocation_probe_s = allocation_probe_s
         self._next_id = 0
         self._connect_outstanding = False
         self._next_connect_at = 0.0
@@ -792,7 +808,7 @@ class Session:
                 step.notices.append(SubscriptionLost(channel, error))
             return
         if isinstance(error, AllocationExceededError):
-            self._fail_session(error, step)
+            self._recover(error, now, step)
             return
         if error.retryable:
             if subscription is not None:
@@ -843,6 +859,9 @@ class Session:
         send it a `/meta/disconnect` so it does not keep one of the org's concurrent-client
         slots until it expires.
         """
+        if isinstance(error, AllocationExceededError) and self._allocation_probe_s is not None:
+            self._await_allocation(error, now, step)
+            return
         if not error.retryable:
             self._fail_session(error, step)
             return
@@ -862,6 +881,26 @@ class Session:
         # only a new handshake and a resubscribe from the last delivered replayId is safe.
         floor = CLIENT_LIMIT_FLOOR_S if isinstance(error, ClientLimitError) else 0.0
         delay = self._backoff.next_delay(floor_s=floor)
+        self.counters.reconnects += 1
+        self.generation += 1
+        self._connect_outstanding = False
+        self.phase = Phase.WAITING
+        self._retry_at = now + delay
+        step.notices.append(Recovering(error, Recovery.REHANDSHAKE, delay))
+
+    def _await_allocation(self, error: AllocationExceededError, now: float, step: Step) -> None:
+        """The daily delivery allocation is spent: leave the connection and probe later.
+
+        Only once per connection: the other refusals of the same response change nothing.
+        """
+        if self.phase not in (Phase.CONNECTED, Phase.HANDSHAKING):
+            return
+        assert self._allocation_probe_s is not None
+        if self.phase is Phase.CONNECTED and self.client_id is not None:
+            # The server still holds the client: free its concurrent-client slot for the wait.
+            self._farewells.append((self.client_id, self.generation))
+        probe_s = self._allocation_probe_s
+        delay = probe_s + self._backoff.rng.uniform(0.0, probe_s / 10)
         self.counters.reconnects += 1
         self.generation += 1
         self._connect_outstanding = False

@@ -74,6 +74,7 @@ async def run_checks(config: Config) -> list[CheckResult]:
             results.append((True, "login", f"instance {token.instance_url}"))
             if results[0][0]:
                 results += await _check_streams(config, session.rest, results)
+            results += await _check_allocations(session.rest)
     results.append(await _check_state(config))
     if config.sink.type in ("kafka", "postgres", "s3"):
         results.append(await asyncio.to_thread(_check_remote_sink, config))
@@ -106,6 +107,27 @@ async def _check_streams(
         text = failed.get(spec.channel)
         # A failure is worded as `run` words it: `stream ID (CHANNEL): what is wrong`.
         found.append((True, stream_label(spec), "") if text is None else (False, text, ""))
+    return found
+
+
+async def _check_allocations(rest: RestClient) -> list[CheckResult]:
+    """A line per event allocation of `/limits`; a spent delivery allocation fails (nothing
+    can stream until it recovers). Reading `/limits` needs the View Setup and Configuration
+    permission: without it the line says so, and the check passes (a run goes on without
+    the allocation gauges)."""
+    from sfstream.salesforce.limits import DELIVERY_ALLOCATIONS, read_allocations
+
+    try:
+        allocations = await read_allocations(rest)
+    except SfStreamError as exc:
+        return [(True, "allocations", f"cannot be read ({exc}); a run goes on without them")]
+    found: list[CheckResult] = []
+    for allocation in allocations:
+        spent = allocation.remaining <= 0 and allocation.name in DELIVERY_ALLOCATIONS
+        detail = f"{allocation.remaining:,} of {allocation.maximum:,} left"
+        if spent:
+            detail += ": spent, streaming waits until it recovers"
+        found.append((not spent, f"allocation {allocation.name}", detail))
     return found
 
 

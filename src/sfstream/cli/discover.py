@@ -10,6 +10,7 @@ import click
 from sfstream.cli.common import CONFIG_OPTION, Failure, call, load, print_json, table
 
 if TYPE_CHECKING:
+    from sfstream.engine.discovery import OrgMetadata
     from sfstream.salesforce.rest import RestClient
     from sfstream.streams import StreamSpec
 
@@ -33,8 +34,21 @@ def discover(config_path: Path, as_json: bool, with_schemas: bool) -> None:
     definitions (eventSchema, else describe), as a run derives it; nothing is registered
     (`sfstream schema derive` does). Streams that carry several entities have one schema per
     entity, learnt from their events, and none here.
+
+    A change-event stream that nothing is selected for (its entity is not selected for
+    Change Data Capture, a custom channel has no members) runs and stays empty until an
+    admin selects it. When the org is asked, such a stream is marked: `cdc_selected: false`
+    in --json, a `not selected:` note under the table. `cdc_selected` is null for other
+    streams and when the org is not asked (streams from the configuration, without
+    --with-schemas; `sfstream check` asks it).
     """
-    from sfstream.engine.discovery import discover as find_streams
+    from sfstream.engine.discovery import (
+        CDC_KINDS,
+        cdc_selected,
+        read_metadata,
+        streams_from_config,
+        streams_from_metadata,
+    )
     from sfstream.runners.wiring import org_session
 
     # Streams listed in the configuration need no login: the Salesforce secrets are
@@ -45,11 +59,20 @@ def discover(config_path: Path, as_json: bool, with_schemas: bool) -> None:
 
     async def catalog() -> list[dict[str, Any]]:
         if config.discovery.mode == "config" and not with_schemas:
-            return [spec.as_dict() for spec in await find_streams(config, None)]
+            return [_entry(spec, None) for spec in streams_from_config(config)]
         async with org_session(config) as session:
-            rest = session.rest if config.discovery.mode == "metadata" else None
-            specs = await find_streams(config, rest)
-            streams = [spec.as_dict() for spec in specs]
+            metadata: OrgMetadata | None
+            if config.discovery.mode == "metadata":
+                metadata = await read_metadata(session.rest)
+                specs = streams_from_metadata(config, metadata)
+            else:
+                specs = streams_from_config(config)
+                kinds = {spec.kind for spec in specs} & CDC_KINDS
+                metadata = await read_metadata(session.rest, kinds) if kinds else None
+            streams = [
+                _entry(spec, None if metadata is None else cdc_selected(spec, metadata))
+                for spec in specs
+            ]
             if with_schemas:
                 for spec, stream in zip(specs, streams, strict=True):
                     stream["schema"] = await _schema_of(spec, session.rest)
@@ -76,8 +99,32 @@ def discover(config_path: Path, as_json: bool, with_schemas: bool) -> None:
                 for s in streams
             ],
         )
+        _notes(streams)
     if failed:
         raise Failure(f"the schema of {', '.join(failed)} could not be derived")
+
+
+def _entry(spec: StreamSpec, selected: bool | None) -> dict[str, Any]:
+    """A stream in the catalog: its settings and whether its change events are selected."""
+    return {**spec.as_dict(), "cdc_selected": selected}
+
+
+def _notes(streams: list[dict[str, Any]]) -> None:
+    """Under the table: each stream that would stay empty until its entity is selected."""
+    unselected = [s for s in streams if s["cdc_selected"] is False]
+    if not unselected:
+        return
+    click.echo("")
+    for stream in unselected:
+        what = stream["entity"] if stream["kind"] == "change_events" else None
+        click.echo(
+            f"not selected: {stream['id']} ({stream['channel']}) stays empty until "
+            + (
+                f"{what} is selected in Setup > Change Data Capture"
+                if what
+                else "an entity is selected on its channel"
+            )
+        )
 
 
 async def _schema_of(spec: StreamSpec, rest: RestClient) -> dict[str, Any]:

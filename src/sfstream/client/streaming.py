@@ -23,6 +23,7 @@ import ssl
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Self
 from urllib.parse import urlsplit
@@ -53,6 +54,7 @@ from sfstream.bayeux import (
 )
 from sfstream.bayeux.messages import MalformedEvent, Reply
 from sfstream.errors import (
+    AllocationExceededError,
     AuthenticationError,
     ConnectStalledError,
     ProtocolError,
@@ -97,6 +99,12 @@ class ClientSettings(msgspec.Struct, frozen=True):
         proxy: an HTTP(S) proxy URL; when None, `HTTPS_PROXY` and friends are honoured.
         tcp_keepalive_s: idle seconds before TCP keepalive probes (below NAT idle timeouts).
         ssl: TLS verification: True (system CAs), or an `ssl.SSLContext` for a private CA.
+        allocation_probe_s: once the org's daily event delivery allocation is spent
+            (`403::Organization total events daily limit exceeded`), how long the client
+            waits before probing with a new handshake (plus up to a tenth more, jitter); it
+            sends nothing meanwhile and resumes every stream from its last delivered
+            replayId once a probe is accepted. None: the client ends with
+            `AllocationExceededError` instead.
     """
 
     api_version: str = "62.0"
@@ -110,6 +118,7 @@ class ClientSettings(msgspec.Struct, frozen=True):
     proxy: str | None = None
     tcp_keepalive_s: int = 60
     ssl: ssl.SSLContext | bool = True
+    allocation_probe_s: float | None = 3600.0
 
 
 class ClientStats(msgspec.Struct):
@@ -121,6 +130,8 @@ class ClientStats(msgspec.Struct):
     backpressure_waits: int = 0
     events: int = 0
     duplicates: int = 0
+    allocation_waits: int = 0
+    """Times the client stopped to wait for a spent delivery allocation (refused probes too)."""
     handshakes: int = 0
     rehandshakes: int = 0
     reconnects: int = 0
@@ -245,6 +256,7 @@ class StreamingClient:
             request_timeout_s=s.request_timeout_s,
             latest_clock_skew_s=s.latest_clock_skew_s,
             protocol_error_limit=s.protocol_error_limit,
+            allocation_probe_s=s.allocation_probe_s,
         )
         self._clock = clock
         self._wall_clock = wall_clock
@@ -587,6 +599,9 @@ class StreamingClient:
         self.stats.replay_skipped = counters.replay_skipped
         for notice in step.notices:
             if isinstance(notice, Subscribed):
+                if self.telemetry.allocation_probe_at is not None:
+                    self.telemetry.allocation_restored()
+                    log.info("allocation_restored", channel=notice.channel)
                 self.telemetry.channel_up(notice.channel)
                 log.info("subscribed", channel=notice.channel, replay_id=notice.replay_from)
                 waiter = self._subscribe_waiters.pop(notice.channel, None)
@@ -626,6 +641,10 @@ class StreamingClient:
                     replay_id=notice.error.replay_id,
                     consecutive=notice.consecutive,
                 )
+            elif isinstance(notice, Recovering) and isinstance(
+                notice.error, AllocationExceededError
+            ):
+                self._allocation_exhausted(notice)
             elif isinstance(notice, Recovering):
                 self.stats.reconnects += 1
                 reason = reconnect_reason(notice.error)
@@ -648,6 +667,27 @@ class StreamingClient:
             elif isinstance(notice, Reauthenticate | SessionFailed):
                 deferred.append(notice)
         return deferred
+
+    def _allocation_exhausted(self, notice: Recovering) -> None:
+        """The daily delivery allocation is spent: nothing goes out until the probe.
+
+        `/healthz` stays alive meanwhile (the wait is on purpose, see `Telemetry.alive`);
+        `/readyz` is not ready until every stream is subscribed again.
+        """
+        self.stats.allocation_waits += 1
+        probe_at = self._clock() + notice.delay_s
+        self.telemetry.error(notice.error)
+        self.telemetry.reconnect(reconnect_reason(notice.error), notice.error)
+        self.telemetry.allocation_exhausted(probe_at)
+        for channel in list(self.telemetry.subscribed):
+            self.telemetry.channel_down(channel)
+        wall_probe = self._wall_clock() + notice.delay_s
+        log.warning(
+            "allocation_exhausted",
+            error=notice.error.server_text or str(notice.error),
+            probe_in_s=round(notice.delay_s, 3),
+            probe_at=datetime.fromtimestamp(wall_probe, UTC).isoformat(timespec="seconds"),
+        )
 
     async def _reauthenticate(self, notice: Reauthenticate) -> None:
         """Refresh the token, waiting first as the session's retry schedule says, and again

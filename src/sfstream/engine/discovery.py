@@ -2,8 +2,9 @@
 
 Metadata discovery reads describe global (change event entities, `__e` platform events), the
 Tooling API's `PlatformEventChannelMember` (which entities actually raise change events, and
-custom channels), `PushTopic` and `StreamingChannel`. Include/exclude globs filter channel
-names; streams listed in the configuration are always kept and their settings win.
+on which channel) and `PlatformEventChannel` (which custom channels exist), `PushTopic` and
+`StreamingChannel`. Include/exclude globs filter channel names; streams listed in the
+configuration are always kept and their settings win.
 
 `check_streams` finds what would otherwise be a silent empty stream: an entity whose change
 events are not enabled, a channel that does not exist, an inactive topic, a key field that is
@@ -14,9 +15,11 @@ the words `check` prints), a warning is logged and the run goes on.
 | problem | severity |
 |---|---|
 | two streams with one stream id | `ConfigError` (exit 2): nothing starts |
-| a configured stream that would stay empty or run with null keys: change events not | error |
-| enabled for its entity, no entity selected, a custom channel without members, an | |
-| inactive topic, a key field the event lacks | |
+| a configured stream that would run with null keys or stay empty for good: an inactive | error |
+| topic, a key field the event lacks | |
+| a configured stream nothing is selected for (Change Data Capture): an entity | error, |
+| not selected on any channel, nothing selected on `/data/ChangeEvents`, a custom | `unselected` |
+| channel without members | |
 | a configured stream whose channel, event or topic does not exist (Salesforce refuses | error, |
 | the subscription itself) | `refused` |
 | the same, for a stream discovery found in the org's metadata itself | warning |
@@ -25,7 +28,10 @@ the words `check` prints), a warning is logged and the run goes on.
 
 At start, `sfstream run` ends with the errors unless `runtime.on_subscription_lost` is
 `continue`; an error that is `refused` is logged and left to the subscription, whose refusal
-ends the run (or not) by that same policy.
+ends the run (or not) by that same policy; an error that is `unselected` is logged as a
+warning (`stream_not_selected`) and the stream runs: selecting entities is an admin's step in
+Setup that may come after the connector is deployed, and the subscription, which Salesforce
+accepts meanwhile, delivers from then on.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from sfstream.streams import ChannelKind, StreamSpec, parse_channel, stream_id
 
 T = TypeVar("T")
 
-_CDC_KINDS: Final = frozenset(
+CDC_KINDS: Final = frozenset(
     {ChannelKind.CHANGE_EVENTS, ChannelKind.ALL_CHANGE_EVENTS, ChannelKind.CHANGE_EVENT_CHANNEL}
 )
 _BY_RECORD_ID: Final = (
@@ -71,12 +77,33 @@ class Problem(msgspec.Struct, frozen=True):
             problem from a missing channel) and `runtime.on_subscription_lost` applies.
             False for what would go unnoticed: a stream that would run and stay empty, or
             run with null keys.
+        unselected: nothing the stream carries is selected for Change Data Capture (an
+            entity not selected on any channel, a channel without selected entities), so it
+            runs and stays empty until an admin selects it. `check` fails it like any error;
+            `run` logs it as a warning (`stream_not_selected`) and runs the stream, which
+            delivers once the selection is made.
+        entity: the entity to select (`Case`), when one is known.
     """
 
     channel: str
     message: str
     severity: Literal["error", "warning"] = "error"
     refused: bool = False
+    unselected: bool = False
+    entity: str | None = None
+
+    @property
+    def action(self) -> str | None:
+        """What makes an `unselected` stream deliver, in words for the log; else None."""
+        if not self.unselected:
+            return None
+        if self.channel.endswith("__chn"):
+            return (
+                f"add members to {self.channel.removeprefix('/data/')} "
+                "(PlatformEventChannelMember, Tooling or Metadata API)"
+            )
+        what = self.entity or "the entities to stream"
+        return f"select {what} in Setup > Change Data Capture; the stream delivers once it is"
 
 
 class StreamCheckError(TerminalError):
@@ -142,6 +169,7 @@ def spec_from_config(
         source=source,
         on_breaking_change=stream.on_breaking_change,
         max_silence_s=stream.max_silence_s,
+        on_gap_event=stream.on_gap_event,
     )
 
 
@@ -223,6 +251,9 @@ class OrgMetadata(msgspec.Struct, frozen=True):
     """Topic name -> active."""
     streaming_channels: set[str]
     tooling_error: str | None = None
+    custom_channels: set[str] | None = None
+    """Custom channels that exist (`SalesEvents__chn`), with or without members; None when
+    not read (no custom channel stream to check)."""
 
     @property
     def selected_entities(self) -> set[str]:
@@ -245,6 +276,7 @@ async def read_metadata(
     members: list[dict[str, Any]] = []
     topics: list[dict[str, Any]] = []
     generic: list[dict[str, Any]] = []
+    channels: list[dict[str, Any]] | None = None
     tooling_error = None
 
     async def describe_global() -> None:
@@ -263,6 +295,19 @@ async def read_metadata(
                 raise
             tooling_error = str(exc)
 
+    async def custom_channels() -> None:
+        # DeveloperName, not FullName: the Tooling API returns FullName only for a query of
+        # one record (LIMIT 1).
+        nonlocal channels, tooling_error
+        try:
+            channels = await rest.query(
+                "SELECT DeveloperName, ChannelType FROM PlatformEventChannel", tooling=True
+            )
+        except SfStreamError as exc:
+            if exc.retryable:
+                raise
+            tooling_error = str(exc)
+
     async def push_topics() -> None:
         topics[:] = await rest.query("SELECT Id, Name, IsActive FROM PushTopic")
 
@@ -272,8 +317,10 @@ async def read_metadata(
     reads: list[Awaitable[None]] = []
     if wanted & {ChannelKind.CHANGE_EVENTS, ChannelKind.PLATFORM_EVENT}:
         reads.append(describe_global())
-    if wanted & _CDC_KINDS:
+    if wanted & CDC_KINDS:
         reads.append(channel_members())
+    if ChannelKind.CHANGE_EVENT_CHANNEL in wanted:
+        reads.append(custom_channels())
     if ChannelKind.PUSH_TOPIC in wanted:
         reads.append(push_topics())
     if ChannelKind.GENERIC in wanted:
@@ -298,6 +345,9 @@ async def read_metadata(
         push_topics={str(t["Name"]): bool(t.get("IsActive", True)) for t in topics},
         streaming_channels={str(c["Name"]) for c in generic},
         tooling_error=tooling_error,
+        custom_channels=None
+        if channels is None
+        else {f"{c.get('DeveloperName')}__chn" for c in channels if c.get("DeveloperName")},
     )
 
 
@@ -438,16 +488,11 @@ def _problems(
                     spec.channel,
                     "no entity is selected for change events "
                     "on the standard channel: the stream would stay empty",
+                    unselected=True,
                 )
             )
     elif kind is ChannelKind.CHANGE_EVENT_CHANNEL:
-        if metadata.tooling_error is None and spec.entity not in metadata.selected:
-            problems.append(
-                Problem(
-                    spec.channel,
-                    f"custom channel {spec.entity} does not exist or has no members",
-                )
-            )
+        problems += _check_channel(spec, metadata)
     elif kind is ChannelKind.PLATFORM_EVENT:
         if spec.entity not in metadata.platform_events:
             problems.append(
@@ -491,9 +536,52 @@ def _check_entity(
                 f"change events are not enabled for {spec.entity}: select it in Setup > Change "
                 "Data Capture (or add it to a channel); the subscription would succeed and "
                 "deliver nothing",
+                unselected=True,
+                entity=spec.entity,
             )
         ]
     return []
+
+
+def cdc_selected(spec: StreamSpec, metadata: OrgMetadata) -> bool | None:
+    """Whether anything is selected for the change events a stream carries, as `discover`
+    marks it.
+
+    None for streams of other kinds, and when the Tooling API could not be read. `metadata`
+    must have been read for the stream's kind (see `read_metadata`).
+    """
+    if spec.kind not in CDC_KINDS or metadata.tooling_error is not None:
+        return None
+    if spec.kind is ChannelKind.CHANGE_EVENTS:
+        return spec.channel.removeprefix("/data/") in metadata.selected_entities
+    if spec.kind is ChannelKind.ALL_CHANGE_EVENTS:
+        return bool(metadata.selected.get("ChangeEvents"))
+    return bool(metadata.selected.get(spec.entity))
+
+
+def _check_channel(spec: StreamSpec, metadata: OrgMetadata) -> list[Problem]:
+    """A custom channel is checked through its members: the entities selected on it.
+
+    A channel carries the change events of its own members only (an entity selected on the
+    standard channel or another custom channel is not on it), so a channel whose members
+    were all removed subscribes and stays empty. One that does not exist is refused.
+    """
+    if metadata.tooling_error is not None or spec.entity in metadata.selected:
+        return []
+    if metadata.custom_channels is not None and spec.entity not in metadata.custom_channels:
+        return [Problem(spec.channel, f"custom channel {spec.entity} does not exist", refused=True)]
+    if metadata.custom_channels is None:
+        return [
+            Problem(spec.channel, f"custom channel {spec.entity} does not exist or has no members")
+        ]
+    return [
+        Problem(
+            spec.channel,
+            f"no entity is selected on custom channel {spec.entity} (it has no members): the "
+            "subscription would succeed and deliver nothing",
+            unselected=True,
+        )
+    ]
 
 
 async def _check_key_field(spec: StreamSpec, rest: RestClient) -> list[Problem]:

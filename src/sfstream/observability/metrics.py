@@ -24,6 +24,8 @@ observed as batches go by, once per batch.
 | `sfstream_schema_changes_total` | counter | stream |
 | `sfstream_leases_held` | gauge | (with leases) |
 | `sfstream_lease_takeovers_total` | counter | stream (with leases) |
+| `sfstream_allocation_remaining` | gauge | name (Salesforce's `/limits` name) |
+| `sfstream_allocation_max` | gauge | name |
 | `sfstream_sink_write_seconds` | histogram | |
 | `sfstream_checkpoint_commit_seconds` | histogram | |
 
@@ -181,6 +183,25 @@ class RunCollector(Collector):
             for stream, count in sorted(telemetry.lease_takeovers.items()):
                 takeovers.add_metric([stream], count)
             yield from (held, takeovers)
+        yield from _allocations(telemetry)
+
+
+def _allocations(telemetry: Telemetry) -> Iterator[Metric]:
+    """The event allocations last read from `/limits` (`runtime.limits_interval_s`)."""
+    remaining = GaugeMetricFamily(
+        "sfstream_allocation_remaining",
+        "What is left of an event allocation, as /limits last reported it.",
+        labels=["name"],
+    )
+    maximum = GaugeMetricFamily(
+        "sfstream_allocation_max",
+        "The size of an event allocation, as /limits last reported it.",
+        labels=["name"],
+    )
+    for name, (top, left) in sorted(telemetry.allocations.items()):
+        remaining.add_metric([name], left)
+        maximum.add_metric([name], top)
+    yield from (remaining, maximum)
 
 
 class Metrics:
@@ -225,6 +246,10 @@ def health(telemetry: Telemetry, grace_s: float) -> tuple[bool, dict[str, Any]]:
     """(`/healthz` passes, its body)."""
     alive = telemetry.alive(grace_s)
     body: dict[str, Any] = {"status": "ok" if alive else "stalled"}
+    probe_in_s = telemetry.allocation_probe_in_s()
+    if probe_in_s is not None:
+        body["allocation_exhausted"] = True
+        body["probe_in_s"] = round(probe_in_s, 3)
     if telemetry.last_round_trip is not None:
         body["last_connect_s_ago"] = round(telemetry.since_round_trip(), 3)
     if telemetry.connect_timeout_s is not None:
@@ -242,6 +267,10 @@ def readiness(telemetry: Telemetry) -> tuple[bool, dict[str, Any]]:
         "handshaken": telemetry.handshaken,
         "reconnecting": telemetry.reconnecting,
     }
+    probe_in_s = telemetry.allocation_probe_in_s()
+    if probe_in_s is not None:
+        body["allocation_exhausted"] = True
+        body["probe_in_s"] = round(probe_in_s, 3)
     if down:
         body["not_subscribed"] = down
     return ready, body

@@ -23,7 +23,17 @@ Reconnect reasons (`Telemetry.reconnect`, the `reason` label of
 | `client_limit` | the org's limit of concurrent streaming clients |
 | `malformed_event` | an event's envelope broke the protocol: the session starts over |
 | `silence` | a stream with `max_silence_s` received nothing that long: the session starts over |
+| `allocation` | the daily event delivery allocation is spent: the session waits, then probes |
 | `other` | any other retryable failure |
+
+Event allocations (`allocations_read`, from `/limits` through
+`sfstream.salesforce.limits.LimitsPoller`) are kept as name -> (Max, Remaining) for the
+`sfstream_allocation_max{name}` and `sfstream_allocation_remaining{name}` gauges.
+
+While the delivery allocation is spent (`allocation_exhausted`) the session sends nothing
+until its next probe, on purpose: `/healthz` counts the wait as alive until the probe is
+due (plus the connect timeout and the grace, as for a connect), and `/readyz` is not ready
+until every stream is subscribed again.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from collections.abc import Callable
 from typing import Final, Protocol
 
 from sfstream.errors import (
+    AllocationExceededError,
     AuthExpiredError,
     ClientLimitError,
     ConnectStalledError,
@@ -68,6 +79,8 @@ def reconnect_reason(error: SfStreamError) -> str:
         return "client_limit"
     if isinstance(error, MalformedEventError):
         return "malformed_event"
+    if isinstance(error, AllocationExceededError):
+        return "allocation"
     if isinstance(error, TransportError):
         return "drop"
     return "other"
@@ -162,6 +175,10 @@ class Telemetry:
         """Leases this worker holds now."""
         self.lease_takeovers: dict[str, int] = {}
         """stream -> leases taken from another worker that let them expire."""
+        self.allocations: dict[str, tuple[int, int]] = {}
+        """Event allocation name (Salesforce's) -> (Max, Remaining), as last read."""
+        self.allocation_probe_at: float | None = None
+        """While the delivery allocation is spent: the monotonic time of the next probe."""
 
     # -- reports ------------------------------------------------------------------------------
 
@@ -187,6 +204,18 @@ class Telemetry:
 
     def lease_taken_over(self, stream: str) -> None:
         self.lease_takeovers[stream] = self.lease_takeovers.get(stream, 0) + 1
+
+    def allocations_read(self, allocations: dict[str, tuple[int, int]]) -> None:
+        """The event allocations read from `/limits`: name -> (Max, Remaining)."""
+        self.allocations = dict(allocations)
+
+    def allocation_exhausted(self, probe_at: float) -> None:
+        """The delivery allocation is spent: nothing is sent until `probe_at` (monotonic)."""
+        self.allocation_probe_at = probe_at
+        self.reconnecting = True
+
+    def allocation_restored(self) -> None:
+        self.allocation_probe_at = None
 
     def stream_added(self, channel: str) -> None:
         """A leased stream starts: its channel counts for readiness, down until subscribed."""
@@ -250,13 +279,25 @@ class Telemetry:
         if not self.logged_in:
             return True
         timeout = self.connect_timeout_s if self.connect_timeout_s is not None else 110.0
-        return self.since_round_trip() <= timeout + grace_s
+        if self.since_round_trip() <= timeout + grace_s:
+            return True
+        # Waiting for the allocation to recover sends nothing on purpose: alive until the
+        # probe is due, judged like a connect from then on.
+        probe_at = self.allocation_probe_at
+        return probe_at is not None and self._clock() <= probe_at + timeout + grace_s
+
+    def allocation_probe_in_s(self) -> float | None:
+        """Seconds until the next probe of a spent allocation (None: not waiting)."""
+        if self.allocation_probe_at is None:
+            return None
+        return max(0.0, self.allocation_probe_at - self._clock())
 
     def ready(self) -> bool:
-        """Logged in, handshaken, every stream subscribed, not reconnecting. A worker with
-        leases that owns no stream yet is ready (and idle)."""
+        """Logged in, handshaken, every stream subscribed, not reconnecting, not waiting for
+        a spent allocation. A worker with leases that owns no stream yet is ready (and idle)."""
         return (
-            self.logged_in
+            self.allocation_probe_at is None
+            and self.logged_in
             and self.handshaken
             and not self.reconnecting
             and (bool(self.subscribed) or self.leased)

@@ -46,6 +46,7 @@ from sfstream.runners.wiring import (
     open_state,
     org_session,
 )
+from sfstream.salesforce.limits import LimitsPoller
 from sfstream.schema.registry import SchemaRegistry
 from sfstream.schema.tracker import SchemaTracker
 from sfstream.state.base import LeaseStore, StateStore
@@ -140,6 +141,8 @@ class Connector:
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.specs: list[StreamSpec] = []
         self.pipeline: Pipeline | None = None
+        self.limits: LimitsPoller | None = None
+        """Reads the event allocations (`/limits`) beside the pipeline while it runs."""
         self._session = session
         self._state = state
         self._registry = registry
@@ -196,6 +199,9 @@ class Connector:
             client = StreamingClient(
                 credentials_of(config), settings, tokens=session.tokens, telemetry=self.telemetry
             )
+            self.limits = LimitsPoller(
+                session.rest, self.telemetry, config.runtime.limits_interval_s
+            )
             batch = config.batch
             self.pipeline = Pipeline(
                 self.specs,
@@ -205,6 +211,7 @@ class Connector:
                 run_id=self.run_id,
                 schemas=tracker,
                 keeper=keeper,
+                rest=session.rest,
                 settings=PipelineSettings(
                     max_records=batch.max_records,
                     max_wait_s=batch.max_wait_ms / 1000,
@@ -227,15 +234,24 @@ class Connector:
     async def _validate(self, session: OrgSession) -> list[StreamSpec]:
         """The streams to run, checked as `sfstream check` checks them: once per start.
 
-        A warning is logged (`stream_warning`) and the run goes on. Errors end the run with
-        the words `check` prints, except with `runtime.on_subscription_lost: continue` (the
-        operator wants the other streams to go on) and for a channel Salesforce refuses
-        itself (its subscription fails in Salesforce's words and that policy applies): then
-        each is logged as `stream_check_failed`, in the same words, and the run goes on.
+        A warning is logged (`stream_warning`) and the run goes on. So is a stream that
+        nothing is selected for (Change Data Capture): `stream_not_selected`, with what to
+        select and where, once per start. Selecting entities is an admin's step in Setup,
+        which may come after the connector is deployed; Salesforce accepts the subscription
+        meanwhile and it delivers from then on, so ending the run would only stop the other
+        streams (and, under a supervisor, restart into the same refusal). The check is not
+        repeated on a resubscribe: the selection does not change what is subscribed, and
+        reading it again would spend a Tooling query and a describe global per re-handshake.
+
+        Other errors end the run with the words `check` prints, except with
+        `runtime.on_subscription_lost: continue` (the operator wants the other streams to go
+        on) and for a channel Salesforce refuses itself (its subscription fails in
+        Salesforce's words and that policy applies): then each is logged as
+        `stream_check_failed`, in the same words, and the run goes on.
 
         Raises:
             ConfigError: two streams map to one stream id (found before any request).
-            StreamCheckError: a stream would stay silently empty or run with null keys.
+            StreamCheckError: a stream would stay empty for good or run with null keys.
             SfStreamError: the org cannot be reached or read (retryable) or refuses the login.
         """
         config = self.config
@@ -247,6 +263,17 @@ class Connector:
         async with _waiting(f"REST API {host_of(token.instance_url)}"):
             specs, problems = await validate_streams(config, session.rest)
         streams = {spec.channel: spec.id for spec in specs}
+        unselected = [problem for problem in problems if problem.unselected]
+        for problem in unselected:
+            log.warning(
+                "stream_not_selected",
+                stream=streams.get(problem.channel),
+                channel=problem.channel,
+                entity=problem.entity,
+                warning=problem.message,
+                action=problem.action,
+            )
+        problems = [problem for problem in problems if not problem.unselected]
         warnings = [problem for problem in problems if problem.severity == "warning"]
         for problem in warnings:
             log.warning(
@@ -271,6 +298,7 @@ class Connector:
             "streams_checked",
             streams=len(specs),
             warnings=len(warnings),
+            not_selected=len(unselected),
             errors=len(found),
             elapsed_ms=round((loop.time() - began) * 1000, 1),
         )
@@ -303,7 +331,17 @@ class Connector:
         assert self.pipeline is not None
         log.info("run_started", streams=[s.id for s in self.specs])
         try:
-            return await self.pipeline.run(stop)
+            async with asyncio.TaskGroup() as tasks:
+                # The allocations are read at start and every `runtime.limits_interval_s`;
+                # the poller never fails by itself, and stops with the pipeline.
+                poller = None
+                if self.limits is not None:
+                    poller = tasks.create_task(self.limits.run(), name="sfstream-limits")
+                try:
+                    return await self.pipeline.run(stop)
+                finally:
+                    if poller is not None:
+                        poller.cancel()
         finally:
             if self.keeper is not None:
                 # At once: another worker takes the streams over at its next poll.

@@ -108,6 +108,14 @@ class RestClient:
             raise ProtocolError(f"eventSchema {schema_id} is not an object")
         return body
 
+    async def limits(self) -> dict[str, Any]:
+        """The org's limits (`limits/`): name -> `{"Max": n, "Remaining": n}`, as Salesforce
+        sends them (`sfstream.salesforce.limits` reads the event allocations among them)."""
+        body = await self.get("limits/")
+        if not isinstance(body, dict):
+            raise ProtocolError("the limits resource is not an object")
+        return body
+
     async def query(self, soql: str, *, tooling: bool = False) -> list[dict[str, Any]]:
         """Every record of a SOQL query, following `nextRecordsUrl`."""
         records: list[dict[str, Any]] = []
