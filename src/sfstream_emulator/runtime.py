@@ -132,8 +132,11 @@ class OrgRuntime:
         delivery_allocation: int | None = None,
         streaming_allocation: int | None = None,
         concurrent_clients: int = 2000,
+        overflow_threshold: int = 100_000,
     ) -> None:
         self.spec = spec
+        self.overflow_threshold = overflow_threshold
+        """Changes of one transaction that get change events; the rest overflow."""
         self.bus = bus
         self.clock = clock
         self.ids = ids
@@ -356,16 +359,33 @@ class OrgRuntime:
     def publish_change_events(
         self, events: list[ChangeEvent], change_origin: str, *, wake: bool = True
     ) -> list[BusEvent]:
-        """Publish one transaction's change events on the CDC channels that carry them."""
+        """Publish one transaction's change events on the CDC channels that carry them.
+
+        As in Salesforce, the first `overflow_threshold` changes of the transaction get change
+        events (a create, delete or undelete counts one per record, an update one per changed
+        field and record); the changes beyond get one `GAP_OVERFLOW` event per entity, with
+        header fields only (Change Data Capture Developer Guide, "Overflow Events").
+        """
         if not events:
             return []
         commit = (*self.next_commit(), _transaction_key())
         published: list[BusEvent] = []
         sequence = 0
+        counted = 0
+        overflowed: list[str] = []
         for change in events:
             obj, channels = self._cdc_route(change.entity)
             if obj is None or not channels:
                 continue
+            if not change.change_type.startswith("GAP_"):
+                cost = len(change.record_ids) * (
+                    max(1, len(change.changed_fields)) if change.change_type == "UPDATE" else 1
+                )
+                if counted + cost > self.overflow_threshold:
+                    if obj.name not in overflowed:
+                        overflowed.append(obj.name)
+                    continue
+                counted += cost
             sequence += 1
             stream = self.cdc_stream
             replay_id = stream.allocate_replay_id()
@@ -374,6 +394,22 @@ class OrgRuntime:
             )
             published.append(
                 self.bus.publish(stream, channels, data, replay_id, obj.name, wake=wake)
+            )
+        for entity in overflowed:
+            obj, channels = self._cdc_route(entity)
+            assert obj is not None
+            sequence += 1
+            replay_id = self.cdc_stream.allocate_replay_id()
+            data = self._change_event_data(
+                obj,
+                ChangeEvent(entity, "GAP_OVERFLOW", [EMPTY_ID]),
+                change_origin,
+                commit,
+                sequence=sequence,
+                replay_id=replay_id,
+            )
+            published.append(
+                self.bus.publish(self.cdc_stream, channels, data, replay_id, obj.name, wake=wake)
             )
         return published
 

@@ -86,6 +86,7 @@ class Emulator:
             delivery_allocation=self.settings.daily_delivery_allocation,
             streaming_allocation=self.settings.daily_streaming_allocation,
             concurrent_clients=self.settings.concurrent_clients,
+            overflow_threshold=self.settings.overflow_threshold,
         )
         self.store = RecordStore(self.runtime)
         s = self.settings

@@ -65,6 +65,10 @@ class EmulatorSettings(BaseModel):
     daily_streaming_allocation: int | None = Field(default=None, ge=0)
     """PushTopic and generic events delivered per 24 h; None: no limit."""
     concurrent_clients: int = Field(default=2000, ge=1)
+    overflow_threshold: int = Field(default=100_000, ge=1)
+    """Changes one transaction may make before the rest become one `GAP_OVERFLOW` change
+    event per entity (Salesforce: 100,000; a create, delete or undelete counts one, an update
+    one per changed field)."""
 
     seed: int | None = None
     """Makes replay-id sequences reproducible."""

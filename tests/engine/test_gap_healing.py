@@ -163,3 +163,37 @@ async def test_flag_leaves_the_gap_event_alone(
     written = messages(sink)
     assert any(m.get("meta", {}).get("gap") for m in written)
     assert not any(m.get("meta", {}).get("healed") for m in written)
+
+
+async def test_a_transaction_past_the_threshold_overflows_and_is_healed(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """The emulator's first `overflow_threshold` changes of a transaction get change events,
+    the rest one GAP_OVERFLOW per entity (header fields only), as in Salesforce; the run
+    announces it and reads the window's records back."""
+    settings = EmulatorSettings(poll_timeout_s=1.0, seed=18, overflow_threshold=3)
+    async with Emulator(settings) as emu:
+        account = emu.runtime.spec.object("Account")
+        assert account is not None
+        transaction = emu.store.transaction("com/salesforce/api/rest/62.0")
+        ids = [transaction.create(account, {"Name": f"Cascade {n}"}) for n in range(5)]
+        transaction.commit()
+        published = [m["data"]["payload"]["ChangeEventHeader"] for m in emu.published(CHANNEL)]
+        assert [h["changeType"] for h in published] == ["CREATE"] * 3 + ["GAP_OVERFLOW"]
+        assert len({h["transactionKey"] for h in published}) == 1
+        process, sink = await run_with(emu, make_config, tmp_path, "heal")
+        try:
+            await until(
+                lambda: (
+                    {m["key"] for m in messages(sink) if m.get("meta", {}).get("healed")}
+                    >= set(ids[3:])
+                ),
+                "the overflowed records were not read back",
+            )
+        finally:
+            await stop(process)
+    written = messages(sink)
+    (note,) = [m for m in written if m["type"] == "GAP"]
+    assert note["reason"] == "gap_overflow"
+    created = {m["key"] for m in written if m.get("meta", {}).get("change_type") == "CREATE"}
+    assert created == set(ids[:3])
