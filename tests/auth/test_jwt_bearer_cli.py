@@ -151,3 +151,45 @@ async def test_run_stops_at_once_on_a_wrong_key(
     # Terminal: one refusal is reported, with no retry loop behind it.
     assert text.count("the JWT was refused") == 1, text
     assert sfstream_emulator.tokens.grants_issued == 0
+
+
+async def test_tail_logs_in_with_the_jwt_bearer_grant(
+    sfstream_emulator: Emulator, tmp_path: Path
+) -> None:
+    emu = sfstream_emulator
+    emu.publish_event("Order_Placed__e", {"Order_Number__c": "O-jwt"})
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text(
+        "SFSTREAM_PRIVATE_KEY=" + key_pair().private_key.strip().replace("\n", "\\n") + "\n"
+    )
+    secrets.chmod(0o600)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sfstream.cli",
+        "tail",
+        "--login-url",
+        emu.login_url,
+        "--client-id",
+        emu.credentials["client_id"],
+        "--grant",
+        "jwt_bearer",
+        "--username",
+        emu.credentials["username"],
+        "--secrets-file",
+        str(secrets),
+        "--channel",
+        "/event/Order_Placed__e",
+        "--replay",
+        "-2",
+        "--max-messages",
+        "1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    (line,) = stdout.splitlines()
+    assert orjson.loads(line)["data"]["payload"]["Order_Number__c"] == "O-jwt"
+    assert "PRIVATE KEY" not in stderr.decode()

@@ -218,7 +218,7 @@ def _login_options(function: Callable[..., None]) -> Callable[..., None]:
             "--username",
             envvar="SFSTREAM_USERNAME",
             default=None,
-            help="For the password grant [env SFSTREAM_USERNAME].",
+            help="For the password and jwt_bearer grants [env SFSTREAM_USERNAME].",
         ),
         click.option(
             "--secrets-file",
@@ -226,8 +226,8 @@ def _login_options(function: Callable[..., None]) -> Callable[..., None]:
             default=None,
             type=click.Path(path_type=Path),
             help="File (mode 600) holding SFSTREAM_CLIENT_SECRET, "
-            "SFSTREAM_REFRESH_TOKEN, SFSTREAM_PASSWORD; without it they are read "
-            "from the environment.",
+            "SFSTREAM_REFRESH_TOKEN, SFSTREAM_PASSWORD, SFSTREAM_PRIVATE_KEY (the JWT "
+            "bearer grant's PEM key); without it they are read from the environment.",
         ),
         click.option(
             "--emulator",
@@ -300,6 +300,7 @@ def _credentials(
             refresh_token=await secret("SFSTREAM_REFRESH_TOKEN", "refresh_token" in needs),
             username=username,
             password=await secret("SFSTREAM_PASSWORD", "password" in needs),
+            private_key=await secret("SFSTREAM_PRIVATE_KEY", "private_key" in needs),
         )
 
     try:
