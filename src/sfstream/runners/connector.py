@@ -236,12 +236,11 @@ class Connector:
 
         A warning is logged (`stream_warning`) and the run goes on. So is a stream that
         nothing is selected for (Change Data Capture): `stream_not_selected`, with what to
-        select and where, once per start. Selecting entities is an admin's step in Setup,
-        which may come after the connector is deployed; Salesforce accepts the subscription
-        meanwhile and it delivers from then on, so ending the run would only stop the other
-        streams (and, under a supervisor, restart into the same refusal). The check is not
-        repeated on a resubscribe: the selection does not change what is subscribed, and
-        reading it again would spend a Tooling query and a describe global per re-handshake.
+        select and where, at start and again when the session resubscribes (at most every
+        5 minutes, `sfstream.runners.selection`). Selecting entities is an admin's step in
+        Setup, which may come after the connector is deployed; Salesforce accepts the
+        subscription meanwhile and it delivers from then on, so ending the run would only
+        stop the other streams (and, under a supervisor, restart into the same refusal).
 
         Other errors end the run with the words `check` prints, except with
         `runtime.on_subscription_lost: continue` (the operator wants the other streams to go
@@ -272,6 +271,10 @@ class Connector:
                 entity=problem.entity,
                 warning=problem.message,
                 action=problem.action,
+            )
+        if unselected:
+            self._watch_selection(
+                session, {problem.channel: streams.get(problem.channel) for problem in unselected}
             )
         problems = [problem for problem in problems if not problem.unselected]
         warnings = [problem for problem in problems if problem.severity == "warning"]
@@ -323,6 +326,17 @@ class Connector:
         self._stack.push_async_callback(keeper.release_all)
         self.keeper = keeper
         return keeper
+
+    def _watch_selection(self, session: OrgSession, unselected: dict[str, str | None]) -> None:
+        """Look at the unselected streams again when the session resubscribes (see
+        `sfstream.runners.selection`)."""
+        from sfstream.runners.selection import SelectionWatch
+
+        watch = SelectionWatch(self.config, session.rest, unselected)
+        listeners = self.telemetry.listeners
+        listeners.append(watch)
+        self._stack.callback(_discard, listeners, watch)
+        self._stack.push_async_callback(watch.close)
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -413,6 +427,11 @@ async def start(
         else:
             return connector if opened else None
     return None
+
+
+def _discard(items: list[Any], item: object) -> None:
+    with contextlib.suppress(ValueError):
+        items.remove(item)
 
 
 @contextlib.contextmanager
