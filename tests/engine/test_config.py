@@ -740,7 +740,7 @@ GOOD = {
             "salesforce",
             "salesforce:\n  client_id: k\n  refresh_token: r\n  grant_type: jwt\n",
             "salesforce.grant_type: expected one of refresh_token, password, "
-            "client_credentials, got 'jwt'",
+            "client_credentials, jwt_bearer, got 'jwt'",
         ),
         (
             "salesforce",

@@ -555,6 +555,7 @@ class Pipeline:
             "entity": entity,
             "change_type": change_type,
             "commit_timestamp": header.commitTimestamp,
+            "gap": False,
             "healed": True,
             "run_id": self.run_id,
         }
