@@ -15,6 +15,7 @@ import yaml
 
 from sfstream_emulator import Emulator, EmulatorSettings
 from tests.auth.keys import key_pair
+from tests.cli.test_commands import sfstream
 from tests.runners.process import start_run
 
 REFUSED = (
@@ -54,20 +55,7 @@ def write_config(emu: Emulator, tmp_path: Path, private_key: str) -> Path:
 
 
 async def check(config: Path) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sfstream.cli",
-        "check",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(90):
-        stdout, stderr = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
+    return await sfstream("check", "--config", str(config))
 
 
 def log_lines(log: Path) -> list[dict[str, Any]]:
