@@ -237,11 +237,7 @@ async def _check_postgres(dsn: str) -> tuple[bool, str]:
     import psycopg
     from psycopg import sql
 
-    params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(dsn)
-    params.setdefault("connect_timeout", 10)
-    params.setdefault("application_name", "sfstream check")
-    params["options"] = f"{params.get('options') or ''} -c default_transaction_read_only=on"
-    password = str(params.get("password") or "")
+    params, password = _read_only_params(dsn)
     table = store.table
     try:
         async with await psycopg.AsyncConnection.connect(autocommit=True, **params) as conn:
@@ -295,6 +291,18 @@ def _check_sink(config: Config) -> CheckResult:
     if why_not is not None:
         return (False, label, f"cannot be created: {why_not}")
     return (True, label, "would be created")
+
+
+def _read_only_params(dsn: str) -> tuple[dict[str, Any], str]:
+    """The connection parameters of `dsn` for a look that changes nothing (a read-only
+    session, a 10 s connect timeout), and its password (to mask in messages)."""
+    import psycopg
+
+    params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(dsn)
+    params.setdefault("connect_timeout", 10)
+    params.setdefault("application_name", "sfstream check")
+    params["options"] = f"{params.get('options') or ''} -c default_transaction_read_only=on"
+    return params, str(params.get("password") or "")
 
 
 def _check_remote_sink(config: Config) -> CheckResult:
@@ -355,12 +363,9 @@ def _check_postgres_sink(config: Config) -> CheckResult:
     table = config.sink.table
     label = f"sink (postgres {redact_dsn(dsn)})"
     try:
-        params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(dsn)
+        params, password = _read_only_params(dsn)
     except psycopg.ProgrammingError:
         return (False, label, "malformed DSN")
-    params.setdefault("connect_timeout", 10)
-    params["options"] = f"{params.get('options') or ''} -c default_transaction_read_only=on"
-    password = str(params.get("password") or "")
     try:
         with psycopg.connect(autocommit=True, **params) as conn:
             row = conn.execute("SELECT to_regclass(%s)::text", (table,)).fetchone()
