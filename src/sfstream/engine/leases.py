@@ -270,11 +270,8 @@ class LeaseKeeper:
         self._lost.clear()
         if not lost:
             return
-        for stream in lost:
-            del self.held[stream]
         log.warning("leases_lost", worker=self.worker, streams=lost, reason="fenced")
-        await streams.stop_streams(lost, "lease_lost")
-        self._report()
+        await self._let_go(streams, lost, "lease_lost", release=False)
 
     async def _renew(self, streams: LeasedStreams) -> None:
         now = self._clock()
@@ -299,11 +296,8 @@ class LeaseKeeper:
         streams.extend({stream: self.deadline(now) for stream in renewed})
         gone = sorted(set(tokens) - renewed.keys())
         if gone:
-            for stream in gone:
-                del self.held[stream]
             log.warning("leases_lost", worker=self.worker, streams=gone, reason="taken_over")
-            await streams.stop_streams(gone, "lease_lost")
-            self._report()
+            await self._let_go(streams, gone, "lease_lost", release=False)
 
     async def _give_up_overdue(self, streams: LeasedStreams) -> None:
         """Stop the streams whose renewals failed for two thirds of the TTL, while their
@@ -322,11 +316,7 @@ class LeaseKeeper:
             streams=overdue,
             note="the lease could not be renewed; another worker takes the streams",
         )
-        tokens = {stream: self.held.pop(stream).token for stream in overdue}
-        await streams.stop_streams(overdue, "lease_not_renewed")
-        with contextlib.suppress(SfStreamError):
-            await self.store.release(tokens, self.worker)
-        self._report()
+        await self._let_go(streams, overdue, "lease_not_renewed", release=True)
 
     async def _shed(self, streams: LeasedStreams, count: int) -> None:
         """Stop and release `count` streams, the most recently taken first."""
@@ -401,13 +391,24 @@ class LeaseKeeper:
             if first or not exc.retryable:
                 raise  # the run ends, or start-up tries again: `release_all` gives them back
             log.warning("streams_not_started", streams=sorted(tokens), error=str(exc))
-            await streams.stop_streams(tokens, "start_failed")
-            for stream in tokens:
-                self.held.pop(stream, None)
+            if await self._let_go(streams, sorted(tokens), "start_failed", release=True):
+                log.info("leases_released", worker=self.worker, streams=sorted(tokens))
+
+    async def _let_go(
+        self, streams: LeasedStreams, names: list[str], reason: str, *, release: bool
+    ) -> bool:
+        """Forget the leases of `names` and stop those streams (what they received is
+        written, and committed where the lease still holds); with `release`, give the
+        leases back. Whether they were given back."""
+        tokens = {name: self.held.pop(name).token for name in names if name in self.held}
+        await streams.stop_streams(names, reason)
+        released = False
+        if release and tokens:
             with contextlib.suppress(SfStreamError):
                 await self.store.release(tokens, self.worker)
-                log.info("leases_released", worker=self.worker, streams=sorted(tokens))
-            self._report()
+                released = True
+        self._report()
+        return released
 
     def _report(self) -> None:
         self.telemetry.leases_held = len(self.held)
