@@ -363,6 +363,23 @@ def assert_journal_exclusive(emu: Emulator, workers: list[Worker], *, grace_s: f
     return len(intervals)
 
 
+def unwritten(emu: Emulator, worker: Worker, streams: set[str]) -> set[tuple[str, int]]:
+    """The events of `streams` the emulator delivered to the worker over a second ago that
+    its sink does not hold: received, and waiting in its open batch."""
+    clients = worker.clients()
+    before = time.time() - 1.0
+    delivered = {
+        (CHANNELS[entry["channel"]], replay_id)
+        for entry in emu.journal()
+        if entry["action"] == "deliver"
+        and entry["client_id"] in clients
+        and entry["at"] < before
+        and CHANNELS.get(entry["channel"]) in streams
+        for replay_id in entry["replay_ids"]
+    }
+    return delivered - {(r["stream"], r["replay_id"]) for r in worker.records()}
+
+
 async def stop_all(workers: list[Worker]) -> None:
     for worker in workers:
         if worker.process is not None:
@@ -506,7 +523,7 @@ async def test_sigterm_hands_the_streams_over_within_five_seconds(
 async def test_three_workers_eight_streams_kills_and_a_zombie(
     sfstream_emulator: Emulator, tmp_path: Path, shared: Shared
 ) -> None:
-    """Random SIGKILLs and one SIGSTOP/SIGCONT over a couple of minutes of traffic."""
+    """Random SIGKILLs and one SIGSTOP/SIGCONT over two minutes of traffic."""
     emu = sfstream_emulator
     rng = random.Random(1616)
     ttl = 6.0
@@ -515,7 +532,7 @@ async def test_three_workers_eight_streams_kills_and_a_zombie(
         make_worker(emu, tmp_path, "w1", shared, state=state),
         make_worker(emu, tmp_path, "w2", shared, state=state),
         # The zombie batches for long: it is paused with records it has not committed.
-        make_worker(emu, tmp_path, "zombie", shared, state=state, batch={"max_wait_ms": 1500}),
+        make_worker(emu, tmp_path, "zombie", shared, state=state, batch={"max_wait_ms": 5000}),
     ]
     zombie = workers[2]
     running = True
@@ -525,6 +542,7 @@ async def test_three_workers_eight_streams_kills_and_a_zombie(
             publish(emu, 1)
             await asyncio.sleep(0.1)
 
+    began = time.monotonic()
     publisher = asyncio.create_task(traffic())
     try:
         for worker in workers:
@@ -542,15 +560,29 @@ async def test_three_workers_eight_streams_kills_and_a_zombie(
         owned = {s for s, lease in (await leases(shared)).items() if lease.owner == zombie_id}
         assert owned, "the zombie owned nothing to lose"
         assert zombie.process is not None
-        stopped = time.time()
-        zombie.process.send_signal(signal.SIGSTOP)
+        # Paused while it holds records it received but has not written (its open batch):
+        # when it wakes up, committing them is its late, stale commit. Checked again once
+        # it is frozen, since a batch may have gone out between the look and the signal.
+        for _ in range(10):
+            await wait_for(
+                lambda: unwritten(emu, zombie, owned), 30, "the zombie held no open batch"
+            )
+            stopped = time.time()
+            zombie.process.send_signal(signal.SIGSTOP)
+            if unwritten(emu, zombie, owned):
+                break
+            zombie.process.send_signal(signal.SIGCONT)
+            zombie.paused.append((stopped, time.time()))
+        else:
+            pytest.fail("the zombie was never paused with an open batch")
         await asyncio.sleep(ttl + 6)
         taken = await leases(shared)
         assert all(taken[s].owner != zombie_id for s in owned), "nobody took the zombie's"
         zombie.process.send_signal(signal.SIGCONT)
         zombie.paused.append((stopped, time.time()))
-        # Random SIGKILLs of the two others, each restarted a moment later.
-        for _ in range(4):
+        # Random SIGKILLs of the two others, each restarted a moment later, until two
+        # minutes of traffic have passed.
+        while time.monotonic() - began < 120:
             await asyncio.sleep(rng.uniform(4, 9))
             victim = rng.choice(workers[:2])
             await victim.kill()
