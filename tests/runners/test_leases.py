@@ -519,6 +519,7 @@ async def test_sigterm_hands_the_streams_over_within_five_seconds(
                 await worker.kill()
 
 
+@pytest.mark.timeout(360)
 @pytest.mark.parametrize("shared", SHARED, indirect=True)
 async def test_three_workers_eight_streams_kills_and_a_zombie(
     sfstream_emulator: Emulator, tmp_path: Path, shared: Shared
