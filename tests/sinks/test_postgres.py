@@ -36,7 +36,8 @@ from sfstream.protocol import GapMessage, Message, Record, SchemaMessage, StateM
 from sfstream.sinks import Sink
 from sfstream.sinks.postgres import PostgresSink
 from sfstream.state.base import Fence
-from sfstream.state.postgres import PostgresStateStore, redact_dsn
+from sfstream.state.pg import redact_dsn
+from sfstream.state.postgres import PostgresStateStore
 from sfstream.testing.sinks import SINK_CHECKS, SinkCheck, check_sink
 from sfstream_emulator import Emulator, EmulatorSettings
 from tests.conftest import MakeConfig
@@ -653,7 +654,7 @@ async def test_a_terminated_session_is_replaced_once(
 async def test_commits_wait_for_the_disk_even_where_the_server_says_not_to(table: str) -> None:
     async with PostgresSink(make_conninfo(DSN, options="-c synchronous_commit=off"), table) as sink:
         await sink.write([record("a", 1)])
-        conn = sink._conn  # read only: the session the sink writes with
+        conn = sink._db._conn  # read only: the session the sink writes with
         assert conn is not None
         cursor = await conn.execute("SHOW synchronous_commit")
         assert await cursor.fetchone() == ("on",)
@@ -685,8 +686,9 @@ async def test_an_unreachable_server_is_retryable_and_hides_the_password(
     await sink.close()
     assert caught.value.retryable
     assert f"port {port}" in str(caught.value)
-    action = {"open": "open", "write": "write to", "high_watermarks": "read high-water marks from"}
-    assert str(caught.value).startswith(f"PostgreSQL sink: {action[call]} table {table} in ")
+    action = {"open": "open", "write": "write", "high_watermarks": "read high-water marks"}
+    assert str(caught.value).startswith("PostgreSQL sink postgresql://")
+    assert f" table {table}: {action[call]} failed: " in str(caught.value)
     assert SECRET not in messages_of(caught.value)
 
 

@@ -21,7 +21,7 @@ from psycopg.conninfo import make_conninfo
 
 from sfstream.errors import ConfigError, StorageError, StorageUnavailableError
 from sfstream.state import PostgresStateStore, StateStore, StreamOwnedError
-from sfstream.state.postgres import redact_dsn
+from sfstream.state.pg import redact_dsn
 from sfstream.testing.leases import LEASE_STORE_CHECKS, check_lease_store
 from sfstream.testing.state import STATE_STORE_CHECKS, StoreFactory, check_state_store
 

@@ -356,7 +356,7 @@ def _check_kafka(config: Config) -> CheckResult:
 def _check_postgres_sink(config: Config) -> CheckResult:
     import psycopg
 
-    from sfstream.state.postgres import redact_dsn
+    from sfstream.state.pg import redact_dsn
 
     dsn = config.sink_dsn
     assert dsn is not None  # checked by the configuration

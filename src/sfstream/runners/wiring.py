@@ -286,7 +286,7 @@ def describe_registry(config: Config) -> str:
         return f"DynamoDB table {state.table}{region}"
     if backend == "postgres":
         from sfstream.schema.postgres import DEFAULT_TABLE, table_beside
-        from sfstream.state.postgres import redact_dsn
+        from sfstream.state.pg import redact_dsn
 
         assert state.dsn is not None  # checked by the configuration
         table = table_beside(state.table) if state.table is not None else DEFAULT_TABLE

@@ -19,21 +19,19 @@ message or `repr`.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
-from sfstream.errors import ConfigError, SfStreamError, StorageError
+from sfstream.errors import StorageError
 from sfstream.schema.registry import SchemaVersion, next_version
 from sfstream.schema.render import fingerprint
-from sfstream.state.postgres import (
-    CONNECT_TIMEOUT_S,
-    TABLE_NAME,
+from sfstream.state.pg import (
+    PgConnection,
+    connection_params,
     describe_database,
-    storage_error,
+    regclass,
+    table_parts,
 )
 
 if TYPE_CHECKING:
@@ -41,7 +39,6 @@ if TYPE_CHECKING:
     from psycopg import sql
     from psycopg.rows import TupleRow
 
-T = TypeVar("T")
 
 DEFAULT_TABLE: Final = "sfstream_schemas"
 _SELECT: Final = (
@@ -67,32 +64,21 @@ class PostgresSchemaRegistry:
     """
 
     def __init__(self, dsn: str, table: str = DEFAULT_TABLE, *, read_only: bool = False) -> None:
-        try:
-            import psycopg
-        except ImportError as exc:
-            raise ConfigError(
-                "the PostgreSQL schema registry needs psycopg: pip install 'sfstream[postgres]'"
-            ) from exc
+        params = connection_params(dsn, "the PostgreSQL schema registry", "sfstream")
         from psycopg import sql
 
-        from sfstream.state.postgres import redact_dsn
-
-        try:
-            params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(dsn)
-        except psycopg.ProgrammingError:
-            raise ConfigError(f"malformed PostgreSQL DSN {redact_dsn(dsn)!r}") from None
-        if not TABLE_NAME.match(table):
-            raise ConfigError(
-                f"table name {table!r} must be [schema.]name of letters, digits and _"
-            )
-        params.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
-        params.setdefault("application_name", "sfstream")
-        self._params = params
-        self._password = str(params.get("password") or "")
+        self._parts = table_parts(table)
         self.database = describe_database(params)
         self.table = table
         self.read_only = read_only
-        self._name = sql.Identifier(*table.split("."))
+        self._db = PgConnection(
+            params,
+            f"schema registry {self.describe()}",
+            "the registry is closed",
+            read_only=read_only,
+            prepare=self._create,
+        )
+        self._name = sql.Identifier(*self._parts)
 
         def compose(text: str) -> sql.Composed:
             return sql.SQL(text).format(table=self._name)
@@ -104,10 +90,6 @@ class PostgresSchemaRegistry:
         self._insert = compose(_INSERT)
         self._subjects = compose("SELECT DISTINCT subject FROM {table} ORDER BY subject")
         self._lock_prefix = f"sfstream.schemas:{table}:"
-        self._conn: psycopg.AsyncConnection[TupleRow] | None = None
-        self._ready = False
-        self._closed = False
-        self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         flag = ", read_only=True" if self.read_only else ""
@@ -124,12 +106,12 @@ class PostgresSchemaRegistry:
             raise StorageError(f"schema registry {self.describe()} is open read-only")
 
         async def work(conn: psycopg.AsyncConnection[TupleRow]) -> bool:
-            cursor = await conn.execute("SELECT to_regclass(%s) IS NULL", (self._regclass(),))
+            cursor = await conn.execute("SELECT to_regclass(%s) IS NULL", (regclass(self._parts),))
             row = await cursor.fetchone()
             return bool(row and row[0])
 
-        missing = await self._run("create the table", work, create=False)
-        await self._run("create the table", _nothing)
+        missing = await self._db.run("create the table", work, prepare=False)
+        await self._db.run("create the table", _nothing)
         return missing
 
     async def register(
@@ -182,7 +164,7 @@ class PostgresSchemaRegistry:
                 )
             return version, True
 
-        return await self._run("register", work)
+        return await self._db.run("register", work)
 
     async def get(self, subject: str, version: int | None = None) -> SchemaVersion | None:
         params: tuple[object, ...]
@@ -194,29 +176,24 @@ class PostgresSchemaRegistry:
             rows = await self._select(conn, query, params)
             return _version(rows[0]) if rows else None
 
-        return await self._run("get", work)
+        return await self._db.run("get", work)
 
     async def history(self, subject: str) -> list[SchemaVersion]:
         async def work(conn: psycopg.AsyncConnection[TupleRow]) -> list[SchemaVersion]:
             return [_version(row) for row in await self._select(conn, self._history, (subject,))]
 
-        return await self._run("history", work)
+        return await self._db.run("history", work)
 
     async def subjects(self) -> list[str]:
         async def work(conn: psycopg.AsyncConnection[TupleRow]) -> list[str]:
             return [str(row[0]) for row in await self._select(conn, self._subjects, ())]
 
-        return await self._run("subjects", work)
+        return await self._db.run("subjects", work)
 
     async def close(self) -> None:
-        async with self._lock:
-            self._closed = True
-            await self._discard()
+        await self._db.close()
 
-    # -- connection ------------------------------------------------------------------------
-
-    def _regclass(self) -> str:
-        return ".".join(f'"{part}"' for part in self.table.split("."))
+    # -- queries -----------------------------------------------------------------------------
 
     async def _select(
         self,
@@ -234,82 +211,30 @@ class PostgresSchemaRegistry:
             raise
         return await cursor.fetchall()
 
-    async def _run(
-        self,
-        action: str,
-        work: Callable[[psycopg.AsyncConnection[TupleRow]], Awaitable[T]],
-        *,
-        create: bool = True,
-    ) -> T:
-        import psycopg
-
-        async with self._lock:
-            if self._closed:
-                raise StorageError(f"schema registry {self.describe()}: the registry is closed")
-            try:
-                conn = await self._connection(create)
-                try:
-                    return await work(conn)
-                except psycopg.Error:
-                    if not conn.broken:
-                        raise
-                # The connection dropped under us; every call is idempotent: once more.
-                await self._discard()
-                return await work(await self._connection(create))
-            except psycopg.Error as exc:
-                raise self._translate(action, exc) from exc
-
-    async def _connection(self, create: bool) -> psycopg.AsyncConnection[TupleRow]:
-        import psycopg
+    async def _create(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        """Create the table if missing (the connection's `prepare`)."""
         from psycopg import sql
-        from psycopg.pq import TransactionStatus
 
-        conn = self._conn
-        if conn is not None and (
-            conn.closed or conn.info.transaction_status != TransactionStatus.IDLE
-        ):
-            await self._discard()
-            conn = None
-        if conn is None:
-            conn = await psycopg.AsyncConnection.connect(autocommit=True, **self._params)
-            self._conn = conn
-            if self.read_only:
-                await conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-        if create and not self._ready and not self.read_only:
-            async with conn.transaction():
-                # Serializes CREATE TABLE IF NOT EXISTS, which races between sessions.
-                await conn.execute(
-                    "SELECT pg_advisory_xact_lock(%s)", (_key(f"sfstream.create:{self.table}"),)
-                )
-                await conn.execute(
-                    sql.SQL(
-                        "CREATE TABLE IF NOT EXISTS {} ("
-                        " subject text NOT NULL,"
-                        " version integer NOT NULL,"
-                        " fingerprint text NOT NULL,"
-                        " json_schema jsonb NOT NULL,"
-                        " avro_schema jsonb NOT NULL,"
-                        " schema_id text,"
-                        " diff jsonb NOT NULL,"
-                        " breaking boolean NOT NULL,"
-                        " created_at timestamptz NOT NULL,"
-                        " PRIMARY KEY (subject, version))"
-                    ).format(self._name)
-                )
-            self._ready = True
-        return conn
-
-    async def _discard(self) -> None:
-        import psycopg
-
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await conn.close()
-
-    def _translate(self, action: str, exc: psycopg.Error) -> SfStreamError:
-
-        return storage_error(exc, f"schema registry {self.describe()}: {action}", self._password)
+        async with conn.transaction():
+            # Serializes CREATE TABLE IF NOT EXISTS, which races between sessions.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(%s)", (_key(f"sfstream.create:{self.table}"),)
+            )
+            await conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} ("
+                    " subject text NOT NULL,"
+                    " version integer NOT NULL,"
+                    " fingerprint text NOT NULL,"
+                    " json_schema jsonb NOT NULL,"
+                    " avro_schema jsonb NOT NULL,"
+                    " schema_id text,"
+                    " diff jsonb NOT NULL,"
+                    " breaking boolean NOT NULL,"
+                    " created_at timestamptz NOT NULL,"
+                    " PRIMARY KEY (subject, version))"
+                ).format(self._name)
+            )
 
 
 async def _nothing(conn: Any) -> None:

@@ -57,12 +57,11 @@ repeated if it did. The DSN's password never appears in a message or `repr`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import msgspec
 
@@ -70,13 +69,18 @@ from sfstream.bayeux.messages import event_time_s
 from sfstream.errors import (
     ConfigError,
     LeaseLostError,
-    SfStreamError,
-    StorageError,
     StorageUnavailableError,
 )
 from sfstream.protocol import GapMessage, Message, Record, StateMessage, encode
-from sfstream.state._common import utc_now
 from sfstream.state.base import Fence, check_fence, fence_error
+from sfstream.state.pg import (
+    MAX_IDENTIFIER,
+    PgConnection,
+    connection_params,
+    describe_database,
+    regclass,
+    table_parts,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -85,9 +89,7 @@ if TYPE_CHECKING:
 
     from sfstream.state.postgres import PostgresStateStore
 
-T = TypeVar("T")
 
-_MAX_IDENTIFIER: Final = 63
 _RECORD_KEY_SUFFIX: Final = "_record_key"
 _STREAM_SEQ_SUFFIX: Final = "_stream_seq"
 # How long a write whose connection dropped waits for the server to end its transaction
@@ -302,62 +304,42 @@ class PostgresSink:
     def __init__(
         self, dsn: str, table: str = "sfstream_records", *, state_table: str | None = None
     ) -> None:
-        try:
-            import psycopg
-        except ImportError as exc:
-            raise ConfigError(
-                "the PostgreSQL sink needs psycopg: pip install 'sfstream[postgres]'"
-            ) from exc
+        params = connection_params(dsn, "the PostgreSQL sink", "sfstream sink")
         from psycopg import sql
 
-        from sfstream.state.postgres import (
-            CONNECT_TIMEOUT_S,
-            TABLE_NAME,
-            PostgresStateStore,
-            describe_database,
-            redact_dsn,
-        )
+        from sfstream.state.postgres import PostgresStateStore
 
-        try:
-            params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(dsn)
-        except psycopg.ProgrammingError:
-            # Not chained: psycopg's message quotes the DSN, and with it the password.
-            raise ConfigError(f"malformed PostgreSQL DSN {redact_dsn(dsn)!r}") from None
-        if not TABLE_NAME.match(table):
-            raise ConfigError(
-                f"table name {table!r} must be [schema.]name of letters, digits and _"
-            )
-        *schema, name = table.split(".")
-        longest = _MAX_IDENTIFIER - len(_RECORD_KEY_SUFFIX)
+        *schema, name = table_parts(table)
+        longest = MAX_IDENTIFIER - len(_RECORD_KEY_SUFFIX)
         if len(name) > longest:
             raise ConfigError(
                 f"table name {name!r} is too long: at most {longest} characters, since its "
                 f"indexes are named {name}{_RECORD_KEY_SUFFIX} and {name}{_STREAM_SEQ_SUFFIX}"
             )
-        params.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
-        params.setdefault("application_name", "sfstream sink")
-        self._params = params
-        self._password = str(params.get("password") or "")
         self.database = describe_database(params)
         """Where the table lives, without the password: `postgresql://user@host:port/db`."""
         self.table = table
         self.state_table = state_table
-        # The state store's statements (of a store that never connects): a checkpoint the
-        # sink commits is exactly what the store's commit would have stored.
+        # The state store, for its statements inside the sink's transaction (a store that
+        # never connects): a checkpoint the sink commits is exactly what the store's commit
+        # would have stored.
         self._state: PostgresStateStore | None = (
             None if state_table is None else PostgresStateStore(dsn, state_table)
         )
         self._queries = _Queries(
             sql.Identifier(*schema, name),
-            [".".join(f'"{part}"' for part in [*schema, n]) for n in _names(name)],
+            [regclass([*schema, n]) for n in _names(name)],
             sql.Identifier(name + _RECORD_KEY_SUFFIX),
             sql.Identifier(name + _STREAM_SEQ_SUFFIX),
         )
         self._lock_key = _advisory_key(table)
-        self._conn: psycopg.AsyncConnection[TupleRow] | None = None
-        self._ready = False
-        self._closed = False
-        self._lock = asyncio.Lock()
+        self._db = PgConnection(
+            params,
+            f"PostgreSQL sink {self.database} table {table}",
+            "the sink is closed",
+            prepare=self._create,
+            on_connect=_durable,
+        )
 
     def __repr__(self) -> str:
         shared = f", state_table={self.state_table!r}" if self.state_table else ""
@@ -375,7 +357,7 @@ class PostgresSink:
         async def nothing(conn: psycopg.AsyncConnection[TupleRow]) -> None:
             return None
 
-        await self._run("open", nothing)
+        await self._db.run("open", nothing)
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -406,7 +388,7 @@ class PostgresSink:
                 connection left the write's outcome unknown (nothing is lost: the next
                 run resumes after what the table holds).
         """
-        self._check_open()
+        self._db.check_open()
         if not messages:
             return
         rows = _Rows(messages)
@@ -430,7 +412,7 @@ class PostgresSink:
             StorageError: the server refused the read, or the sink is closed.
             StorageUnavailableError: the server is unreachable for now.
         """
-        self._check_open()
+        self._db.check_open()
         wanted = sorted(set(streams))
         if not wanted:
             return {}
@@ -439,7 +421,7 @@ class PostgresSink:
             cursor = await conn.execute(self._queries.marks, (wanted,))
             return await cursor.fetchall()
 
-        rows = await self._run("read high-water marks from", work)
+        rows = await self._db.run("read high-water marks", work)
         return {
             str(stream): int(replay_id)
             for stream, kind, replay_id in rows
@@ -449,9 +431,7 @@ class PostgresSink:
     async def close(self) -> None:
         """Close the connection (after any call in flight); calling it again does nothing.
         Written data is already committed."""
-        async with self._lock:
-            self._closed = True
-            await self._discard()
+        await self._db.close()
 
     # -- the write --------------------------------------------------------------------------
 
@@ -459,30 +439,20 @@ class PostgresSink:
         """Run the batch's transaction; after a dropped connection, once more unless the
         server says the first one committed. The stale streams (then only the refusal was
         stored)."""
-        import psycopg
+        attempt = _Attempt()
 
-        action = "write to"
-        async with self._lock:
-            self._check_open()
-            attempt = _Attempt()
-            try:
-                conn = await self._connection()
-                try:
-                    await self._transaction(conn, attempt, rows, tokens, worker)
-                except psycopg.Error:
-                    if not conn.broken:
-                        raise
-                else:
-                    return attempt.stale
-                await self._discard()
-                conn = await self._connection()
-                if attempt.xid is not None and await self._committed(conn, attempt.xid):
-                    return attempt.stale
-                attempt = _Attempt()
-                await self._transaction(conn, attempt, rows, tokens, worker)
-            except psycopg.Error as exc:
-                raise self._translate(action, exc) from exc
+        async def first(conn: psycopg.AsyncConnection[TupleRow]) -> list[str]:
+            await self._transaction(conn, attempt, rows, tokens, worker)
             return attempt.stale
+
+        async def again(conn: psycopg.AsyncConnection[TupleRow]) -> list[str]:
+            if attempt.xid is not None and await self._committed(conn, attempt.xid):
+                return attempt.stale
+            retry = _Attempt()
+            await self._transaction(conn, retry, rows, tokens, worker)
+            return retry.stale
+
+        return await self._db.run("write", first, again=again)
 
     async def _transaction(
         self,
@@ -498,7 +468,7 @@ class PostgresSink:
             found = await cursor.fetchone()
             attempt.xid = None if found is None else int(found[0])
             if state is not None and tokens:
-                stale = await self._fence(conn, state, tokens, worker)
+                stale = await state.fence_in(conn, tokens, worker)
                 if stale:
                     attempt.stale = stale
                     return  # commits the refusal, and nothing else
@@ -510,38 +480,7 @@ class PostgresSink:
                 if tokens is None or stream in tokens
             }
             if state is not None and checkpoints:
-                await conn.execute(
-                    state._queries.commit,  # the store's own statement
-                    {
-                        "at": utc_now(),
-                        "streams": list(checkpoints),
-                        "ids": [replay_id for replay_id, _ in checkpoints.values()],
-                        "times": [moment for _, moment in checkpoints.values()],
-                    },
-                )
-
-    async def _fence(
-        self,
-        conn: psycopg.AsyncConnection[TupleRow],
-        state: PostgresStateStore,
-        tokens: dict[str, int],
-        worker: str,
-    ) -> list[str]:
-        """Lock the streams' lease rows and compare tokens (the store's statements); the
-        stale streams, their refusal recorded."""
-        queries = state._queries  # the store's own statements
-        streams = sorted(tokens)
-        # FOR UPDATE: an acquisition by another worker waits until this batch commits, so
-        # the tokens compared are the ones in force when the rows land.
-        cursor = await conn.execute(queries.lock_leases, (streams,))
-        current = {str(stream): int(token) for stream, token in await cursor.fetchall()}
-        stale = [stream for stream in streams if current.get(stream) != tokens[stream]]
-        if stale:
-            await conn.execute(
-                queries.refuse,
-                {"streams": stale, "tokens": [tokens[s] for s in stale], "worker": worker},
-            )
-        return stale
+                await state.store_in(conn, checkpoints)
 
     async def _committed(self, conn: psycopg.AsyncConnection[TupleRow], xid: int) -> bool:
         """Whether transaction `xid` (of a dropped connection) committed; waits a little
@@ -569,57 +508,6 @@ class PostgresSink:
 
     # -- connection -------------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StorageError(
-                f"PostgreSQL sink {self.database} table {self.table}: the sink is closed"
-            )
-
-    async def _run(
-        self, action: str, work: Callable[[psycopg.AsyncConnection[TupleRow]], Awaitable[T]]
-    ) -> T:
-        """Run an idempotent call; once more on a new connection if the first dropped."""
-        import psycopg
-
-        async with self._lock:
-            self._check_open()
-            try:
-                conn = await self._connection()
-                try:
-                    return await work(conn)
-                except psycopg.Error:
-                    if not conn.broken:
-                        raise
-                await self._discard()
-                return await work(await self._connection())
-            except psycopg.Error as exc:
-                raise self._translate(action, exc) from exc
-
-    async def _connection(self) -> psycopg.AsyncConnection[TupleRow]:
-        import psycopg
-        from psycopg.pq import TransactionStatus
-
-        conn = self._conn
-        if conn is not None and (
-            conn.closed or conn.info.transaction_status != TransactionStatus.IDLE
-        ):
-            # Dropped, or left inside a transaction by a cancelled call: start afresh.
-            await self._discard()
-            conn = None
-        if conn is None:
-            conn = await psycopg.AsyncConnection.connect(autocommit=True, **self._params)
-            self._conn = conn
-            # `write` is durable on return: a session (or database, or role) that commits
-            # without waiting for the WAL flush would lose acknowledged batches in a crash.
-            cursor = await conn.execute("SELECT current_setting('synchronous_commit')")
-            setting = await cursor.fetchone()
-            if setting is not None and setting[0] == "off":
-                await conn.execute("SET synchronous_commit = on")
-        if not self._ready:
-            await self._create(conn)
-            self._ready = True
-        return conn
-
     async def _create(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
         """Create the table and its indexes if missing (and the state's tables)."""
         queries = self._queries
@@ -633,32 +521,17 @@ class PostgresSink:
                 await conn.execute(queries.create)
                 await conn.execute(queries.create_record_key)
                 await conn.execute(queries.create_stream_seq)
-        if self.state_table is not None:
-            # The store creates its tables on first use: the same code, on a connection of
-            # its own, closed again.
-            from psycopg.conninfo import make_conninfo
+        if self._state is not None:
+            await self._state.create_in(conn)
 
-            from sfstream.state.postgres import PostgresStateStore
 
-            dsn = make_conninfo("", **self._params)
-            async with PostgresStateStore(dsn, self.state_table) as store:
-                await store.overrides(None)
-
-    async def _discard(self) -> None:
-        import psycopg
-
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await conn.close()
-
-    def _translate(self, action: str, exc: psycopg.Error) -> SfStreamError:
-        """The sfstream error for a psycopg error: the one place that maps them."""
-        from sfstream.state.postgres import storage_error
-
-        return storage_error(
-            exc, f"PostgreSQL sink: {action} table {self.table} in {self.database}", self._password
-        )
+async def _durable(conn: psycopg.AsyncConnection[TupleRow]) -> None:
+    """`write` is durable on return: a session (or database, or role) that commits without
+    waiting for the WAL flush would lose acknowledged batches in a crash."""
+    cursor = await conn.execute("SELECT current_setting('synchronous_commit')")
+    setting = await cursor.fetchone()
+    if setting is not None and setting[0] == "off":
+        await conn.execute("SET synchronous_commit = on")
 
 
 class _Queries:

@@ -36,24 +36,19 @@ lock is gone without the owner noticing.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import os
-import re
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any, Final, Self
 
 from sfstream.errors import (
     ConfigError,
     LeaseLostError,
-    SfStreamError,
     StorageError,
-    StorageUnavailableError,
 )
 from sfstream.state._common import (
     check_batch,
@@ -78,60 +73,23 @@ from sfstream.state.base import (
     check_fence,
     fence_error,
 )
+from sfstream.state.pg import (
+    MAX_IDENTIFIER,
+    PgConnection,
+    connection_params,
+    describe_database,
+    regclass,
+    table_parts,
+)
 
 if TYPE_CHECKING:
     import psycopg
     from psycopg import sql
     from psycopg.rows import TupleRow
 
-T = TypeVar("T")
-
-TABLE_NAME: Final = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$")
-CONNECT_TIMEOUT_S: Final = 10
-"""The connect timeout of every PostgreSQL connection without one in its DSN."""
 _OVERRIDES_SUFFIX: Final = "_overrides"
 _LEASES_SUFFIX: Final = "_leases"
 _MEMBERS_SUFFIX: Final = "_members"
-_MAX_IDENTIFIER: Final = 63
-# SQLSTATEs worth retrying: connection exceptions (08), shutdown / not yet accepting (57P0x),
-# too many connections, serialization failure, deadlock, lock timeout, statement timeout.
-_TRANSIENT_CLASSES: Final = ("08",)
-_TRANSIENT_STATES: Final = frozenset(
-    {"57P01", "57P02", "57P03", "53300", "40001", "40P01", "55P03", "57014"}
-)
-# libpq reports a refused connection attempt without an SQLSTATE; these texts mean the
-# server answered and said no, which no retry will change.
-_REFUSALS: Final = (
-    "does not exist",
-    "authentication failed",
-    "no pg_hba.conf entry",
-    "no password supplied",
-    "permission denied",
-)
-
-
-def storage_error(exc: psycopg.Error, doing: str, password: str | None = None) -> SfStreamError:
-    """`StorageUnavailableError` (retryable) or `StorageError` (terminal) for a psycopg error
-    met while `doing` (`PostgreSQL state store db: commit`), its text with `password`
-    masked: the one rule for every PostgreSQL store (state, schema registry)."""
-    import psycopg
-
-    text = str(exc).strip() or type(exc).__name__
-    if password:
-        text = text.replace(password, "***")
-    message = f"{doing} failed: {text}"
-    state = exc.sqlstate
-    if state is None:
-        # No SQLSTATE: libpq failed to connect, or lost the connection.
-        refused = isinstance(exc, psycopg.OperationalError) and any(
-            phrase in text for phrase in _REFUSALS
-        )
-        transient = isinstance(exc, psycopg.OperationalError) and not refused
-    else:
-        transient = state.startswith(_TRANSIENT_CLASSES) or state in _TRANSIENT_STATES
-    if transient:
-        return StorageUnavailableError(message)
-    return StorageError(message)
 
 
 class PostgresStateStore:
@@ -153,34 +111,16 @@ class PostgresStateStore:
     def __init__(
         self, dsn: str, table: str = "sfstream_checkpoints", *, read_only: bool = False
     ) -> None:
-        try:
-            import psycopg
-        except ImportError as exc:
-            raise ConfigError(
-                "the PostgreSQL state store needs psycopg: pip install 'sfstream[postgres]'"
-            ) from exc
+        params = connection_params(dsn, "the PostgreSQL state store", "sfstream")
         from psycopg import sql
 
-        try:
-            params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(dsn)
-        except psycopg.ProgrammingError:
-            # Not chained: psycopg's message quotes the DSN, and with it the password.
-            raise ConfigError(f"malformed PostgreSQL DSN {redact_dsn(dsn)!r}") from None
-        if not TABLE_NAME.match(table):
-            raise ConfigError(
-                f"table name {table!r} must be [schema.]name of letters, digits and _"
-            )
-        *schema, name = table.split(".")
-        if len(name) + len(_OVERRIDES_SUFFIX) > _MAX_IDENTIFIER:
+        *schema, name = table_parts(table)
+        if len(name) + len(_OVERRIDES_SUFFIX) > MAX_IDENTIFIER:
             raise ConfigError(
                 f"table name {name!r} is too long: at most "
-                f"{_MAX_IDENTIFIER - len(_OVERRIDES_SUFFIX)} characters, since the store "
+                f"{MAX_IDENTIFIER - len(_OVERRIDES_SUFFIX)} characters, since the store "
                 f"keeps pending operator changes in {name}{_OVERRIDES_SUFFIX}"
             )
-        params.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
-        params.setdefault("application_name", "sfstream")
-        self._params = params
-        self._password = str(params.get("password") or "")
         self.database = describe_database(params)
         """Where the checkpoints live, without the password: `postgresql://user@host/db`."""
         self.table = table
@@ -188,8 +128,7 @@ class PostgresStateStore:
         self._queries = _Queries(
             sql.Identifier(*schema, name),
             sql.Identifier(*schema, name + _OVERRIDES_SUFFIX),
-            # The name as `regclass` text: the pattern above leaves nothing to escape.
-            ".".join(f'"{part}"' for part in [*schema, name]),
+            regclass([*schema, name]),
             sql.Identifier(*schema, name + _LEASES_SUFFIX),
             sql.Identifier(*schema, name + _MEMBERS_SUFFIX),
         )
@@ -198,10 +137,13 @@ class PostgresStateStore:
         ]
         """The tables the store keeps (created on first use)."""
         self._lock_key = _advisory_key(table)
-        self._conn: psycopg.AsyncConnection[TupleRow] | None = None
-        self._schema_ready = False
-        self._closed = False
-        self._lock = asyncio.Lock()
+        self._db = PgConnection(
+            params,
+            f"PostgreSQL state store {self.database}",
+            "the store is closed",
+            read_only=read_only,
+            prepare=self.create_in,
+        )
 
     def __repr__(self) -> str:
         flag = ", read_only=True" if self.read_only else ""
@@ -223,7 +165,7 @@ class PostgresStateStore:
         wanted = check_streams(streams)
         if wanted == []:
             return {}
-        rows = await self._run("load", lambda conn: self._load(conn, wanted))
+        rows = await self._db.run("load", lambda conn: self._load(conn, wanted))
         return {
             stream: Checkpoint(stream, replay_id, iso_utc(updated_at), event_time)
             for stream, replay_id, updated_at, event_time in rows
@@ -250,10 +192,10 @@ class PostgresStateStore:
             return
         self._writable("commit")
         if fence is None or tokens is None:
-            await self._run("commit", lambda conn: self._commit(conn, batch, times))
+            await self._db.run("commit", lambda conn: self._commit(conn, batch, times))
             return
         worker = fence.worker
-        stale = await self._run(
+        stale = await self._db.run(
             "commit", lambda conn: self._commit(conn, batch, times, tokens, worker)
         )
         if stale:
@@ -325,7 +267,7 @@ class PostgresStateStore:
         async def work(conn: psycopg.AsyncConnection[TupleRow]) -> None:
             await conn.execute(self._queries.join, {"worker": worker, "ttl": ttl})
 
-        await self._run("join", work)
+        await self._db.run("join", work)
 
     async def leave(self, worker: str) -> None:
         """Remove `worker` from the members."""
@@ -335,7 +277,7 @@ class PostgresStateStore:
         async def work(conn: psycopg.AsyncConnection[TupleRow]) -> None:
             await conn.execute(self._queries.leave, (worker,))
 
-        await self._run("leave", work)
+        await self._db.run("leave", work)
 
     async def members(self) -> list[Member]:
         """The members that have not expired, by worker id."""
@@ -343,7 +285,7 @@ class PostgresStateStore:
         async def work(conn: psycopg.AsyncConnection[TupleRow]) -> list[TupleRow]:
             return await self._select(conn, None, self._queries.members, self._queries.members)
 
-        rows = await self._run("read members", work)
+        rows = await self._db.run("read members", work)
         return [Member(str(w), float(expires), float(joined)) for w, expires, joined in rows]
 
     async def _leases_of(
@@ -360,7 +302,7 @@ class PostgresStateStore:
                 raise
             return await cursor.fetchall()
 
-        rows = await self._run(action, work)
+        rows = await self._db.run(action, work)
         return {str(row[0]): _lease(row) for row in rows}
 
     async def reset(self, stream: str) -> bool:
@@ -368,20 +310,20 @@ class PostgresStateStore:
         checkpoint."""
         check_stream(stream)
         self._writable("reset")
-        return await self._run("reset", lambda conn: self._reset(conn, stream))
+        return await self._db.run("reset", lambda conn: self._reset(conn, stream))
 
     async def override(self, stream: str, start: int | None) -> Override:
         """Record an operator's position for `stream` (see `StateStore.override`)."""
         start = check_start(stream, start)
         self._writable("override")
-        return await self._run("override", lambda conn: self._override(conn, stream, start))
+        return await self._db.run("override", lambda conn: self._override(conn, stream, start))
 
     async def overrides(self, streams: Iterable[str] | None = None) -> dict[str, Override]:
         """The pending overrides of `streams` (all of them when None)."""
         wanted = check_streams(streams)
         if wanted == []:
             return {}
-        rows = await self._run("load", lambda conn: self._overrides(conn, wanted))
+        rows = await self._db.run("load", lambda conn: self._overrides(conn, wanted))
         return {
             stream: Override(stream, start, previous, iso_utc(requested_at))
             for stream, start, previous, requested_at in rows
@@ -400,18 +342,17 @@ class PostgresStateStore:
 
         wanted = check_streams(streams) or []
         self._writable("own streams")
-        if self._closed:
-            raise StorageError(f"PostgreSQL state store {self.database}: the store is closed")
-        params = {**self._params, "application_name": _holder_name()}
+        self._db.check_open()
+        params = {**self._db.params, "application_name": _holder_name()}
         try:
             conn = await psycopg.AsyncConnection.connect(autocommit=True, **params)
         except psycopg.Error as exc:
-            raise self._translate("own streams", exc) from exc
+            raise self._db.error("own streams", exc) from exc
         try:
             try:
                 refused = await self._try_locks(conn, wanted)
             except psycopg.Error as exc:
-                raise self._translate("own streams", exc) from exc
+                raise self._db.error("own streams", exc) from exc
             if refused:
                 holder = await self._holder(conn, [key for _, key in refused])
                 owned = [stream for stream, _ in refused]
@@ -423,9 +364,7 @@ class PostgresStateStore:
 
     async def close(self) -> None:
         """Close the connection (after any call in flight); calling it again does nothing."""
-        async with self._lock:
-            self._closed = True
-            await self._discard()
+        await self._db.close()
 
     def _writable(self, action: str) -> None:
         if self.read_only:
@@ -468,83 +407,22 @@ class PostgresStateStore:
             return f"{name[len(_HOLDER_PREFIX) :]}{since_text}"
         return f"PostgreSQL session {backend}{since_text}"
 
-    # -- connection ------------------------------------------------------------------------
-
-    async def _run(
-        self, action: str, work: Callable[[psycopg.AsyncConnection[TupleRow]], Awaitable[T]]
-    ) -> T:
-        import psycopg
-
-        async with self._lock:
-            if self._closed:
-                raise StorageError(f"PostgreSQL state store {self.database}: the store is closed")
-            try:
-                return await self._with_reconnect(work)
-            except psycopg.Error as exc:
-                raise self._translate(action, exc) from exc
-
-    async def _with_reconnect(
-        self, work: Callable[[psycopg.AsyncConnection[TupleRow]], Awaitable[T]]
-    ) -> T:
-        import psycopg
-
-        conn = await self._connection()
-        try:
-            return await work(conn)
-        except psycopg.Error:
-            if not conn.broken:
-                raise
-        # The connection dropped under us; the call is idempotent, so it runs once more.
-        await self._discard()
-        return await work(await self._connection())
-
-    async def _connection(self) -> psycopg.AsyncConnection[TupleRow]:
-        import psycopg
-        from psycopg.pq import TransactionStatus
-
-        conn = self._conn
-        if conn is not None and (
-            conn.closed or conn.info.transaction_status != TransactionStatus.IDLE
-        ):
-            # Dropped, or left inside a transaction by a cancelled call: start afresh.
-            await self._discard()
-            conn = None
-        if conn is None:
-            conn = await psycopg.AsyncConnection.connect(autocommit=True, **self._params)
-            self._conn = conn
-            if self.read_only:
-                await conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-        if not self._schema_ready and not self.read_only:
-            async with conn.transaction():
-                # Serializes CREATE TABLE IF NOT EXISTS, which races between sessions.
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
-                await conn.execute(self._queries.create)
-                await conn.execute(self._queries.create_overrides)
-                await conn.execute(self._queries.create_leases)
-                await conn.execute(self._queries.create_members)
-                # A table of an earlier sfstream. Checked first: ALTER TABLE takes an
-                # exclusive lock on the table even when the column exists.
-                cursor = await conn.execute(self._queries.has_event_time)
-                found = await cursor.fetchone()
-                if found is None or not found[0]:
-                    await conn.execute(self._queries.add_event_time)
-            self._schema_ready = True
-        return conn
-
-    async def _discard(self) -> None:
-        import psycopg
-
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await conn.close()
-
-    def _translate(self, action: str, exc: psycopg.Error) -> SfStreamError:
-        """The sfstream error for a psycopg error: the one place that maps them."""
-
-        return storage_error(
-            exc, f"PostgreSQL state store {self.database}: {action}", self._password
-        )
+    async def create_in(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        """Create the store's tables if missing, on `conn` (outside a transaction): what
+        the store's first call does, and the PostgreSQL sink does on its own connection."""
+        async with conn.transaction():
+            # Serializes CREATE TABLE IF NOT EXISTS, which races between sessions.
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+            await conn.execute(self._queries.create)
+            await conn.execute(self._queries.create_overrides)
+            await conn.execute(self._queries.create_leases)
+            await conn.execute(self._queries.create_members)
+            # A table of an earlier sfstream. Checked first: ALTER TABLE takes an
+            # exclusive lock on the table even when the column exists.
+            cursor = await conn.execute(self._queries.has_event_time)
+            found = await cursor.fetchone()
+            if found is None or not found[0]:
+                await conn.execute(self._queries.add_event_time)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -608,37 +486,58 @@ class PostgresStateStore:
         batch: list[tuple[str, int]],
         times: dict[str, float],
         tokens: dict[str, int] | None = None,
-        worker: str | None = None,
+        worker: str = "",
     ) -> list[str]:
         """Store the batch; with `tokens`, only if every lease still has its token. The
         streams whose token was stale (then nothing is stored but the refusal)."""
-        streams = [stream for stream, _ in batch]
-        replay_ids = [replay_id for _, replay_id in batch]
-        event_times = [times.get(stream) for stream in streams]
-        # utc_now() runs under the store's lock: a commit applied later never carries an
-        # earlier time.
+        # utc_now() runs under the connection's lock: a commit applied later never carries
+        # an earlier time.
         async with conn.transaction():
             if tokens is not None:
-                # FOR UPDATE: an acquisition by another worker waits until this commit ends,
-                # so the tokens compared are the ones in force when the checkpoints land.
-                cursor = await conn.execute(self._queries.lock_leases, (streams,))
-                current = {str(stream): int(token) for stream, token in await cursor.fetchall()}
-                stale = [s for s in streams if current.get(s) != tokens[s]]
+                stale = await self.fence_in(conn, tokens, worker)
                 if stale:
-                    await conn.execute(
-                        self._queries.refuse,
-                        {
-                            "streams": stale,
-                            "tokens": [tokens[s] for s in stale],
-                            "worker": worker,
-                        },
-                    )
                     return stale
-            await conn.execute(
-                self._queries.commit,
-                {"at": utc_now(), "streams": streams, "ids": replay_ids, "times": event_times},
+            await self.store_in(
+                conn, {stream: (replay_id, times.get(stream)) for stream, replay_id in batch}
             )
         return []
+
+    # -- inside another store's transaction (the PostgreSQL sink's) ---------------------------
+
+    async def fence_in(
+        self, conn: psycopg.AsyncConnection[TupleRow], tokens: Mapping[str, int], worker: str
+    ) -> list[str]:
+        """In the transaction open on `conn`: lock the streams' lease rows and compare their
+        tokens with `tokens`. The stale streams, their refusal recorded."""
+        streams = sorted(tokens)
+        # FOR UPDATE: an acquisition by another worker waits until the transaction ends, so
+        # the tokens compared are the ones in force when its writes land.
+        cursor = await conn.execute(self._queries.lock_leases, (streams,))
+        current = {str(stream): int(token) for stream, token in await cursor.fetchall()}
+        stale = [stream for stream in streams if current.get(stream) != tokens[stream]]
+        if stale:
+            await conn.execute(
+                self._queries.refuse,
+                {"streams": stale, "tokens": [tokens[s] for s in stale], "worker": worker},
+            )
+        return stale
+
+    async def store_in(
+        self,
+        conn: psycopg.AsyncConnection[TupleRow],
+        checkpoints: Mapping[str, tuple[int, float | None]],
+    ) -> None:
+        """In the transaction open on `conn`: store each stream's (replayId, event time)
+        as its checkpoint, and clear its pending override."""
+        await conn.execute(
+            self._queries.commit,
+            {
+                "at": utc_now(),
+                "streams": list(checkpoints),
+                "ids": [replay_id for replay_id, _ in checkpoints.values()],
+                "times": [moment for _, moment in checkpoints.values()],
+            },
+        )
 
     async def _reset(self, conn: psycopg.AsyncConnection[TupleRow], stream: str) -> bool:
         async with conn.transaction():
@@ -877,37 +776,4 @@ _HOLDER_PREFIX: Final = "sfstream "
 
 def _holder_name() -> str:
     """The owner connection's `application_name`: who holds its locks (63 bytes at most)."""
-    return f"{_HOLDER_PREFIX}pid {os.getpid()} on {socket.gethostname()}"[:_MAX_IDENTIFIER]
-
-
-def describe_database(params: Mapping[str, Any]) -> str:
-    """A database as messages name it, without the password: `postgresql://user@host:port/db`."""
-    user = params.get("user") or ""
-    host = params.get("host") or params.get("hostaddr") or "localhost"
-    port = f":{params['port']}" if params.get("port") else ""
-    dbname = params.get("dbname") or ""
-    return f"postgresql://{user}{'@' if user else ''}{host}{port}/{dbname}"
-
-
-def redact_dsn(dsn: str) -> str:
-    """`dsn` with its password replaced by `***` (URL or `key=value` form).
-
-    It works on text that psycopg cannot parse, to describe a malformed DSN safely.
-    """
-    if "://" not in dsn:
-        return re.sub(
-            r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)", r"\1***", dsn, flags=re.IGNORECASE
-        )
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparseable DSN>"
-    netloc = parts.netloc
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
-    query = "&".join(
-        "password=***" if item.lower().startswith("password=") else item
-        for item in parts.query.split("&")
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query if parts.query else "", ""))
+    return f"{_HOLDER_PREFIX}pid {os.getpid()} on {socket.gethostname()}"[:MAX_IDENTIFIER]
