@@ -151,6 +151,7 @@ from sfstream.state.base import (
 )
 
 T = TypeVar("T")
+V = TypeVar("V")
 
 log = structlog.get_logger("sfstream.state")
 
@@ -550,16 +551,7 @@ class DynamoDbStateStore:
 
     async def load(self, streams: Iterable[str] | None = None) -> dict[str, Checkpoint]:
         """The checkpoints of `streams` (all of them when None); missing streams are absent."""
-        wanted = check_streams(streams)
-        if wanted == []:
-            return {}
-        shards = await self._run(lambda: self._read(_indices(wanted), "load"))
-        found: dict[str, Checkpoint] = {}
-        for shard in shards.values():
-            found.update(shard.checkpoints)
-        if wanted is None:
-            return found
-        return {stream: found[stream] for stream in wanted if stream in found}
+        return await self._gather(streams, lambda shard: shard.checkpoints)
 
     async def commit(
         self,
@@ -639,13 +631,20 @@ class DynamoDbStateStore:
 
     async def overrides(self, streams: Iterable[str] | None = None) -> dict[str, Override]:
         """The pending overrides of `streams` (all of them when None)."""
+        return await self._gather(streams, lambda shard: shard.overrides)
+
+    async def _gather(
+        self, streams: Iterable[str] | None, part: Callable[[_Shard], Mapping[str, V]]
+    ) -> dict[str, V]:
+        """Read the shards of `streams` (all of them when None) and gather one `part` of
+        their items (checkpoints or overrides) for those streams."""
         wanted = check_streams(streams)
         if wanted == []:
             return {}
         shards = await self._run(lambda: self._read(_indices(wanted), "load"))
-        found: dict[str, Override] = {}
+        found: dict[str, V] = {}
         for shard in shards.values():
-            found.update(shard.overrides)
+            found.update(part(shard))
         if wanted is None:
             return found
         return {stream: found[stream] for stream in wanted if stream in found}
