@@ -881,6 +881,10 @@ class Session:
         # only a new handshake and a resubscribe from the last delivered replayId is safe.
         floor = CLIENT_LIMIT_FLOOR_S if isinstance(error, ClientLimitError) else 0.0
         delay = self._backoff.next_delay(floor_s=floor)
+        self._handshake_again(error, delay, now, step)
+
+    def _handshake_again(self, error: SfStreamError, delay: float, now: float, step: Step) -> None:
+        """Leave the session: a new handshake (and resubscribe) after `delay`."""
         self.counters.reconnects += 1
         self.generation += 1
         self._connect_outstanding = False
@@ -901,9 +905,4 @@ class Session:
             self._farewells.append((self.client_id, self.generation))
         probe_s = self._allocation_probe_s
         delay = probe_s + self._backoff.rng.uniform(0.0, probe_s / 10)
-        self.counters.reconnects += 1
-        self.generation += 1
-        self._connect_outstanding = False
-        self.phase = Phase.WAITING
-        self._retry_at = now + delay
-        step.notices.append(Recovering(error, Recovery.REHANDSHAKE, delay))
+        self._handshake_again(error, delay, now, step)
