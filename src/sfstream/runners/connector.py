@@ -263,16 +263,11 @@ class Connector:
             specs, problems = await validate_streams(config, session.rest)
         streams = {spec.channel: spec.id for spec in specs}
         unselected = [problem for problem in problems if problem.unselected]
-        for problem in unselected:
-            log.warning(
-                "stream_not_selected",
-                stream=streams.get(problem.channel),
-                channel=problem.channel,
-                entity=problem.entity,
-                warning=problem.message,
-                action=problem.action,
-            )
         if unselected:
+            from sfstream.runners.selection import warn_unselected
+
+            for problem in unselected:
+                warn_unselected(problem, streams.get(problem.channel))
             self._watch_selection(
                 session, {problem.channel: streams.get(problem.channel) for problem in unselected}
             )

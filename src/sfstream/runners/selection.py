@@ -21,7 +21,7 @@ from typing import Final
 import structlog
 
 from sfstream.engine.config import Config
-from sfstream.engine.discovery import validate_streams
+from sfstream.engine.discovery import Problem, validate_streams
 from sfstream.errors import SfStreamError
 from sfstream.observability.telemetry import BatchReport
 from sfstream.salesforce.rest import RestClient
@@ -30,6 +30,21 @@ log = structlog.get_logger("sfstream.connector")
 
 RECHECK_S: Final = 300.0
 """The least time between two looks at the selection."""
+
+
+def warn_unselected(problem: Problem, stream: str | None, *, on: str | None = None) -> None:
+    """Log `stream_not_selected` for a stream whose entity is not selected (at start, or
+    `on="resubscribe"`)."""
+    seen = {} if on is None else {"on": on}
+    log.warning(
+        "stream_not_selected",
+        stream=stream,
+        channel=problem.channel,
+        entity=problem.entity,
+        warning=problem.message,
+        action=problem.action,
+        **seen,
+    )
 
 
 class SelectionWatch:
@@ -91,15 +106,7 @@ class SelectionWatch:
                 log.info("stream_selected", stream=stream, channel=channel)
                 del self.pending[channel]
                 continue
-            log.warning(
-                "stream_not_selected",
-                stream=stream,
-                channel=channel,
-                entity=problem.entity,
-                warning=problem.message,
-                action=problem.action,
-                on="resubscribe",
-            )
+            warn_unselected(problem, stream, on="resubscribe")
 
     async def close(self) -> None:
         if self._task is not None:
