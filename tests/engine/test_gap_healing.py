@@ -57,6 +57,14 @@ async def stop(process: asyncio.subprocess.Process) -> None:
         assert await process.wait() == 0
 
 
+async def until_past(sink: Path, replay_id: int) -> None:
+    """Until the sink holds a STATE message at or past `replay_id`."""
+    await until(
+        lambda: any(m["type"] == "STATE" and m["replay_id"] >= replay_id for m in messages(sink)),
+        "no checkpoint past the gap",
+    )
+
+
 async def test_a_gap_update_of_two_records_yields_both_healed_before_the_checkpoint(
     sfstream_emulator: Emulator, make_config: MakeConfig, tmp_path: Path
 ) -> None:
@@ -70,12 +78,7 @@ async def test_a_gap_update_of_two_records_yields_both_healed_before_the_checkpo
         await until(
             lambda: any(m.get("meta", {}).get("healed") for m in messages(sink)), "no healing"
         )
-        await until(
-            lambda: any(
-                m["type"] == "STATE" and m["replay_id"] >= gap_replay for m in messages(sink)
-            ),
-            "no checkpoint past the gap",
-        )
+        await until_past(sink, gap_replay)
     finally:
         await stop(process)
     written = messages(sink)
@@ -152,12 +155,7 @@ async def test_flag_leaves_the_gap_event_alone(
     gap_replay = emu.emit_gap("Account", "GAP_UPDATE", [record])
     process, sink = await run_with(emu, make_config, tmp_path, "flag")
     try:
-        await until(
-            lambda: any(
-                m["type"] == "STATE" and m["replay_id"] >= gap_replay for m in messages(sink)
-            ),
-            "no checkpoint past the gap",
-        )
+        await until_past(sink, gap_replay)
     finally:
         await stop(process)
     written = messages(sink)
